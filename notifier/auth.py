@@ -1,0 +1,170 @@
+"""Token verification and the claims the service relies on. Knows nothing of the wire."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import jwt
+
+from .errors import ErrorCode, NotifierError
+from .settings import Settings
+
+log = logging.getLogger("notifier.auth")
+
+ALL_PROJECTS = "*"
+DEV_SECRET_FILE = "jwt-secret"
+
+
+class Role(StrEnum):
+    USER = "user"
+    PUBLISHER = "publisher"
+    ADMIN = "admin"
+
+
+PUBLISHING_ROLES = frozenset({Role.PUBLISHER, Role.ADMIN})
+
+
+@dataclass(frozen=True)
+class Claims:
+    """Who is connected and what they may see, as stated by a verified token."""
+
+    sub: str
+    role: Role
+    projects: frozenset[str]
+    expires_at: float
+
+    def can_see_project(self, project_id: str) -> bool:
+        return ALL_PROJECTS in self.projects or project_id in self.projects
+
+    @property
+    def can_publish(self) -> bool:
+        return self.role in PUBLISHING_ROLES
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role is Role.ADMIN
+
+
+class TokenVerifier:
+    """Checks signature, algorithm (pinned by configuration), exp, nbf, aud and iss."""
+
+    def __init__(self, settings: Settings, key: str) -> None:
+        self._key = key
+        self._algorithms = list(settings.jwt_algorithms)
+        self._audience = settings.jwt_audience
+        self._issuer = settings.jwt_issuer
+        self._leeway = settings.jwt_leeway_seconds
+        self._max_bytes = settings.jwt_max_token_bytes
+
+    def verify(self, token: object) -> Claims:
+        if token is None or token == "":
+            raise NotifierError(ErrorCode.AUTH_REQUIRED, "a token is required")
+        if not isinstance(token, str):
+            raise NotifierError(ErrorCode.AUTH_INVALID, "the token must be a string")
+        if len(token) > self._max_bytes:
+            raise NotifierError(ErrorCode.AUTH_INVALID, "the token is too large")
+        try:
+            payload = jwt.decode(
+                token,
+                self._key,
+                algorithms=self._algorithms,
+                audience=self._audience,
+                issuer=self._issuer,
+                leeway=self._leeway,
+                options={"require": ["exp", "sub"], "verify_aud": self._audience is not None},
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise NotifierError(ErrorCode.AUTH_EXPIRED, "the token has expired") from exc
+        except jwt.InvalidTokenError as exc:
+            raise NotifierError(ErrorCode.AUTH_INVALID, f"invalid token: {exc}") from exc
+        return _claims_from_payload(payload)
+
+
+def _claims_from_payload(payload: dict[str, Any]) -> Claims:
+    sub = payload.get("sub")
+    if not isinstance(sub, str) or not sub or len(sub) > 128:
+        raise NotifierError(ErrorCode.AUTH_INVALID, "claim 'sub' must be a non-empty string")
+    try:
+        role = Role(payload.get("role", Role.USER))
+    except ValueError as exc:
+        raise NotifierError(ErrorCode.AUTH_INVALID, "claim 'role' is not a known role") from exc
+    projects = payload.get("projects", [])
+    if projects == ALL_PROJECTS:
+        projects = [ALL_PROJECTS]
+    if not isinstance(projects, list) or not all(isinstance(p, str) for p in projects):
+        raise NotifierError(ErrorCode.AUTH_INVALID, "claim 'projects' must be a list of strings")
+    return Claims(
+        sub=sub, role=role, projects=frozenset(projects), expires_at=float(payload["exp"])
+    )
+
+
+def issue_token(
+    key: str,
+    algorithm: str,
+    sub: str,
+    *,
+    role: Role = Role.USER,
+    projects: list[str] | None = None,
+    ttl_seconds: float = 3600,
+    audience: str | None = None,
+    issuer: str | None = None,
+) -> str:
+    """Sign a token the service will accept (HS* with the secret, RS*/ES* with a private key)."""
+    now = int(time.time())
+    payload: dict[str, Any] = {
+        "sub": sub,
+        "role": role.value,
+        "projects": projects or [],
+        "iat": now,
+        "exp": now + int(ttl_seconds),
+    }
+    if audience:
+        payload["aud"] = audience
+    if issuer:
+        payload["iss"] = issuer
+    return jwt.encode(payload, key, algorithm=algorithm)
+
+
+def verification_key(settings: Settings) -> str:
+    """The key tokens are checked with: the public key, the secret, or the dev-mode secret."""
+    if settings.uses_public_key:
+        assert settings.jwt_public_key is not None
+        return _read_pem(settings.jwt_public_key)
+    if settings.jwt_secret is not None:
+        return settings.jwt_secret.get_secret_value()
+    return load_or_create_dev_secret(settings.data_dir)
+
+
+def signing_algorithm(settings: Settings) -> str:
+    return settings.jwt_algorithms[0]
+
+
+def load_or_create_dev_secret(data_dir: Path) -> str:
+    """Development mode: a random secret kept (mode 0600) in the data directory."""
+    path = data_dir / DEV_SECRET_FILE
+    if path.exists():
+        return path.read_text().strip()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(48)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secret)
+    log.warning(
+        "event=dev_mode_secret_created path=%s detail=%s",
+        path,
+        "no NOTIFIER_JWT_SECRET or NOTIFIER_JWT_PUBLIC_KEY set; development mode",
+    )
+    return secret
+
+
+def _read_pem(value: str) -> str:
+    if value.lstrip().startswith("-----BEGIN"):
+        return value
+    return Path(value).read_text()

@@ -1,0 +1,46 @@
+"""Replay of a room's missed events from a client's last known position."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .models import Position
+from .records import Envelope, StreamPosition
+from .store import Store
+
+EPOCH_CHANGED = "epoch_changed"
+HISTORY_TRUNCATED = "history_truncated"
+
+
+@dataclass
+class Replay:
+    """What a client missed in one room. `recovered` is None when it asked for no replay."""
+
+    position: StreamPosition
+    events: list[Envelope] = field(default_factory=list)
+    recovered: bool | None = None
+    reason: str | None = None
+
+
+async def replay_since(
+    store: Store, room: str, since: Position | None, up_to: int | None, limit: int
+) -> Replay:
+    """Events of `room` after `since` (and at most `up_to`), or why they cannot be had.
+
+    A client positioned in another epoch, or beyond the head, is looking at a history this
+    server no longer has; one positioned before the oldest retained event has a gap we cannot
+    fill. Both must reload their state rather than trust a partial replay.
+    """
+    head, first_retained = await store.room_bounds(room)
+    if since is None:
+        return Replay(position=head)
+    if since.epoch != head.epoch or since.offset > head.offset:
+        return Replay(position=head, recovered=False, reason=EPOCH_CHANGED)
+    if since.offset + 1 < first_retained:
+        return Replay(position=head, recovered=False, reason=HISTORY_TRUNCATED)
+    events = await store.events_after(room, since.offset, limit)
+    if up_to is not None:
+        events = [event for event in events if event["offset"] <= up_to]
+    last = events[-1]["offset"] if events else since.offset
+    position = head if up_to is None else StreamPosition(head.epoch, max(last, up_to))
+    return Replay(position=position, events=events, recovered=True)

@@ -1,0 +1,18 @@
+"""Typed application keys: the shared state of the aiohttp app."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from .auth import TokenVerifier
+    from .service import Notifier
+    from .settings import Settings
+    from .transport.sockets import SocketGateway
+
+NOTIFIER: web.AppKey[Notifier] = web.AppKey("notifier")
+SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
+VERIFIER: web.AppKey[TokenVerifier] = web.AppKey("verifier")
+GATEWAY: web.AppKey[SocketGateway] = web.AppKey("gateway")

@@ -1,0 +1,141 @@
+"""Payloads every transport validates, in one place."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, model_validator
+
+Identifier = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@-]+$")]
+RoomName = Annotated[str, Field(min_length=1, max_length=200)]
+EventType = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_.:-]*$")]
+Number = StrictInt | StrictFloat
+JsonObject = dict[str, Any]
+
+# Event types only the service itself may emit: publishing them by hand would let a worker
+# fake task state or inbox counts that the service keeps authoritative.
+RESERVED_TYPES = frozenset(
+    {"session", "notification", "notifications.unread", "config.updated", "auth.expired"}
+)
+RESERVED_PREFIXES = ("task.",)
+
+
+class Payload(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Position(Payload):
+    """Where a client stands in a room's stream: the last offset it saw in that epoch."""
+
+    epoch: Annotated[str, Field(min_length=1, max_length=64)]
+    offset: Annotated[int, Field(ge=0)]
+
+
+class SubscribeRequest(Payload):
+    rooms: Annotated[list[RoomName], Field(min_length=1, max_length=100)]
+    since: dict[RoomName, Position] = {}
+
+
+class UnsubscribeRequest(Payload):
+    rooms: Annotated[list[RoomName], Field(min_length=1, max_length=100)]
+
+
+class PublishRequest(Payload):
+    room: RoomName
+    type: EventType
+    data: JsonObject = {}
+
+    @model_validator(mode="after")
+    def _not_reserved(self) -> PublishRequest:
+        if self.type in RESERVED_TYPES or self.type.startswith(RESERVED_PREFIXES):
+            raise ValueError(f"type {self.type!r} is reserved for the service")
+        return self
+
+
+class NotifyRequest(Payload):
+    user_ids: Annotated[list[Identifier], Field(min_length=1, max_length=1000)]
+    title: Annotated[str, Field(min_length=1, max_length=200)]
+    body: Annotated[str | None, Field(max_length=4000)] = None
+    data: JsonObject = {}
+
+
+class TaskCreate(Payload):
+    id: Identifier | None = None
+    project_id: Identifier
+    owner: Identifier | None = None
+    title: Annotated[str, Field(max_length=200)] = ""
+    total: Annotated[int | None, Field(ge=0)] = None
+    message: Annotated[str | None, Field(max_length=1000)] = None
+
+
+class TaskRef(Payload):
+    task_id: Identifier
+
+
+class TaskProgress(TaskRef):
+    progress: Annotated[Number, Field(ge=0, le=100)]
+    current: Annotated[int | None, Field(ge=0)] = None
+    completed: Annotated[int | None, Field(ge=0)] = None
+    total: Annotated[int | None, Field(ge=0)] = None
+    message: Annotated[str | None, Field(max_length=1000)] = None
+
+
+class TaskComplete(TaskRef):
+    result: Any = None
+    message: Annotated[str | None, Field(max_length=1000)] = None
+
+
+class TaskFail(TaskRef):
+    error: Annotated[str, Field(min_length=1, max_length=2000)]
+
+
+class TaskCancel(TaskRef):
+    reason: Annotated[str | None, Field(max_length=1000)] = None
+
+
+class TaskUpdate(Payload):
+    """REST `PATCH /api/v1/tasks/{id}`: one of progress, complete, fail or cancel."""
+
+    status: Annotated[str, Field(pattern=r"^(running|completed|failed|cancelled)$")] = "running"
+    progress: Annotated[Number | None, Field(ge=0, le=100)] = None
+    current: Annotated[int | None, Field(ge=0)] = None
+    completed: Annotated[int | None, Field(ge=0)] = None
+    total: Annotated[int | None, Field(ge=0)] = None
+    message: Annotated[str | None, Field(max_length=1000)] = None
+    result: Any = None
+    error: Annotated[str | None, Field(min_length=1, max_length=2000)] = None
+
+    @model_validator(mode="after")
+    def _fields_fit_status(self) -> TaskUpdate:
+        if self.status == "running" and self.progress is None:
+            raise ValueError("progress is required while running")
+        if self.status == "failed" and not self.error:
+            raise ValueError("error is required when failing a task")
+        return self
+
+
+class NotificationsList(Payload):
+    limit: Annotated[int, Field(ge=1, le=100)] = 20
+    before: Identifier | None = None
+    unread_only: bool = False
+
+
+class MarkRead(Payload):
+    ids: Annotated[list[Identifier] | None, Field(max_length=1000)] = None
+    all: bool = False
+
+    @model_validator(mode="after")
+    def _ids_or_all(self) -> MarkRead:
+        if self.all == bool(self.ids):
+            raise ValueError("give either a non-empty 'ids' or 'all': true")
+        return self
+
+
+class RefreshIntervalRequest(Payload):
+    seconds: Annotated[Number, Field(ge=0, le=7 * 86400)]
+
+
+class PingRequest(BaseModel):
+    """Anything the client sends is echoed back so it can match replies to requests."""
+
+    model_config = ConfigDict(extra="allow")

@@ -1,0 +1,56 @@
+"""Room names and who may join them."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+
+from .errors import ErrorCode, NotifierError
+
+BROADCAST_ROOM = "*"
+_ID = re.compile(r"^[A-Za-z0-9_.:@-]{1,128}$")
+
+
+class RoomKind(StrEnum):
+    USER = "user"
+    PROJECT = "project"
+    TASK = "task"
+    BROADCAST = "broadcast"
+
+
+@dataclass(frozen=True)
+class Room:
+    kind: RoomKind
+    id: str
+
+    @property
+    def name(self) -> str:
+        if self.kind is RoomKind.BROADCAST:
+            return BROADCAST_ROOM
+        return f"{self.kind.value}:{self.id}"
+
+
+def room_for_user(user_id: str) -> str:
+    return f"user:{user_id}"
+
+
+def room_for_project(project_id: str) -> str:
+    return f"project:{project_id}"
+
+
+def room_for_task(task_id: str) -> str:
+    return f"task:{task_id}"
+
+
+def parse_room(name: str) -> Room:
+    """Split `kind:id`; anything else is INVALID_PAYLOAD."""
+    if name == BROADCAST_ROOM:
+        return Room(RoomKind.BROADCAST, "")
+    kind, sep, ident = name.partition(":")
+    if not sep or kind not in {"user", "project", "task"} or not _ID.match(ident):
+        raise NotifierError(
+            ErrorCode.INVALID_PAYLOAD,
+            f"room {name!r} is not one of user:<id>, project:<id>, task:<id> or '*'",
+        )
+    return Room(RoomKind(kind), ident)

@@ -1,0 +1,1 @@
+"""Socket.IO and HTTP transports: thin layers that validate and call the service."""

@@ -1,0 +1,205 @@
+"""REST routes: thin handlers that authenticate, validate and call the service."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import orjson
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from ..auth import Claims
+from ..errors import HTTP_STATUS, ErrorCode, NotifierError
+from ..keys import GATEWAY, NOTIFIER, VERIFIER
+from ..models import (
+    MarkRead,
+    NotificationsList,
+    NotifyRequest,
+    PublishRequest,
+    RefreshIntervalRequest,
+    TaskCreate,
+    TaskProgress,
+    TaskUpdate,
+)
+from ..records import TaskStatus
+from .acks import validation_message
+
+log = logging.getLogger("notifier.http")
+M = TypeVar("M", bound=BaseModel)
+
+routes = web.RouteTableDef()
+
+_STATUS_CODES = {status: code for code, status in HTTP_STATUS.items()}
+_STATUS_CODES.update({405: ErrorCode.NOT_FOUND, 400: ErrorCode.INVALID_PAYLOAD})
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+def _error_response(code: ErrorCode, message: str, status: int | None = None) -> web.Response:
+    body = {"error": {"code": code.value, "message": message}}
+    return json_response(body, status or HTTP_STATUS[code])
+
+
+@web.middleware
+async def error_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """The one place an exception becomes an HTTP error, always `{error: {code, message}}`."""
+    try:
+        return await handler(request)
+    except NotifierError as exc:
+        return _error_response(exc.code, exc.message)
+    except web.HTTPRequestEntityTooLarge:
+        return _error_response(ErrorCode.PAYLOAD_TOO_LARGE, "request body is too large")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _STATUS_CODES.get(exc.status, ErrorCode.INVALID_PAYLOAD)
+        return _error_response(code, exc.reason, exc.status)
+    except Exception:
+        log.exception("event=http_handler_crashed path=%s", request.path)
+        return _error_response(ErrorCode.INTERNAL, "the server failed to handle this request")
+
+
+def _claims(request: web.Request) -> Claims:
+    header = request.headers.get("Authorization", "")
+    token = header[7:].strip() if header.lower().startswith("bearer ") else None
+    return request.app[VERIFIER].verify(token)
+
+
+def _publisher_claims(request: web.Request) -> Claims:
+    claims = _claims(request)
+    if not claims.can_publish:
+        raise NotifierError(ErrorCode.FORBIDDEN, "this endpoint needs a publisher or admin token")
+    return claims
+
+
+async def _body(request: web.Request, model: type[M]) -> M:
+    try:
+        payload = orjson.loads(await request.read())
+    except orjson.JSONDecodeError as exc:
+        raise NotifierError(ErrorCode.INVALID_PAYLOAD, f"body is not JSON: {exc}") from exc
+    return _validate(model, payload)
+
+
+def _validate(model: type[M], payload: Any) -> M:
+    try:
+        return model.model_validate(payload)
+    except ValidationError as exc:
+        raise NotifierError(ErrorCode.INVALID_PAYLOAD, validation_message(exc)) from exc
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"ok": True})
+
+
+@routes.get("/api/v1/status")
+async def status(request: web.Request) -> web.Response:
+    gateway = request.app[GATEWAY]
+    return json_response({
+        **request.app[NOTIFIER].status(),
+        "connections": gateway.connection_counts(),
+        "rooms": gateway.room_count(),
+    })
+
+
+@routes.post("/api/v1/publish")
+async def publish(request: web.Request) -> web.Response:
+    _publisher_claims(request)
+    envelope = await request.app[NOTIFIER].publish(await _body(request, PublishRequest))
+    return json_response(envelope, 201)
+
+
+@routes.post("/api/v1/notifications")
+async def notify(request: web.Request) -> web.Response:
+    _publisher_claims(request)
+    notifications = await request.app[NOTIFIER].notify(await _body(request, NotifyRequest))
+    return json_response({"notifications": [n.to_dict() for n in notifications]}, 201)
+
+
+@routes.get("/api/v1/notifications")
+async def list_notifications(request: web.Request) -> web.Response:
+    claims = _claims(request)
+    query = dict(request.query)
+    user_id = query.pop("user_id", claims.sub)
+    if user_id != claims.sub and not claims.is_admin:
+        raise NotifierError(ErrorCode.FORBIDDEN, "only admins may read another user's inbox")
+    listing = _validate(NotificationsList, query)
+    notifier = request.app[NOTIFIER]
+    notifications = await notifier.list_notifications(user_id, listing)
+    return json_response({
+        "notifications": [n.to_dict() for n in notifications],
+        "unread": await notifier.unread_count(user_id),
+    })
+
+
+@routes.post("/api/v1/notifications/read")
+async def mark_read(request: web.Request) -> web.Response:
+    claims = _claims(request)
+    result = await request.app[NOTIFIER].mark_read(claims.sub, await _body(request, MarkRead))
+    return json_response(result)
+
+
+@routes.post("/api/v1/tasks")
+async def create_task(request: web.Request) -> web.Response:
+    _publisher_claims(request)
+    task = await request.app[NOTIFIER].create_task(await _body(request, TaskCreate))
+    return json_response({"task": task.to_dict()}, 201)
+
+
+@routes.get("/api/v1/tasks")
+async def list_tasks(request: web.Request) -> web.Response:
+    claims = _claims(request)
+    status_name = request.query.get("status")
+    try:
+        status_filter = TaskStatus(status_name) if status_name else None
+    except ValueError as exc:
+        raise NotifierError(
+            ErrorCode.INVALID_PAYLOAD, f"status: must be one of {[s.value for s in TaskStatus]}"
+        ) from exc
+    tasks = await request.app[NOTIFIER].list_tasks(
+        status_filter, request.query.get("project"), claims
+    )
+    return json_response({"tasks": [task.to_dict() for task in tasks]})
+
+
+@routes.get("/api/v1/tasks/{task_id}")
+async def get_task(request: web.Request) -> web.Response:
+    claims = _claims(request)
+    task = await request.app[NOTIFIER].get_task(request.match_info["task_id"], claims)
+    return json_response({"task": task.to_dict()})
+
+
+@routes.patch("/api/v1/tasks/{task_id}")
+async def update_task(request: web.Request) -> web.Response:
+    _publisher_claims(request)
+    task_id = request.match_info["task_id"]
+    update = await _body(request, TaskUpdate)
+    notifier = request.app[NOTIFIER]
+    if update.status == "running":
+        fields = update.model_dump(include={"progress", "current", "completed", "total", "message"})
+        task = await notifier.report_progress(_validate(TaskProgress, {"task_id": task_id, **{
+            key: value for key, value in fields.items() if value is not None}}))
+    elif update.status == "completed":
+        task = await notifier.complete_task(task_id, update.result, update.message)
+    elif update.status == "failed":
+        assert update.error is not None
+        task = await notifier.fail_task(task_id, update.error)
+    else:
+        task = await notifier.cancel_task(task_id, update.message)
+    return json_response({"task": task.to_dict()})
+
+
+@routes.put("/api/v1/config/refresh-interval")
+async def set_refresh_interval(request: web.Request) -> web.Response:
+    claims = _claims(request)
+    if not claims.is_admin:
+        raise NotifierError(ErrorCode.FORBIDDEN, "only admins may change the refresh interval")
+    body = await _body(request, RefreshIntervalRequest)
+    seconds = await request.app[NOTIFIER].set_refresh_interval(body.seconds)
+    return json_response({"refresh_interval": seconds})

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Sets up (if needed) and runs the service on its embedded defaults: one process, SQLite in
+# ./notifier-data, development-mode JWT secret unless NOTIFIER_JWT_SECRET is set.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+NOTIFIER_SKIP_NODE=${NOTIFIER_SKIP_NODE:-0} ./scripts/setup.sh
+exec .venv/bin/notifier serve "$@"
