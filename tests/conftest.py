@@ -163,8 +163,12 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
     return Settings(**values)
 
 
-async def start_server(settings: Settings) -> tuple[RunningServer, web.AppRunner]:
+async def start_server(
+    settings: Settings, customize: Callable[[web.Application], None] | None = None
+) -> tuple[RunningServer, web.AppRunner]:
     app = create_app(settings)
+    if customize is not None:
+        customize(app)
     runner = web.AppRunner(app, shutdown_timeout=2.0)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -31,8 +31,16 @@ M = TypeVar("M", bound=BaseModel)
 
 routes = web.RouteTableDef()
 
-_STATUS_CODES = {status: code for code, status in HTTP_STATUS.items()}
-_STATUS_CODES.update({405: ErrorCode.NOT_FOUND, 400: ErrorCode.INVALID_PAYLOAD})
+# aiohttp's own errors (unknown route, wrong method, ...) in our codes.
+_CODE_FOR_HTTP_STATUS = {
+    400: ErrorCode.INVALID_PAYLOAD,
+    401: ErrorCode.AUTH_REQUIRED,
+    403: ErrorCode.FORBIDDEN,
+    404: ErrorCode.NOT_FOUND,
+    405: ErrorCode.NOT_FOUND,
+    413: ErrorCode.PAYLOAD_TOO_LARGE,
+    429: ErrorCode.RATE_LIMITED,
+}
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
@@ -58,7 +66,7 @@ async def error_middleware(
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        code = _STATUS_CODES.get(exc.status, ErrorCode.INVALID_PAYLOAD)
+        code = _CODE_FOR_HTTP_STATUS.get(exc.status, ErrorCode.INVALID_PAYLOAD)
         return _error_response(code, exc.reason, exc.status)
     except Exception:
         log.exception("event=http_handler_crashed path=%s", request.path)
