@@ -37,7 +37,7 @@ class TokenBucket:
         now = self._clock.monotonic()
         self._tokens = min(self._burst, self._tokens + (now - self._updated) * self._rate)
         self._updated = now
-        if self._tokens >= 1.0:
+        if self._tokens >= 1.0 - 1e-9:  # float refill of exactly one token must count
             self._tokens -= 1.0
             return Verdict.ALLOW
         if self._flood_started is None or now - self._last_rejected > _FLOOD_QUIET_SECONDS:

@@ -18,6 +18,7 @@ class RefreshTimer:
         self._on_tick = on_tick
         self._changed = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
+        self.ticks = 0
 
     @property
     def interval(self) -> float:
@@ -46,6 +47,7 @@ class RefreshTimer:
                 continue  # interval changed: start a fresh period at once
             except TimeoutError:
                 pass
+            self.ticks += 1
             try:
                 await self._on_tick()
             except Exception:
