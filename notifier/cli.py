@@ -40,9 +40,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(settings: Settings, host: str | None, port: int | None) -> int:
-    from aiohttp import web
-
-    from .app import create_app
+    from .app import serve
     from .logs import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
@@ -52,15 +50,7 @@ def _serve(settings: Settings, host: str | None, port: int | None) -> int:
         uvloop = None
     if uvloop is not None:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    app = create_app(settings)
-    web.run_app(
-        app,
-        host=host or settings.host,
-        port=settings.port if port is None else port,
-        shutdown_timeout=5.0,
-        access_log=None,
-        print=lambda message: print(message, file=sys.stderr, flush=True),
-    )
+    asyncio.run(serve(settings, host or settings.host, settings.port if port is None else port))
     return 0
 
 

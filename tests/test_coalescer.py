@@ -17,7 +17,7 @@ class ManualTimers:
     clock: ManualClock
     pending: list[tuple[float, Callable[[], None], list[bool]]] = field(default_factory=list)
 
-    def schedule(self, delay: float, callback: Callable[[], None]) -> "ManualTimers.Handle":
+    def schedule(self, delay: float, callback: Callable[[], None]) -> ManualTimers.Handle:
         cancelled = [False]
         self.pending.append((self.clock.monotonic() + delay, callback, cancelled))
         return ManualTimers.Handle(cancelled)

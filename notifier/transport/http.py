@@ -30,6 +30,7 @@ log = logging.getLogger("notifier.http")
 M = TypeVar("M", bound=BaseModel)
 
 routes = web.RouteTableDef()
+SOCKETIO_PATH = "/socket.io/"
 
 # aiohttp's own errors (unknown route, wrong method, ...) in our codes.
 _CODE_FOR_HTTP_STATUS = {
@@ -71,6 +72,23 @@ async def error_middleware(
     except Exception:
         log.exception("event=http_handler_crashed path=%s", request.path)
         return _error_response(ErrorCode.INTERNAL, "the server failed to handle this request")
+
+
+@web.middleware
+async def draining_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """While shutting down, turn away Socket.IO requests.
+
+    Clients that were just disconnected reconnect at once, over keep-alive connections the
+    stopped listener cannot refuse; a long-poll accepted now would hold shutdown for its
+    whole ping interval. Turned away, they retry and find the restarted server.
+    """
+    if request.app[GATEWAY].draining and request.path.startswith(SOCKETIO_PATH):
+        response = _error_response(ErrorCode.UNAVAILABLE, "the server is shutting down")
+        response.force_close()
+        return response
+    return await handler(request)
 
 
 def _claims(request: web.Request) -> Claims:

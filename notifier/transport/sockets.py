@@ -76,6 +76,8 @@ class SocketGateway:
         self._welcome: dict[str, tuple[dict[str, Any], _JoinBatch]] = {}
         self._join_locks: dict[str, asyncio.Lock] = {}
         self._closing: set[asyncio.Task[None]] = set()
+        # Set at shutdown: new Socket.IO requests are turned away (see transport.http).
+        self.draining = False
         manager = sio.manager
         assert isinstance(manager, NotifierManager)
         manager.on_connected = self._on_connected
@@ -403,15 +405,18 @@ class SocketGateway:
     # Shutdown
 
     async def disconnect_all(self, deadline: float = 3.0) -> None:
-        """Close every connection, waiting at most `deadline` for the goodbyes to be written.
+        """Drop every connection's transport so that clients reconnect (here, or to a peer).
 
-        (engineio's own disconnect-all waits, without limit, for each socket's queue to drain;
-        a client that vanished a moment ago keeps it waiting for the ping timeout.) A socket
-        leaves `eio.sockets` once its transport handler has finished, goodbye written or not.
+        An Engine.IO CLOSE packet would read as "the server disconnected you" and clients
+        would stay away; closing the transport reads as a network failure, and Socket.IO
+        clients reconnect, then recover what they missed. (engineio's own disconnect-all also
+        waits without limit for each queue to drain.) Bounded by `deadline`.
         """
+        self.draining = True
         eio = self._sio.eio
         for socket in list(eio.sockets.values()):
-            await socket.close(wait=False, reason=eio.reason.SERVER_DISCONNECT)
+            await socket.close(wait=False, abort=True, reason=eio.reason.TRANSPORT_CLOSE)
+            socket.queue.put_nowait(None)  # ends the writer, which closes the websocket
         if self._closing:
             await asyncio.wait(list(self._closing), timeout=deadline)
         loop = asyncio.get_running_loop()

@@ -1,0 +1,67 @@
+"""The service as a real separate process, for restart and shutdown tests."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class ServiceProcess:
+    """`python -m notifier serve` on a port of its own, with its data in `data_dir`."""
+
+    def __init__(self, data_dir: Path, secret: str, port: int | None = None, **env: str) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            **os.environ,
+            "NOTIFIER_PORT": str(self.port),
+            "NOTIFIER_DATA_DIR": str(data_dir),
+            "NOTIFIER_JWT_SECRET": secret,
+            "NOTIFIER_LOG_LEVEL": "WARNING",
+            **env,
+        }
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def start(self, timeout: float = 15.0) -> None:
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "notifier", "serve", env=self.env,
+        )
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession() as session:
+            while time.monotonic() < deadline:
+                if self.process.returncode is not None:
+                    raise RuntimeError(f"service exited with {self.process.returncode}")
+                try:
+                    async with session.get(self.url + "/healthz") as response:
+                        if response.status == 200:
+                            return
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.05)
+        raise TimeoutError("service did not become healthy")
+
+    async def terminate(self, timeout: float = 10.0) -> tuple[int, float]:
+        """SIGTERM; return the exit code and how long the exit took."""
+        assert self.process is not None
+        started = time.monotonic()
+        self.process.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(self.process.wait(), timeout)
+        return code, time.monotonic() - started
+
+    async def kill(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.kill()
+            await self.process.wait()
