@@ -22,17 +22,21 @@ def free_port() -> int:
 class ServiceProcess:
     """`python -m notifier serve` on a port of its own, with its data in `data_dir`."""
 
-    def __init__(self, data_dir: Path, secret: str, port: int | None = None, **env: str) -> None:
+    def __init__(
+        self, data_dir: Path, secret: str | None, port: int | None = None, **env: str
+    ) -> None:
+        """`secret=None` runs it in development mode (a generated secret in data_dir)."""
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {
-            **os.environ,
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER_")}
+        self.env.update({
             "NOTIFIER_PORT": str(self.port),
             "NOTIFIER_DATA_DIR": str(data_dir),
-            "NOTIFIER_JWT_SECRET": secret,
             "NOTIFIER_LOG_LEVEL": "WARNING",
             **env,
-        }
+        })
+        if secret is not None:
+            self.env["NOTIFIER_JWT_SECRET"] = secret
         self.process: asyncio.subprocess.Process | None = None
 
     async def start(self, timeout: float = 15.0) -> None:
