@@ -7,11 +7,15 @@ were, dropping duplicates, and typed errors that carry the server's code.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable
-from typing import Any
+import threading
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import socketio
 
@@ -209,4 +213,225 @@ async def _maybe_await(value: Any) -> Any:
     return value
 
 
-__all__ = ["NotifierClientError", "Subscriber"]
+@dataclass
+class _Outgoing:
+    event: str
+    payload: dict[str, Any]
+    done: asyncio.Future[dict[str, Any]] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+# Operations that must not apply twice get an idempotency key; progress is naturally idempotent.
+_KEYED_EVENTS = frozenset(
+    {"publish", "notify", "task.create", "task.complete", "task.fail", "task.cancel"}
+)
+_RATE_LIMIT_BACKOFF = 0.05
+
+
+class Worker(_Connection):
+    """A publishing process's connection to `/workers`, which loses nothing while it is down.
+
+    Every operation goes through one ordered outbox: while disconnected, operations wait there
+    (at most `max_queue`; past that, the call raises NotifierClientError("QUEUE_FULL") at once
+    and nothing is queued) and are sent in order after the reconnect. An operation whose ack
+    was lost is sent again with the same idempotency key, so the server applies it once.
+    Each call returns the server's reply, or raises NotifierClientError with its code.
+    """
+
+    namespace = "/workers"
+
+    def __init__(self, url: str, token: TokenSource, *, max_queue: int = 10_000,
+                 ack_timeout: float = 10.0, **options: Any) -> None:
+        super().__init__(url, token, **options)
+        self._max_queue = max_queue
+        self._ack_timeout = ack_timeout
+        self._outbox: deque[_Outgoing] = deque()
+        self._queued = asyncio.Event()
+        self._online = asyncio.Event()
+        self._offline = asyncio.Event()
+        self._sender: asyncio.Task[None] | None = None
+        self.sio.on("connect", self._went_online, namespace=self.namespace)
+        self.sio.on("disconnect", self._went_offline, namespace=self.namespace)
+
+    def _went_online(self) -> None:
+        self._offline.clear()
+        self._online.set()
+
+    def _went_offline(self, *_: Any) -> None:
+        self._online.clear()
+        self._offline.set()
+
+    async def connect(self, timeout: float = 10.0) -> None:
+        await super().connect(timeout)
+        self._went_online()
+        if self._sender is None:
+            self._sender = asyncio.get_running_loop().create_task(self._send_in_order())
+
+    async def close(self, drain_timeout: float = 10.0) -> None:
+        """Send what is queued (for at most `drain_timeout`), then disconnect."""
+        if self._sender is not None:
+            if self._outbox:
+                pending = [item.done for item in self._outbox]
+                await asyncio.wait(pending, timeout=drain_timeout)
+            self._sender.cancel()
+            await asyncio.gather(self._sender, return_exceptions=True)
+            self._sender = None
+        for item in self._outbox:
+            if not item.done.done():
+                item.done.set_exception(NotifierClientError("CLOSED", "the worker was closed"))
+                item.done.exception()
+        self._outbox.clear()
+        await super().close()
+
+    @property
+    def queued(self) -> int:
+        return len(self._outbox)
+
+    async def publish(self, room: str, type: str, data: dict[str, Any] | None = None) -> dict[str, Any]:
+        return await self._submit("publish", {"room": room, "type": type, "data": data or {}})
+
+    async def notify(self, user_ids: list[str], title: str, body: str | None = None,
+                     data: dict[str, Any] | None = None) -> dict[str, Any]:
+        return await self._submit(
+            "notify", {"user_ids": user_ids, "title": title, "body": body, "data": data or {}}
+        )
+
+    async def create_task(self, project_id: str, **fields: Any) -> dict[str, Any]:
+        return (await self._submit("task.create", {"project_id": project_id, **fields}))["task"]
+
+    async def task_progress(self, task_id: str, progress: float, **fields: Any) -> dict[str, Any]:
+        reply = await self._submit("task.progress", {"task_id": task_id, "progress": progress, **fields})
+        return reply["task"]
+
+    async def complete_task(self, task_id: str, result: Any = None, **fields: Any) -> dict[str, Any]:
+        reply = await self._submit("task.complete", {"task_id": task_id, "result": result, **fields})
+        return reply["task"]
+
+    async def fail_task(self, task_id: str, error: str) -> dict[str, Any]:
+        return (await self._submit("task.fail", {"task_id": task_id, "error": error}))["task"]
+
+    async def cancel_task(self, task_id: str, reason: str | None = None) -> dict[str, Any]:
+        return (await self._submit("task.cancel", {"task_id": task_id, "reason": reason}))["task"]
+
+    async def get_task(self, task_id: str) -> dict[str, Any]:
+        return (await self._submit("task.get", {"task_id": task_id}))["task"]
+
+    async def _submit(self, event: str, payload: dict[str, Any]) -> dict[str, Any]:
+        if len(self._outbox) >= self._max_queue:
+            raise NotifierClientError("QUEUE_FULL", f"{len(self._outbox)} operations are waiting")
+        if event in _KEYED_EVENTS:
+            payload = {**payload, "idempotency_key": uuid.uuid4().hex}
+        item = _Outgoing(event, payload)
+        self._outbox.append(item)
+        self._queued.set()
+        return await asyncio.shield(item.done)
+
+    async def _send_in_order(self) -> None:
+        while True:
+            if not self._outbox:
+                self._queued.clear()
+                await self._queued.wait()
+                continue
+            await self._online.wait()
+            item = self._outbox[0]
+            try:
+                reply = await self._call_unless_dropped(item)
+            except (socketio.exceptions.TimeoutError, socketio.exceptions.BadNamespaceError,
+                    socketio.exceptions.DisconnectedError, ConnectionError):
+                # The ack was lost or the connection dropped: the same item (and key) again.
+                if not self.connected:
+                    self._went_offline()
+                continue
+            except Exception as exc:  # a bug must fail its call, not stall every later one
+                log.exception("event=worker_send_failed type=%s", item.event)
+                self._outbox.popleft()
+                item.done.set_exception(NotifierClientError("INTERNAL", str(exc)))
+                continue
+            if isinstance(reply, dict) and (reply.get("error") or {}).get("code") == "RATE_LIMITED":
+                await asyncio.sleep(_RATE_LIMIT_BACKOFF)
+                continue
+            self._outbox.popleft()
+            try:
+                item.done.set_result(_raise_for_error(reply))
+            except NotifierClientError as exc:
+                item.done.set_exception(exc)
+
+
+    async def _call_unless_dropped(self, item: _Outgoing) -> Any:
+        """The ack, or ConnectionError as soon as the connection drops.
+
+        python-socketio forgets pending acks on a disconnect without waking their callers,
+        who would otherwise sit out the whole ack timeout before the retry.
+        """
+        call = asyncio.ensure_future(self.sio.call(
+            item.event, item.payload, namespace=self.namespace, timeout=self._ack_timeout
+        ))
+        dropped = asyncio.ensure_future(self._offline.wait())
+        try:
+            await asyncio.wait({call, dropped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            dropped.cancel()
+        if not call.done():
+            call.cancel()
+            await asyncio.gather(call, return_exceptions=True)
+            raise ConnectionError("disconnected before the ack")
+        return call.result()
+
+
+T = TypeVar("T")
+
+
+class SyncWorker:
+    """`Worker` for synchronous code (threads, scripts): each call blocks until it is acked.
+
+    It runs its own event loop in a background thread, created once; calls from any thread go
+    to that loop (never a new loop per call, which would lose the connection each time).
+    """
+
+    _FORWARDED = frozenset({
+        "publish", "notify", "create_task", "task_progress", "complete_task", "fail_task",
+        "cancel_task", "get_task",
+    })
+
+    def __init__(self, url: str, token: TokenSource, *, call_timeout: float = 60.0,
+                 **options: Any) -> None:
+        self._call_timeout = call_timeout
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="notifier-worker",
+                                        daemon=True)
+        self._thread.start()
+
+        async def build() -> Worker:
+            return Worker(url, token, **options)
+
+        self._worker = self._run(build())
+
+    def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(self._call_timeout)
+
+    def connect(self) -> None:
+        self._run(self._worker.connect())
+
+    def close(self) -> None:
+        try:
+            self._run(self._worker.close())
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=5)
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        if name not in self._FORWARDED:
+            raise AttributeError(name)
+        method = getattr(self._worker, name)
+        return lambda *args, **kwargs: self._run(method(*args, **kwargs))
+
+    def __enter__(self) -> SyncWorker:
+        self.connect()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+__all__ = ["NotifierClientError", "Subscriber", "SyncWorker", "Worker"]

@@ -40,7 +40,13 @@ class UnsubscribeRequest(Payload):
     rooms: Annotated[list[RoomName], Field(min_length=1, max_length=100)]
 
 
-class PublishRequest(Payload):
+class Idempotent(Payload):
+    """A worker operation that a retry (after a lost ack) must not apply twice."""
+
+    idempotency_key: Annotated[str | None, Field(min_length=1, max_length=128)] = None
+
+
+class PublishRequest(Idempotent):
     room: RoomName
     type: EventType
     data: JsonObject = {}
@@ -52,14 +58,14 @@ class PublishRequest(Payload):
         return self
 
 
-class NotifyRequest(Payload):
+class NotifyRequest(Idempotent):
     user_ids: Annotated[list[Identifier], Field(min_length=1, max_length=1000)]
     title: Annotated[str, Field(min_length=1, max_length=200)]
     body: Annotated[str | None, Field(max_length=4000)] = None
     data: JsonObject = {}
 
 
-class TaskCreate(Payload):
+class TaskCreate(Idempotent):
     id: Identifier | None = None
     project_id: Identifier
     owner: Identifier | None = None
@@ -80,16 +86,16 @@ class TaskProgress(TaskRef):
     message: Annotated[str | None, Field(max_length=1000)] = None
 
 
-class TaskComplete(TaskRef):
+class TaskComplete(TaskRef, Idempotent):
     result: Any = None
     message: Annotated[str | None, Field(max_length=1000)] = None
 
 
-class TaskFail(TaskRef):
+class TaskFail(TaskRef, Idempotent):
     error: Annotated[str, Field(min_length=1, max_length=2000)]
 
 
-class TaskCancel(TaskRef):
+class TaskCancel(TaskRef, Idempotent):
     reason: Annotated[str | None, Field(max_length=1000)] = None
 
 

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from . import __version__
@@ -52,6 +52,7 @@ class Notifier:
         self._refresh = RefreshTimer(settings.refresh_interval_seconds, self._send_refresh)
         self._maintenance: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._in_flight: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self.started_at = time.time()
 
     def attach(self, emitter: Emitter) -> None:
@@ -82,6 +83,36 @@ class Notifier:
     async def notify(self, request: NotifyRequest) -> list[Notification]:
         """Store a notification for each user, then push it and their unread count to them."""
         return await self.inbox.notify(request)
+
+    async def once(
+        self, key: str | None, action: Callable[[], Awaitable[dict[str, Any]]]
+    ) -> dict[str, Any]:
+        """Run `action` once per idempotency key; a retry gets the first answer back.
+
+        Keys are remembered in the store (surviving restarts) for the inbox's retention time;
+        a retry that arrives while the first attempt is still running waits for its answer.
+        """
+        if key is None:
+            return await action()
+        running = self._in_flight.get(key)
+        if running is not None:
+            return {**await asyncio.shield(running), "duplicate": True}
+        remembered = await self._store.recall_idempotency_key(key)
+        if remembered is not None:
+            return {**remembered, "duplicate": True}
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._in_flight[key] = future
+        try:
+            result = await action()
+            await self._store.remember_idempotency_key(key, result, millis(self.clock.now()))
+            future.set_result(result)
+            return result
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: a waiting retry re-raises it, nobody else must
+            raise
+        finally:
+            del self._in_flight[key]
 
     # Tasks
 

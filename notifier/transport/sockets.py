@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -377,30 +378,58 @@ class SocketGateway:
 
     # Worker events
 
+    def _once(
+        self, connection: Connection, key: str | None, action: Callable[[], Awaitable[Reply]]
+    ) -> Awaitable[Reply]:
+        # Keys are scoped to the token's subject: one worker cannot replay another's answers.
+        scoped = None if key is None else f"{connection.claims.sub}:{key}"
+        return self._notifier.once(scoped, action)
+
     async def _publish(self, connection: Connection, request: PublishRequest) -> Reply:
-        envelope = await self._notifier.publish(request)
-        return {key: envelope[key] for key in ("id", "room", "offset", "epoch")}
+        async def publish() -> Reply:
+            envelope = await self._notifier.publish(request)
+            return {key: envelope[key] for key in ("id", "room", "offset", "epoch")}
+
+        return await self._once(connection, request.idempotency_key, publish)
 
     async def _notify(self, connection: Connection, request: NotifyRequest) -> Reply:
-        notifications = await self._notifier.notify(request)
-        return {"notifications": [{"id": n.id, "user_id": n.user_id} for n in notifications]}
+        async def notify() -> Reply:
+            notifications = await self._notifier.notify(request)
+            return {"notifications": [{"id": n.id, "user_id": n.user_id} for n in notifications]}
+
+        return await self._once(connection, request.idempotency_key, notify)
 
     async def _task_create(self, connection: Connection, request: TaskCreate) -> Reply:
-        return {"task": (await self._notifier.create_task(request)).to_dict()}
+        async def create() -> Reply:
+            return {"task": (await self._notifier.create_task(request)).to_dict()}
+
+        return await self._once(connection, request.idempotency_key, create)
 
     async def _task_progress(self, connection: Connection, request: TaskProgress) -> Reply:
+        # Progress needs no key: a repeated value is accepted and coalesced away.
         return {"task": (await self._notifier.report_progress(request)).to_dict()}
 
     async def _task_complete(self, connection: Connection, request: TaskComplete) -> Reply:
-        task = await self._notifier.complete_task(request.task_id, request.result, request.message)
-        return {"task": task.to_dict()}
+        async def complete() -> Reply:
+            task = await self._notifier.complete_task(
+                request.task_id, request.result, request.message
+            )
+            return {"task": task.to_dict()}
+
+        return await self._once(connection, request.idempotency_key, complete)
 
     async def _task_fail(self, connection: Connection, request: TaskFail) -> Reply:
-        return {"task": (await self._notifier.fail_task(request.task_id, request.error)).to_dict()}
+        async def fail() -> Reply:
+            return {"task": (await self._notifier.fail_task(request.task_id, request.error)).to_dict()}
+
+        return await self._once(connection, request.idempotency_key, fail)
 
     async def _task_cancel(self, connection: Connection, request: TaskCancel) -> Reply:
-        task = await self._notifier.cancel_task(request.task_id, request.reason)
-        return {"task": task.to_dict()}
+        async def cancel() -> Reply:
+            task = await self._notifier.cancel_task(request.task_id, request.reason)
+            return {"task": task.to_dict()}
+
+        return await self._once(connection, request.idempotency_key, cancel)
 
     # Shutdown
 

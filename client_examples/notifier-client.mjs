@@ -1,0 +1,171 @@
+// A small client for notifier on top of socket.io-client: a fresh token on every (re)connect,
+// acks as promises, typed listeners, connection state, and no event missed or seen twice
+// (positions per room are sent back on reconnect; duplicates are dropped by id and offset).
+// See docs/recovery.md for the protocol it implements.
+import { io } from "socket.io-client";
+
+const SEEN_IDS = 4096;
+
+export class NotifierError extends Error {
+  constructor(code, message) {
+    super(`${code}: ${message}`);
+    this.name = "NotifierError";
+    this.code = code;
+    this.detail = message;
+  }
+}
+
+export class NotifierClient {
+  /**
+   * @param {string} url service URL, e.g. "http://127.0.0.1:8080"
+   * @param {object} options see notifier-client.d.ts
+   */
+  constructor(url, options = {}) {
+    this.url = url;
+    this.options = options;
+    this.positions = {};
+    this.session = null;
+    this.state = "idle";
+    this._seen = new Set();
+    this._handlers = new Map();
+    this._stateHandlers = new Set();
+    this._resetHandlers = new Set();
+    this._closed = false;
+    this.socket = io(url, {
+      autoConnect: false,
+      transports: options.transports,
+      reconnectionDelay: options.reconnectionDelay ?? 500,
+      reconnectionDelayMax: options.reconnectionDelayMax ?? 5000,
+      // Called on every (re)connect: a fresh token, and where we stand in each room.
+      auth: (cb) => {
+        Promise.resolve(typeof options.token === "function" ? options.token() : options.token)
+          .then((token) => cb({ token, positions: this.positions }))
+          .catch(() => cb({}));
+      },
+    });
+    this.socket.on("connect", () => this._setState("connected"));
+    this.socket.on("disconnect", (reason) => {
+      this._setState("disconnected", reason);
+      // After a server-side disconnect (token expired, flooding) socket.io-client stays away;
+      // come back with a fresh token unless we closed on purpose.
+      if (reason === "io server disconnect" && !this._closed) this.socket.connect();
+    });
+    this.socket.on("connect_error", (err) => this._setState("refused", err.data?.code ?? err.message));
+    this.socket.on("session", (env) => {
+      this.session = env.data;
+      this._adopt(env.data.rooms ?? {});
+      this._dispatch("session", env);
+    });
+    this.socket.onAny((type, env) => {
+      if (type === "session" || !env || typeof env !== "object") return;
+      if (this._accept(env)) this._dispatch(type, env);
+    });
+  }
+
+  /** Connect; resolves with the session data, rejects with a NotifierError carrying the code. */
+  connect() {
+    this._closed = false;
+    this._setState("connecting");
+    return new Promise((resolve, reject) => {
+      const cleanup = () => {
+        this.socket.off("session", onSession);
+        this.socket.off("connect_error", onError);
+      };
+      const onSession = (env) => { cleanup(); resolve(env.data); };
+      const onError = (err) => {
+        cleanup();
+        reject(new NotifierError(err.data?.code ?? "UNAVAILABLE", err.data?.message ?? err.message));
+      };
+      this.socket.on("session", onSession);
+      this.socket.on("connect_error", onError);
+      this.socket.connect();
+    });
+  }
+
+  close() {
+    this._closed = true;
+    this.socket.disconnect();
+    this._setState("closed");
+  }
+
+  /** Emit with an ack; resolves with the reply, rejects with NotifierError on {ok: false}. */
+  async call(event, payload = {}, timeoutMs = 10000) {
+    const reply = await this.socket.timeout(timeoutMs).emitWithAck(event, payload);
+    if (!reply?.ok) {
+      throw new NotifierError(reply?.error?.code ?? "INTERNAL", reply?.error?.message ?? "");
+    }
+    return reply;
+  }
+
+  /** Join rooms; resolves with the per-room results (joined, position, task state, error). */
+  async subscribe(rooms) {
+    const since = {};
+    for (const room of rooms) if (this.positions[room]) since[room] = this.positions[room];
+    const payload = Object.keys(since).length ? { rooms, since } : { rooms };
+    const reply = await this.call("subscribe", payload);
+    this._adopt(reply.rooms);
+    return reply.rooms;
+  }
+
+  async unsubscribe(rooms) {
+    const reply = await this.call("unsubscribe", { rooms });
+    for (const room of rooms) delete this.positions[room];
+    return reply.rooms;
+  }
+
+  /** Listen to one event type ("*" for all); returns a function that stops listening. */
+  on(type, handler) {
+    if (!this._handlers.has(type)) this._handlers.set(type, new Set());
+    this._handlers.get(type).add(handler);
+    return () => this._handlers.get(type).delete(handler);
+  }
+
+  /** handler(state, detail) on connecting / connected / disconnected / refused / closed. */
+  onState(handler) {
+    this._stateHandlers.add(handler);
+    return () => this._stateHandlers.delete(handler);
+  }
+
+  /** handler(room, reason) when a room's missed events could not be replayed: reload it. */
+  onReset(handler) {
+    this._resetHandlers.add(handler);
+    return () => this._resetHandlers.delete(handler);
+  }
+
+  _setState(state, detail) {
+    this.state = state;
+    for (const handler of this._stateHandlers) handler(state, detail);
+  }
+
+  _dispatch(type, env) {
+    for (const key of [type, "*"]) {
+      for (const handler of this._handlers.get(key) ?? []) handler(env, type);
+    }
+  }
+
+  _accept(env) {
+    if (env.id) {
+      if (this._seen.has(env.id)) return false;
+      this._seen.add(env.id);
+      if (this._seen.size > SEEN_IDS) this._seen.delete(this._seen.values().next().value);
+    }
+    if (env.room == null || env.offset == null) return true;
+    const known = this.positions[env.room];
+    if (known && known.epoch === env.epoch && env.offset <= known.offset) return false;
+    this.positions[env.room] = { epoch: env.epoch, offset: env.offset };
+    return true;
+  }
+
+  _adopt(rooms) {
+    for (const [room, result] of Object.entries(rooms)) {
+      if (!result.joined) continue;
+      const known = this.positions[room];
+      if (result.recovered === false) {
+        this.positions[room] = { epoch: result.epoch, offset: result.offset };
+        for (const handler of this._resetHandlers) handler(room, result.reason);
+      } else if (!known || known.epoch !== result.epoch) {
+        this.positions[room] = { epoch: result.epoch, offset: result.offset };
+      }
+    }
+  }
+}

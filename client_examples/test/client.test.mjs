@@ -1,0 +1,108 @@
+// The JavaScript client against a real notifier process, over websocket and long-polling.
+import assert from "node:assert/strict";
+import { after, before, describe, test } from "node:test";
+
+import { NotifierClient, NotifierError } from "../notifier-client.mjs";
+import { Service, sign, until } from "../testing/service.mjs";
+
+let service;
+before(async () => { service = await Service.start(); });
+after(async () => { await service.stop(); });
+
+for (const transports of [["websocket"], ["polling"]]) {
+  describe(`over ${transports[0]}`, () => {
+    const open = [];
+    const client = (token) => {
+      const c = new NotifierClient(service.url, { token, transports, reconnectionDelay: 100, reconnectionDelayMax: 200 });
+      open.push(c);
+      return c;
+    };
+    after(() => open.forEach((c) => c.close()));
+
+    test("connects with a token callback and receives its session", async () => {
+      const alice = client(() => sign({ sub: "alice", projects: ["p1"] }));
+      const states = [];
+      alice.onState((s) => states.push(s));
+      const session = await alice.connect();
+      assert.equal(session.user_id, "alice");
+      assert.deepEqual(session.projects, ["p1"]);
+      assert.equal(session.rooms["user:alice"].joined, true);
+      assert.deepEqual(states.slice(0, 2), ["connecting", "connected"]);
+    });
+
+    for (const [name, token, code] of [
+      ["missing", undefined, "AUTH_REQUIRED"],
+      ["expired", sign({ sub: "alice", ttl: -60 }), "AUTH_EXPIRED"],
+      ["garbage", "not-a-jwt", "AUTH_INVALID"],
+    ]) {
+      test(`a ${name} token is refused with ${code}`, async () => {
+        const c = client(token);
+        await assert.rejects(c.connect(), (err) => err instanceof NotifierError && err.code === code);
+        c.close();
+      });
+    }
+
+    test("subscribe acks per room and every event type arrives", async () => {
+      const bob = client(sign({ sub: "bob", projects: ["p2"] }));
+      await bob.connect();
+      const rooms = await bob.subscribe(["project:p2", "project:secret"]);
+      assert.equal(rooms["project:p2"].joined, true);
+      assert.equal(rooms["project:secret"].error.code, "FORBIDDEN");
+
+      const got = [];
+      bob.on("*", (env, type) => got.push([type, env]));
+      await service.publish("project:p2", "deploy", { v: 1 });
+      await service.publish("*", "maintenance", {});
+      await service.rest("POST", "/api/v1/notifications", { user_ids: ["bob"], title: "hi" });
+      await service.rest("POST", "/api/v1/tasks", { id: `t-${transports[0]}`, project_id: "p2" });
+      await service.rest("PATCH", `/api/v1/tasks/t-${transports[0]}`, { progress: 50 });
+      await service.rest("PATCH", `/api/v1/tasks/t-${transports[0]}`, { status: "completed" });
+      const want = ["deploy", "maintenance", "notification", "notifications.unread",
+        "task.created", "refresh", "task.progress", "task.completed"];
+      await until(() => want.every((t) => got.some(([type]) => type === t)), 5000, want.join());
+      const deploy = got.find(([t]) => t === "deploy")[1];
+      assert.equal(deploy.room, "project:p2");
+      assert.deepEqual(deploy.data, { v: 1 });
+      assert.equal(typeof deploy.id, "string");
+      const unsubscribed = await bob.unsubscribe(["project:p2"]);
+      assert.equal(unsubscribed["project:p2"].left, true);
+    });
+
+    test("bad payloads and unknown events answer through the ack", async () => {
+      const carol = client(sign({ sub: "carol" }));
+      await carol.connect();
+      await assert.rejects(carol.call("subscribe", { rooms: "nope" }), { code: "INVALID_PAYLOAD" });
+      await assert.rejects(carol.call("get_status", {}), { code: "UNKNOWN_EVENT" });
+      const pong = await carol.call("ping", { t: 1 });
+      assert.equal(pong.echo.t, 1);
+    });
+  });
+}
+
+test("reconnects after the server drops the connection and recovers what it missed", async () => {
+  const dave = new NotifierClient(service.url, {
+    token: () => sign({ sub: "dave", projects: ["p3"] }), reconnectionDelay: 100, reconnectionDelayMax: 300,
+  });
+  const ticks = [];
+  const resets = [];
+  dave.on("tick", (env) => ticks.push(env));
+  dave.onReset((room, reason) => resets.push([room, reason]));
+  await dave.connect();
+  await dave.subscribe(["project:p3"]);
+  await service.publish("project:p3", "tick", { n: 0 });
+  await until(() => ticks.length === 1);
+
+  await service.stop();
+  await service.start();
+  await service.publish("project:p3", "tick", { n: 1 });
+  await service.publish("project:p3", "tick", { n: 2 });
+  await until(() => ticks.length === 3, 10000, "replayed ticks");
+  await service.publish("project:p3", "tick", { n: 3 });
+  await until(() => ticks.length === 4);
+
+  assert.deepEqual(ticks.map((t) => t.offset), [1, 2, 3, 4]);
+  assert.deepEqual(ticks.map((t) => t.data.n), [0, 1, 2, 3]);
+  assert.deepEqual(resets, []);
+  assert.equal(dave.session.rooms["project:p3"].recovered, true);
+  dave.close();
+});
