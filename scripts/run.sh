@@ -3,5 +3,5 @@
 # ./notifier-data, development-mode JWT secret unless NOTIFIER_JWT_SECRET is set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-NOTIFIER_SKIP_NODE=${NOTIFIER_SKIP_NODE:-0} ./scripts/setup.sh
+./scripts/setup.sh
 exec .venv/bin/notifier serve "$@"

@@ -16,10 +16,11 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
 fi
 
-if [ "${NOTIFIER_SKIP_NODE:-0}" != 1 ] && [ -f client_examples/package.json ]; then
+# The dashboard's socket.io client script and the JavaScript tests come from these packages.
+if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   if ! command -v npm >/dev/null; then
-    echo "npm is required for the JavaScript client and its tests" >&2
+    echo "npm (Node 20+) is required: the dashboard serves socket.io-client from node_modules" >&2
     exit 1
   fi
-  (cd client_examples && npm ci --silent --no-audit --no-fund)
+  npm ci --silent --no-audit --no-fund
 fi
