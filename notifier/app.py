@@ -16,6 +16,7 @@ from .keys import GATEWAY, NOTIFIER, SETTINGS, VERIFIER
 from .service import Notifier
 from .settings import Settings
 from .store import open_store
+from .transport import dashboard
 from .transport.fanout import SocketFanOut
 from .transport.http import draining_middleware, error_middleware, routes
 from .transport.server import NotifierServer
@@ -54,6 +55,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     app[GATEWAY] = gateway
     sio.attach(app)
     app.add_routes(routes)
+    app.add_routes(dashboard.routes)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await store.open()

@@ -24,3 +24,17 @@ if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modu
   fi
   npm ci --silent --no-audit --no-fund
 fi
+
+# The dashboard's browser test drives Debian's Chromium (playwright-core never downloads one).
+if [ "${NOTIFIER_SKIP_BROWSER:-0}" != 1 ] && ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  elif command -v sudo >/dev/null; then
+    sudo apt-get update -qq
+    sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "chromium is needed for the browser test: apt-get install chromium" >&2
+    exit 1
+  fi
+fi
