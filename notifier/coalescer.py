@@ -10,6 +10,7 @@ from typing import Any, Protocol
 from .clock import Clock
 
 Snapshot = dict[str, Any]
+TakeSnapshot = Callable[[], Snapshot]
 EmitProgress = Callable[[str, Snapshot], Awaitable[None]]
 
 
@@ -23,7 +24,9 @@ Schedule = Callable[[float, Callable[[], None]], Cancellable]
 @dataclass
 class _Slot:
     last_emitted: float = float("-inf")
-    pending: Snapshot | None = None
+    # Taken when the value is emitted, not when it is offered: the newest state at that
+    # moment, and no copying for the updates that are coalesced away.
+    pending: TakeSnapshot | None = None
     timer: Cancellable | None = None
     # Serialises emits of one task, so values leave in the order they were taken (newest last).
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -46,8 +49,8 @@ class ProgressCoalescer:
         self._schedule = schedule
         self._slots: dict[str, _Slot] = {}
 
-    async def offer(self, task_id: str, snapshot: Snapshot) -> None:
-        """Take a new progress value; emit now if the task's budget allows, else later."""
+    async def offer(self, task_id: str, snapshot: TakeSnapshot) -> None:
+        """Note a new progress value; emit it now if the task's budget allows, else later."""
         slot = self._slots.setdefault(task_id, _Slot())
         slot.pending = snapshot
         if slot.timer is not None:
@@ -82,8 +85,8 @@ class ProgressCoalescer:
 
     async def _flush(self, task_id: str, slot: _Slot) -> None:
         async with slot.lock:
-            snapshot, slot.pending = slot.pending, None
-            if snapshot is None:
+            take, slot.pending = slot.pending, None
+            if take is None:
                 return
             slot.last_emitted = self._clock.monotonic()
-            await self._emit(task_id, snapshot)
+            await self._emit(task_id, take())

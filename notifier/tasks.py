@@ -91,7 +91,7 @@ class TaskBook:
             if value is not None:
                 setattr(task, counter, value)
         task.updated_at = millis(self._clock.now())
-        await self._coalescer.offer(task.id, task.to_dict())
+        await self._coalescer.offer(task.id, task.to_dict)
         return task
 
     async def finish(
@@ -101,6 +101,9 @@ class TaskBook:
         task = await self._live_task(task_id)
         # Leaving the live set before the first await makes a second finish a CONFLICT.
         del self._live[task_id]
+        # The last progress leaves, with the state it was reported in, before the terminal
+        # event: clients never see progress after completion.
+        await self._coalescer.finish(task_id)
         now = millis(self._clock.now())
         task.status = status
         task.updated_at = task.finished_at = now
@@ -110,8 +113,6 @@ class TaskBook:
         task.error = error
         if message is not None:
             task.message = message
-        # The last progress leaves before the terminal event: clients never see it after.
-        await self._coalescer.finish(task_id)
         await self._store.save_task(task)
         await self._publish_task_event(
             task.project_id, task.id, _TERMINAL_EVENT[status], task.to_dict()

@@ -53,9 +53,9 @@ async def test_first_value_goes_out_at_once_then_at_most_the_rate() -> None:
         sent.append(snapshot["progress"])
 
     coalescer = ProgressCoalescer(10, clock, emit, timers.schedule)
-    await coalescer.offer("t", {"progress": 1})
+    await coalescer.offer("t", lambda: {"progress": 1})
     for value in range(2, 50):
-        await coalescer.offer("t", {"progress": value})
+        await coalescer.offer("t", lambda value=value: {"progress": value})
     assert sent == [1]
 
     clock.advance(0.1)
@@ -73,8 +73,8 @@ async def test_finish_flushes_the_pending_value_before_returning() -> None:
         sent.append(snapshot["progress"])
 
     coalescer = ProgressCoalescer(10, clock, emit, timers.schedule)
-    await coalescer.offer("t", {"progress": 10})
-    await coalescer.offer("t", {"progress": 20})
+    await coalescer.offer("t", lambda: {"progress": 10})
+    await coalescer.offer("t", lambda: {"progress": 20})
     await coalescer.finish("t")
 
     assert sent == [10, 20]

@@ -1,12 +1,18 @@
 """SQLite store: the embedded default (a file in the data directory) and, as `:memory:`, the test one.
 
-Calls are synchronous on the event loop on purpose: each statement is a few tens of microseconds
-on a local file in WAL mode, far cheaper than a hop to a thread, and it keeps the appending of an
-event and its fan-out free of suspension points (which is what orders live and replayed events).
+Calls are synchronous on the event loop on purpose: a statement is a few microseconds, far
+cheaper than a hop to a thread, and it keeps the appending of an event and its fan-out free of
+suspension points (which is what orders live and replayed events).
+
+Writes are grouped: the first write in an event-loop iteration opens a transaction and
+schedules its commit with `call_soon`, which runs before the socket writers woken by that
+iteration's fan-out; so an event is committed before any client can receive it, and a burst
+of events costs one commit instead of one each (measured: 60 us to ~5 us per statement).
 """
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -45,6 +51,7 @@ class SqliteStore:
         self._path = path
         self._max_events_per_room = max_events_per_room
         self._db: sqlite3.Connection | None = None
+        self._in_transaction = False
         self.epoch = ""
 
     async def open(self) -> None:
@@ -64,6 +71,7 @@ class SqliteStore:
         self._db = db
 
     async def close(self) -> None:
+        self._commit()
         if self._db is not None:
             if self._path != ":memory:":
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -76,12 +84,27 @@ class SqliteStore:
             raise RuntimeError("store is not open")
         return self._db
 
+    @property
+    def _writer(self) -> sqlite3.Connection:
+        """The connection, inside this loop iteration's transaction."""
+        db = self.db
+        if not self._in_transaction:
+            db.execute("BEGIN")
+            self._in_transaction = True
+            asyncio.get_running_loop().call_soon(self._commit)
+        return db
+
+    def _commit(self) -> None:
+        if self._in_transaction and self._db is not None:
+            self._in_transaction = False
+            self._db.execute("COMMIT")
+
     # Room histories
 
     async def append_event(
         self, room: str, event_type: str, data: dict[str, Any], ts: int, event_id: str
     ) -> Envelope:
-        db = self.db
+        db = self._writer
         row = db.execute(
             "INSERT INTO room_heads (room, head) VALUES (?, 1) "
             "ON CONFLICT (room) DO UPDATE SET head = head + 1 RETURNING head",
@@ -135,7 +158,7 @@ class SqliteStore:
         return StreamPosition(self.epoch, head), first
 
     async def trim_events(self, older_than_ts: int, max_per_room: int) -> int:
-        db = self.db
+        db = self._writer
         removed = db.execute("DELETE FROM events WHERE ts < ?", (older_than_ts,)).rowcount
         removed += db.execute(
             "DELETE FROM events WHERE (room, offset) IN ("
@@ -148,7 +171,7 @@ class SqliteStore:
     # Tasks
 
     async def save_task(self, task: Task) -> None:
-        self.db.execute(
+        self._writer.execute(
             "INSERT INTO tasks (id, project_id, status, finished_at, body) VALUES (?, ?, ?, ?, ?) "
             "ON CONFLICT (id) DO UPDATE SET status = excluded.status, "
             "finished_at = excluded.finished_at, body = excluded.body",
@@ -175,7 +198,7 @@ class SqliteStore:
         return [Task.from_dict(orjson.loads(body)) for (body,) in rows]
 
     async def delete_tasks_finished_before(self, ts: int) -> int:
-        cursor = self.db.execute(
+        cursor = self._writer.execute(
             "DELETE FROM tasks WHERE finished_at IS NOT NULL AND finished_at < ?", (ts,)
         )
         return int(cursor.rowcount)
@@ -183,19 +206,12 @@ class SqliteStore:
     # Inboxes
 
     async def add_notifications(self, notifications: list[Notification]) -> None:
-        db = self.db
-        db.execute("BEGIN")
-        try:
-            db.executemany(
-                "INSERT INTO notifications (id, user_id, created_at, read, body) "
-                "VALUES (?, ?, ?, ?, ?)",
-                [(n.id, n.user_id, n.created_at, int(n.read), orjson.dumps(n.to_dict()))
-                 for n in notifications],
-            )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+        self._writer.executemany(
+            "INSERT INTO notifications (id, user_id, created_at, read, body) "
+            "VALUES (?, ?, ?, ?, ?)",
+            [(n.id, n.user_id, n.created_at, int(n.read), orjson.dumps(n.to_dict()))
+             for n in notifications],
+        )
 
     async def list_notifications(
         self, user_id: str, limit: int, before: str | None, unread_only: bool
@@ -215,12 +231,12 @@ class SqliteStore:
 
     async def mark_read(self, user_id: str, ids: list[str] | None) -> list[str]:
         if ids is None:
-            rows = self.db.execute(
+            rows = self._writer.execute(
                 "UPDATE notifications SET read = 1 WHERE user_id = ? AND read = 0 RETURNING id",
                 (user_id,),
             ).fetchall()
         else:
-            rows = self.db.execute(
+            rows = self._writer.execute(
                 f"UPDATE notifications SET read = 1 WHERE user_id = ? AND read = 0 "
                 f"AND id IN ({','.join('?' * len(ids))}) RETURNING id",
                 (user_id, *ids),
@@ -234,7 +250,7 @@ class SqliteStore:
         return int(row[0])
 
     async def trim_notifications(self, older_than_ts: int, max_per_user: int) -> int:
-        db = self.db
+        db = self._writer
         removed = db.execute(
             "DELETE FROM notifications WHERE created_at < ?", (older_than_ts,)
         ).rowcount
@@ -250,7 +266,7 @@ class SqliteStore:
     # Idempotency
 
     async def remember_idempotency_key(self, key: str, result: dict[str, Any], ts: int) -> None:
-        self.db.execute(
+        self._writer.execute(
             "INSERT OR IGNORE INTO idempotency (key, ts, result) VALUES (?, ?, ?)",
             (key, ts, orjson.dumps(result)),
         )

@@ -1,0 +1,366 @@
+"""notifier's benchmarks, with references measured in the same run.
+
+    .venv/bin/python -m benchmarks.run all                 # everything (a few minutes)
+    .venv/bin/python -m benchmarks.run fanout --clients 1000
+    .venv/bin/python -m benchmarks.run latency --clients 1000 --rate 20 --seconds 10
+    .venv/bin/python -m benchmarks.run memory --clients 1000 --clients 10000
+    .venv/bin/python -m benchmarks.run progress
+
+Servers under test, each in its own process on 127.0.0.1: notifier (`python -m notifier serve`,
+SQLite store, publishing through `/workers` `publish`), plain python-socketio on aiohttp with
+its defaults, and Node socket.io 4.8 (pinned in benchmarks/package.json). Clients: the Node
+load generator (benchmarks/loadgen.mjs, several processes). Everything is bounded in count and
+time and stays on loopback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import socketio
+
+from notifier.auth import Role, issue_token
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+SECRET = "benchmark-secret-" + "b" * 40
+PAD = "x" * 110  # makes a delivered message about 200 bytes of JSON
+
+
+@dataclass
+class Server:
+    name: str
+    url: str
+    process: asyncio.subprocess.Process
+    publish_namespace: str
+    publisher_token: str | None
+
+    def rss_kb(self) -> int:
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        return int(next(line for line in status.splitlines() if line.startswith("VmRSS")).split()[1])
+
+    def publish_payload(self, data: dict[str, Any]) -> dict[str, Any]:
+        if self.name == "notifier":
+            return {"room": "*", "type": "tick", "data": data}
+        return {"type": "tick", "data": data}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextlib.asynccontextmanager
+async def run_server(name: str) -> AsyncIterator[Server]:
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER_")}
+    with tempfile.TemporaryDirectory() as data_dir:
+        if name == "notifier":
+            command = [sys.executable, "-m", "notifier", "serve"]
+            env.update(NOTIFIER_PORT=str(port), NOTIFIER_JWT_SECRET=SECRET,
+                       NOTIFIER_DATA_DIR=data_dir, NOTIFIER_LOG_LEVEL="WARNING",
+                       NOTIFIER_REFRESH_INTERVAL_SECONDS="0",
+                       NOTIFIER_WORKER_RATE_PER_SECOND="1000000",
+                       NOTIFIER_WORKER_RATE_BURST="100000")
+            namespace = "/workers"
+            token = issue_token(SECRET, "HS256", "bench", role=Role.PUBLISHER)
+        elif name == "python-socketio":
+            command = [sys.executable, str(BENCH / "ref_python_socketio.py")]
+            env["PORT"] = str(port)
+            namespace, token = "/", None
+        else:
+            command = ["node", str(BENCH / "ref_node_server.mjs")]
+            env["PORT"] = str(port)
+            namespace, token = "/", None
+        process = await asyncio.create_subprocess_exec(
+            *command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        server = Server(name, f"http://127.0.0.1:{port}", process, namespace, token)
+        try:
+            await _wait_listening(port)
+            yield server
+        finally:
+            process.terminate()
+            await process.wait()
+
+
+async def _wait_listening(port: int) -> None:
+    for _ in range(300):
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return
+        except OSError:
+            await asyncio.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {port}")
+
+
+class LoadGenerator:
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+
+    @classmethod
+    async def start(cls, server: Server, clients: int, shards: int) -> LoadGenerator:
+        token = issue_token(SECRET, "HS256", "viewer") if server.name == "notifier" else None
+        config = {"url": server.url, "count": clients, "token": token, "shards": shards}
+        process = await asyncio.create_subprocess_exec(
+            "node", str(BENCH / "loadgen.mjs"), json.dumps(config), cwd=BENCH,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, limit=2**28,
+        )
+        generator = cls(process)
+        await generator._read("connected", timeout=max(60, clients / 100))
+        return generator
+
+    async def _read(self, kind: str, timeout: float = 30) -> dict[str, Any]:
+        assert self.process.stdout is not None
+        while True:
+            line = await asyncio.wait_for(self.process.stdout.readline(), timeout)
+            if not line:
+                raise RuntimeError("load generator exited")
+            message = json.loads(line)
+            if message.get("kind") == kind:
+                return message
+
+    async def command(self, command: str, kind: str) -> dict[str, Any]:
+        assert self.process.stdin is not None
+        self.process.stdin.write(command.encode() + b"\n")
+        await self.process.stdin.drain()
+        return await self._read(kind)
+
+    async def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            assert self.process.stdin is not None
+            self.process.stdin.write(b"quit\n")
+            await self.process.stdin.drain()
+        try:
+            await asyncio.wait_for(self.process.wait(), 10)
+        except TimeoutError:
+            self.process.kill()
+            await self.process.wait()
+
+
+@contextlib.asynccontextmanager
+async def publisher(server: Server) -> AsyncIterator[socketio.AsyncClient]:
+    client = socketio.AsyncClient(reconnection=False)
+    auth = {"token": server.publisher_token} if server.publisher_token else None
+    await client.connect(server.url, auth=auth, namespaces=[server.publish_namespace],
+                         transports=["websocket"])
+    try:
+        yield client
+    finally:
+        await client.disconnect()
+
+
+async def publish(client: socketio.AsyncClient, server: Server, seq: int) -> None:
+    data = {"sent": time.time() * 1000, "seq": seq, "pad": PAD}
+    reply = await client.call("publish", server.publish_payload(data),
+                              namespace=server.publish_namespace, timeout=30)
+    if not reply or not reply.get("ok"):
+        raise RuntimeError(f"publish refused: {reply}")
+
+
+async def wait_for_deliveries(load: LoadGenerator, expected: int, stall: float = 5.0) -> dict:
+    """Poll until every delivery arrived, or nothing new arrived for `stall` seconds."""
+    delivered, last_change, latencies = -1, time.monotonic(), []
+    report: dict[str, Any] = {}
+    while True:
+        report = await load.command("report", "report")
+        latencies.extend(report["latencies"])
+        if report["delivered"] != delivered:
+            delivered, last_change = report["delivered"], time.monotonic()
+        if delivered >= expected or time.monotonic() - last_change > stall:
+            report["latencies"] = latencies
+            return report
+        await asyncio.sleep(0.1)
+
+
+async def measure_fanout(name: str, clients: int, messages: int, shards: int) -> dict[str, Any]:
+    async with run_server(name) as server:
+        load = await LoadGenerator.start(server, clients, shards)
+        try:
+            async with publisher(server) as client:
+                await publish(client, server, -1)  # warm-up
+                await asyncio.sleep(0.5)
+                await load.command("reset", "reset")
+                window = asyncio.Semaphore(8)
+
+                async def one(seq: int) -> None:
+                    async with window:
+                        await publish(client, server, seq)
+
+                started_ms = time.time() * 1000
+                await asyncio.gather(*(one(n) for n in range(messages)))
+                report = await wait_for_deliveries(load, clients * messages)
+        finally:
+            await load.stop()
+    seconds = max(report["last"] - started_ms, 1) / 1000
+    return {
+        "server": name, "clients": clients, "messages": messages,
+        "delivered": report["delivered"], "expected": clients * messages,
+        "deliveries_per_s": report["delivered"] / seconds,
+        "loadgen_cpu_share": max(report["cpuMs"]) / 1000 / seconds,
+    }
+
+
+async def measure_latency(name: str, clients: int, rate: float, seconds: float,
+                          shards: int) -> dict[str, Any]:
+    async with run_server(name) as server:
+        load = await LoadGenerator.start(server, clients, shards)
+        try:
+            async with publisher(server) as client:
+                await publish(client, server, -1)
+                await asyncio.sleep(0.5)
+                await load.command("reset", "reset")
+                count = int(rate * seconds)
+                started = time.monotonic()
+                calls = []
+                for n in range(count):
+                    await asyncio.sleep(max(0.0, started + n / rate - time.monotonic()))
+                    calls.append(asyncio.ensure_future(publish(client, server, n)))
+                await asyncio.gather(*calls)
+                report = await wait_for_deliveries(load, clients * count)
+        finally:
+            await load.stop()
+    latencies = sorted(report["latencies"])
+    return {
+        "server": name, "clients": clients, "rate": rate, "seconds": seconds,
+        "delivered": report["delivered"], "expected": clients * count,
+        "p50_ms": _percentile(latencies, 50), "p99_ms": _percentile(latencies, 99),
+        "max_ms": latencies[-1] if latencies else float("nan"),
+    }
+
+
+async def measure_memory(name: str, clients: int, shards: int) -> dict[str, Any]:
+    async with run_server(name) as server:
+        await asyncio.sleep(0.5)
+        before = server.rss_kb()
+        load = await LoadGenerator.start(server, clients, shards)
+        try:
+            await asyncio.sleep(2.0)
+            after = server.rss_kb()
+        finally:
+            await load.stop()
+    return {"server": name, "clients": clients, "rss_before_kb": before, "rss_after_kb": after,
+            "kb_per_connection": (after - before) / clients}
+
+
+def _percentile(values: list[float], percent: float) -> float:
+    if not values:
+        return float("nan")
+    index = min(len(values) - 1, max(0, round(percent / 100 * len(values)) - 1))
+    return values[index]
+
+
+SERVERS = ("notifier", "python-socketio", "node")
+
+
+def _ratio_table(rows: list[dict[str, Any]], key: str, higher_is_better: bool) -> None:
+    by_server = {row["server"]: row for row in rows}
+    ours = by_server["notifier"][key]
+    for row in rows:
+        ratio = ours / row[key] if row[key] else float("nan")
+        note = "" if row["server"] == "notifier" else (
+            f"  notifier = {ratio:.2f}x {'(higher is better)' if higher_is_better else '(lower is better)'}"
+        )
+        print(f"  {row['server']:<16} {key} = {row[key]:>12,.1f}{note}")
+
+
+async def fanout_command(args: argparse.Namespace) -> list[dict[str, Any]]:
+    rows = []
+    for name in SERVERS:
+        row = await measure_fanout(name, args.clients[0], args.messages, args.shards)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    print(f"fan-out deliveries/s, {args.clients[0]} clients in one room:")
+    _ratio_table(rows, "deliveries_per_s", True)
+    busy = [r for r in rows if r["loadgen_cpu_share"] > 0.9]
+    for row in busy:
+        print(f"  note: the load generator was busy {row['loadgen_cpu_share']:.0%} "
+              f"against {row['server']}: that figure may be the generator's limit")
+    return rows
+
+
+async def latency_command(args: argparse.Namespace) -> list[dict[str, Any]]:
+    rows = []
+    for name in SERVERS:
+        row = await measure_latency(name, args.clients[0], args.rate, args.seconds, args.shards)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    print(f"latency at {args.clients[0]} clients x {args.rate:g} broadcasts/s:")
+    for key in ("p50_ms", "p99_ms", "max_ms"):
+        _ratio_table(rows, key, False)
+    return rows
+
+
+async def memory_command(args: argparse.Namespace) -> list[dict[str, Any]]:
+    rows = []
+    for clients in args.clients:
+        group = []
+        for name in SERVERS:
+            row = await measure_memory(name, clients, max(args.shards, clients // 2500))
+            group.append(row)
+            print(json.dumps(row), flush=True)
+        print(f"RSS per idle websocket connection at {clients} connections (KB):")
+        _ratio_table(group, "kb_per_connection", False)
+        rows += group
+    return rows
+
+
+async def progress_command(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from benchmarks.progress import measure_progress
+
+    rows = [await measure_progress(tasks=1, updates=args.updates),
+            await measure_progress(tasks=1000, updates=args.updates)]
+    for row in rows:
+        print(json.dumps(row), flush=True)
+    print("progress updates absorbed per second (target: 100,000 into one task):")
+    for row in rows:
+        print(f"  {row['tasks']:>5} task(s): {row['updates_per_s']:>12,.0f}/s, "
+              f"{row['updates_per_s'] / 100_000:.2f}x target, "
+              f"max event-loop lag {row['max_loop_lag_ms']:.1f} ms, "
+              f"{row['emitted']} progress events emitted")
+    return rows
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["fanout", "latency", "memory", "progress", "all"])
+    parser.add_argument("--clients", type=int, action="append")
+    parser.add_argument("--messages", type=int, default=200)
+    parser.add_argument("--rate", type=float, default=20)
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--shards", type=int, default=3)
+    parser.add_argument("--updates", type=int, default=200_000)
+    args = parser.parse_args()
+    commands = {"fanout": fanout_command, "latency": latency_command,
+                "memory": memory_command, "progress": progress_command}
+    if args.command == "all":
+        memory_clients = args.clients or [1000, 10000]
+        args.clients = [1000]
+        for name in ("fanout", "latency", "progress"):
+            await commands[name](args)
+        args.clients = memory_clients
+        await memory_command(args)
+    else:
+        args.clients = args.clients or [1000]
+        await commands[args.command](args)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
