@@ -271,7 +271,7 @@ SERVERS = ("notifier", "python-socketio", "node")
 
 def _ratio_table(rows: list[dict[str, Any]], key: str, higher_is_better: bool) -> None:
     by_server = {row["server"]: row for row in rows}
-    ours = by_server["notifier"][key]
+    ours = by_server["notifier"][key] if "notifier" in by_server else float("nan")
     for row in rows:
         ratio = ours / row[key] if row[key] else float("nan")
         note = "" if row["server"] == "notifier" else (
@@ -282,7 +282,7 @@ def _ratio_table(rows: list[dict[str, Any]], key: str, higher_is_better: bool) -
 
 async def fanout_command(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
-    for name in SERVERS:
+    for name in args.servers:
         row = await measure_fanout(name, args.clients[0], args.messages, args.shards)
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -297,7 +297,7 @@ async def fanout_command(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 async def latency_command(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
-    for name in SERVERS:
+    for name in args.servers:
         row = await measure_latency(name, args.clients[0], args.rate, args.seconds, args.shards)
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -311,7 +311,7 @@ async def memory_command(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     for clients in args.clients:
         group = []
-        for name in SERVERS:
+        for name in args.servers:
             row = await measure_memory(name, clients, max(args.shards, clients // 2500))
             group.append(row)
             print(json.dumps(row), flush=True)
@@ -347,6 +347,8 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--shards", type=int, default=3)
     parser.add_argument("--updates", type=int, default=200_000)
+    parser.add_argument("--servers", nargs="+", choices=SERVERS, default=list(SERVERS),
+                        help="which servers to measure (ratios need notifier among them)")
     args = parser.parse_args()
     commands = {"fanout": fanout_command, "latency": latency_command,
                 "memory": memory_command, "progress": progress_command}

@@ -1,8 +1,9 @@
-"""Delivery of envelopes to the connections in a room: encoded once, queued to each socket.
+"""Delivery of envelopes to the connections in a room: encoded once, handed to each socket.
 
 python-socketio's own emit starts an asyncio task per recipient; here one broadcast encodes one
-Engine.IO packet and puts that same object on every recipient's send queue, in one pass with no
-suspension, which also makes the order of deliveries the order of publishes.
+packet (and one websocket frame, see directws) and hands that same object to every recipient's
+send queue, in one pass with no suspension, which also makes the order of deliveries the order
+of publishes.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 
 from ..records import Envelope
+from .directws import FramedPacket
 
 log = logging.getLogger("notifier.fanout")
 
@@ -39,16 +41,21 @@ class SocketFanOut:
         self._gates: dict[str, list[tuple[str, int, eio_packet.Packet]]] = {}
         self._evicting: dict[str, asyncio.Task[None]] = {}
 
-    def encode(self, event: str, data: Any, namespace: str = USER_NAMESPACE) -> eio_packet.Packet:
+    def encode(self, event: str, data: Any, namespace: str = USER_NAMESPACE) -> FramedPacket:
+        """One Engine.IO packet, and its websocket frame, for every recipient."""
         pkt = self._sio.packet_class(sio_packet.EVENT, namespace=namespace, data=[event, data])
-        return eio_packet.Packet(eio_packet.MESSAGE, pkt.encode())
+        return FramedPacket(pkt.encode())
 
     async def emit(self, envelope: Envelope) -> None:
         room = envelope["room"]
         packet = self.encode(envelope["type"], envelope)
         offset = envelope["offset"]
+        members = self._sio.manager.rooms.get(USER_NAMESPACE, {}).get(room)
+        if not members:
+            return
         gates = self._gates
-        for sid, eio_sid in self._sio.manager.get_participants(USER_NAMESPACE, room):
+        # No copy of the member list: nothing below suspends or changes room membership.
+        for sid, eio_sid in members.items():
             gate = gates.get(sid) if gates else None
             if gate is not None:
                 gate.append((room, offset, packet))

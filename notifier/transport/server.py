@@ -13,6 +13,7 @@ from socketio import packet as sio_packet
 
 from ..errors import ErrorCode, error_body
 from . import jsonlib
+from .directws import DirectQueue, DirectQueueEngineIO
 
 log = logging.getLogger("notifier.server")
 
@@ -47,12 +48,18 @@ class _UncompressedWebSocket(eio_aiohttp.WebSocket):  # type: ignore[misc]
         )
         await self._sock.prepare(request)
         self.environ = environ
+        socket = getattr(self.handler, "__self__", None)  # the engineio socket being served
+        if socket is not None and isinstance(socket.queue, DirectQueue):
+            socket.queue.attach(socket, self._sock)
         await self.handler(self)
         return self._sock
 
 
 class NotifierServer(socketio.AsyncServer):
     """Refuses oversized events with a PAYLOAD_TOO_LARGE ack, without decoding their JSON."""
+
+    def _engineio_server_class(self) -> type[DirectQueueEngineIO]:
+        return DirectQueueEngineIO
 
     def __init__(self, *, max_event_bytes: int, **kwargs: Any) -> None:
         super().__init__(client_manager=NotifierManager(), json=jsonlib, **kwargs)
