@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     ping_interval_seconds: int = Field(25, ge=1, le=300)
     ping_timeout_seconds: int = Field(20, ge=1, le=120)
     max_payload_bytes: int = Field(65536, ge=1024, le=16 * 1024 * 1024)
+    # Events queued for one connection that has stopped reading before it is disconnected.
+    max_backlog_events: int = Field(2000, ge=10)
 
     user_rate_per_second: float = Field(100.0, gt=0)
     user_rate_burst: int = Field(50, ge=1)

@@ -64,6 +64,11 @@ class DirectQueue(asyncio.Queue[Any]):
         # aiohttp keeps the transport on its websocket writer; without one, all goes queued.
         self._transport = getattr(writer, "transport", None)
 
+    def abort(self) -> None:
+        """Drop the connection at once, whatever is still unsent (for a client gone silent)."""
+        if self._transport is not None:
+            self._transport.abort()
+
     def put_nowait(self, item: Any) -> None:
         if isinstance(item, FramedPacket) and self._writes_directly():
             assert self._transport is not None

@@ -17,7 +17,7 @@ from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 
 from ..records import Envelope
-from .directws import FramedPacket
+from .directws import DirectQueue, FramedPacket
 
 log = logging.getLogger("notifier.fanout")
 
@@ -25,6 +25,7 @@ USER_NAMESPACE = "/"
 
 # A connection whose unsent backlog passes this many packets has stopped reading; it is
 # disconnected (it recovers what it missed on reconnect) instead of growing server memory.
+# (Direct frames wait in the transport only up to directws' byte limit, then queue here.)
 DEFAULT_MAX_BACKLOG = 2000
 
 
@@ -107,6 +108,16 @@ class SocketFanOut:
         if eio_sid in self._evicting:
             return
         log.warning("event=slow_consumer_disconnected eio_sid=%s", eio_sid)
-        task = asyncio.get_running_loop().create_task(self._sio.eio.disconnect(eio_sid))
+        task = asyncio.get_running_loop().create_task(self._drop(eio_sid))
         self._evicting[eio_sid] = task
         task.add_done_callback(lambda _: self._evicting.pop(eio_sid, None))
+
+    async def _drop(self, eio_sid: str) -> None:
+        # Not engineio's disconnect: it waits for the backlog to drain, which never happens.
+        socket = self._sio.eio.sockets.get(eio_sid)
+        if socket is None:
+            return
+        await socket.close(wait=False, abort=True, reason=self._sio.eio.reason.TRANSPORT_ERROR)
+        if isinstance(socket.queue, DirectQueue):
+            socket.queue.abort()
+        socket.queue.put_nowait(None)  # a polling or websocket writer still waiting ends
