@@ -337,6 +337,12 @@ async def progress_command(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
+def _install_node_packages() -> None:
+    """The load generator and the Node reference come from benchmarks/package-lock.json."""
+    if not (BENCH / "node_modules" / "socket.io-client").exists():
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=BENCH, check=True)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -350,6 +356,8 @@ async def main() -> None:
     parser.add_argument("--servers", nargs="+", choices=SERVERS, default=list(SERVERS),
                         help="which servers to measure (ratios need notifier among them)")
     args = parser.parse_args()
+    if args.command != "progress":
+        _install_node_packages()
     commands = {"fanout": fanout_command, "latency": latency_command,
                 "memory": memory_command, "progress": progress_command}
     if args.command == "all":

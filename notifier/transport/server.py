@@ -14,6 +14,7 @@ from socketio import packet as sio_packet
 from ..errors import ErrorCode, error_body
 from . import jsonlib
 from .directws import DirectQueue, DirectQueueEngineIO
+from .websession import serve_websocket
 
 log = logging.getLogger("notifier.server")
 
@@ -50,8 +51,9 @@ class _UncompressedWebSocket(eio_aiohttp.WebSocket):  # type: ignore[misc]
         self.environ = environ
         socket = getattr(self.handler, "__self__", None)  # the engineio socket being served
         if socket is not None and isinstance(socket.queue, DirectQueue):
-            socket.queue.attach(socket, self._sock)
-        await self.handler(self)
+            await serve_websocket(socket, self._sock)
+        else:
+            await self.handler(self)
         return self._sock
 
 

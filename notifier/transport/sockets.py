@@ -237,16 +237,15 @@ class SocketGateway:
         now = self._notifier.clock.now()
         delay = connection.claims.expires_at + self._settings.jwt_leeway_seconds - now
         handle = asyncio.get_running_loop().call_later(
-            max(delay, 0.0),
-            self._close_soon,
-            connection,
-            "auth.expired",
-            NotifierError(ErrorCode.AUTH_EXPIRED, "your token expired; reconnect with a new one"),
+            max(delay, 0.0), self._expire, connection
         )
         connection.cancel_expiry = handle.cancel
 
-    def _close_soon(self, connection: Connection, event: str, reason: NotifierError) -> None:
-        task = asyncio.get_running_loop().create_task(self._close(connection, event, reason))
+    def _expire(self, connection: Connection) -> None:
+        reason = NotifierError(ErrorCode.AUTH_EXPIRED, "your token expired; reconnect with a new one")
+        task = asyncio.get_running_loop().create_task(
+            self._close(connection, "auth.expired", reason)
+        )
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
