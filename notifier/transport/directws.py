@@ -7,9 +7,10 @@ keeps that writer task (and a task waiting on the queue) alive for every idle co
 
 `DirectQueue` replaces a socket's send queue. While the socket is on long-polling it is a plain
 queue that engineio's poll reads. Once a websocket session takes it over (see websession), a
-packet put on it is framed and written to the transport at once, in the caller's turn; only
-when the transport holds a backlog does it wait here, in order, for a drain task started for
-the occasion. There is no writer task per connection.
+packet put on it is framed at once and written to the transport with the connection's other
+frames of the same loop iteration (WriteBatcher); only when the transport holds a backlog
+does it wait here, in order, for a drain task started for the occasion. There is no writer
+task per connection.
 """
 
 from __future__ import annotations
@@ -68,23 +69,42 @@ def packet_frame(pkt: eio_packet.Packet) -> bytes:
     return websocket_frame(encoded, _BINARY)
 
 
+class WriteBatcher:
+    """Writes the frames each connection was given during one loop iteration in one call.
+
+    Several broadcasts handled in the same iteration then cost each recipient one system
+    call instead of one per broadcast; the delay is the rest of the current iteration.
+    """
+
+    def __init__(self) -> None:
+        self._due: list[DirectQueue] = []
+
+    def schedule(self, queue: DirectQueue) -> None:
+        if not self._due:
+            asyncio.get_running_loop().call_soon(self._write_due)
+        self._due.append(queue)
+
+    def _write_due(self) -> None:
+        due, self._due = self._due, []
+        for queue in due:
+            queue.write_pending()
+
+
 class DirectQueue(asyncio.Queue[Any]):
     """A socket's send queue that, once a websocket takes it over, writes packets itself."""
 
-    def __init__(self) -> None:
+    def __init__(self, batcher: WriteBatcher) -> None:
         super().__init__()
         # An unbounded queue never has waiting putters; one shared empty deque instead of a
         # ~700-byte one per connection.
         self._putters = _NO_PUTTERS
+        self._batcher = batcher
+        self._pending: list[bytes] = []  # frames not yet written, in order
         self._websocket: WebSocketResponse | None = None
         self._transport: asyncio.Transport | None = None
         self._protocol: Any = None
         self._drainer: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[Any] | None = None
-
-    @property
-    def direct(self) -> bool:
-        return self._transport is not None
 
     def take_over(self, websocket: WebSocketResponse) -> None:
         """From now on write to `websocket`, starting with whatever is queued."""
@@ -93,8 +113,12 @@ class DirectQueue(asyncio.Queue[Any]):
         self._websocket = websocket
         self._transport = writer.transport
         self._protocol = writer.protocol
-        if not self._flush():
-            self._start_drain()
+        while not self.empty():
+            item = self.get_nowait()
+            self.task_done()
+            if item is not None:
+                self._pending.append(packet_frame(item))
+        self.write_pending()
 
     def abort(self) -> None:
         """Drop the connection at once, whatever is still unsent (for a client gone silent)."""
@@ -109,26 +133,39 @@ class DirectQueue(asyncio.Queue[Any]):
             self._close_websocket()
         elif self._transport.is_closing():
             pass  # the connection is gone; a reconnecting client recovers what it missed
-        elif not self._queue and self._has_room():
-            self._transport.write(packet_frame(item))
         else:
-            super().put_nowait(item)
+            if not self._pending and self._drainer is None:
+                self._batcher.schedule(self)
+            self._pending.append(packet_frame(item))
+
+    def qsize(self) -> int:
+        """Packets the client has not taken yet: on a websocket, those held back because the
+        transport is full (frames of the current loop iteration are not a backlog)."""
+        if self._transport is None:
+            return super().qsize()
+        return len(self._pending) if self._drainer is not None else 0
+
+    def write_pending(self) -> None:
+        if not self._write_what_fits():
             self._start_drain()
 
-    def _has_room(self) -> bool:
-        assert self._transport is not None
-        return self._transport.get_write_buffer_size() < _TRANSPORT_BACKLOG_BYTES
-
-    def _flush(self) -> bool:
-        """Write the backlog while the transport has room; True when nothing is left."""
-        transport = self._transport
+    def _write_what_fits(self) -> bool:
+        """Write pending frames up to the transport's backlog limit; True when none are left."""
+        transport, pending = self._transport, self._pending
         assert transport is not None
         if transport.is_closing():
-            self._discard()
-        while self._queue and self._has_room():
-            transport.write(packet_frame(self.get_nowait()))
-            self.task_done()
-        return not self._queue
+            pending.clear()
+            return True
+        room = _TRANSPORT_BACKLOG_BYTES - transport.get_write_buffer_size()
+        if room <= 0 or not pending:
+            return not pending
+        taken, size = 0, 0
+        while taken < len(pending) and (taken == 0 or size + len(pending[taken]) <= room):
+            size += len(pending[taken])
+            taken += 1
+        transport.write(pending[0] if taken == 1 else b"".join(pending[:taken]))
+        del pending[:taken]
+        return not pending
 
     def _start_drain(self) -> None:
         if self._drainer is None:
@@ -137,22 +174,16 @@ class DirectQueue(asyncio.Queue[Any]):
     async def _drain(self) -> None:
         """Write the backlog, in order, as fast as the client reads it."""
         try:
-            while not self._flush():
+            while not self._write_what_fits():
                 try:
                     await self._protocol._drain_helper()  # until the transport resumes writing
                 except ConnectionError:
-                    self._discard()
+                    self._pending.clear()
                     return
-                if not self._has_room():
+                if _TRANSPORT_BACKLOG_BYTES <= self._transport.get_write_buffer_size():
                     await asyncio.sleep(0.01)  # resumed, yet full again: let others write
         finally:
             self._drainer = None  # no finished task kept per idle connection
-
-    def _discard(self) -> None:
-        """Forget the backlog of a connection that is gone, so that queue.join() returns."""
-        while self._queue:
-            self.get_nowait()
-            self.task_done()
 
     def _close_websocket(self) -> None:
         if self._closer is None and self._websocket is not None:
@@ -166,8 +197,12 @@ class DirectQueueEngineIO(engineio.AsyncServer):  # type: ignore[misc]
     coroutine and context alive per idle connection. A timer handle does the same job.
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._batcher = WriteBatcher()
+
     def create_queue(self, *args: Any, **kwargs: Any) -> DirectQueue:
-        return DirectQueue()
+        return DirectQueue(self._batcher)
 
     def start_background_task(self, target: Any, *args: Any, **kwargs: Any) -> Any:
         if getattr(target, "__func__", None) is AsyncSocket._send_ping:
