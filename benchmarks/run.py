@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import socketio
 
 from notifier.auth import Role, issue_token
@@ -52,7 +53,7 @@ class Server:
         return int(next(line for line in status.splitlines() if line.startswith("VmRSS")).split()[1])
 
     def publish_payload(self, data: dict[str, Any]) -> dict[str, Any]:
-        if self.name == "notifier":
+        if self.name.startswith("notifier"):
             return {"room": "*", "type": "tick", "data": data}
         return {"type": "tick", "data": data}
 
@@ -70,8 +71,10 @@ async def run_server(name: str) -> AsyncIterator[Server]:
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER_")}
     with tempfile.TemporaryDirectory() as data_dir:
-        if name == "notifier":
+        if name in ("notifier", "notifier-inprocess"):
             command = [sys.executable, "-m", "notifier", "serve"]
+            if name == "notifier-inprocess":
+                command = [sys.executable, str(BENCH / "inprocess_server.py")]
             env.update(NOTIFIER_PORT=str(port), NOTIFIER_JWT_SECRET=SECRET,
                        NOTIFIER_DATA_DIR=data_dir, NOTIFIER_LOG_LEVEL="WARNING",
                        NOTIFIER_REFRESH_INTERVAL_SECONDS="0",
@@ -116,7 +119,7 @@ class LoadGenerator:
 
     @classmethod
     async def start(cls, server: Server, clients: int, shards: int) -> LoadGenerator:
-        token = issue_token(SECRET, "HS256", "viewer") if server.name == "notifier" else None
+        token = issue_token(SECRET, "HS256", "viewer") if server.name.startswith("notifier") else None
         config = {"url": server.url, "count": clients, "token": token, "shards": shards}
         process = await asyncio.create_subprocess_exec(
             "node", str(BENCH / "loadgen.mjs"), json.dumps(config), cwd=BENCH,
@@ -189,22 +192,42 @@ async def wait_for_deliveries(load: LoadGenerator, expected: int, stall: float =
         await asyncio.sleep(0.1)
 
 
+@contextlib.asynccontextmanager
+async def burst_publisher(server: Server, window: int = 8) -> AsyncIterator[Any]:
+    """Yields `burst(messages)`: that many broadcasts, at most `window` awaiting their ack."""
+    if server.name == "notifier-inprocess":
+        async with aiohttp.ClientSession() as http:
+
+            async def burst_in_process(messages: int) -> None:
+                body = {"count": messages, "window": window, "pad": PAD}
+                async with http.post(f"{server.url}/bench/publish", json=body) as response:
+                    response.raise_for_status()
+
+            yield burst_in_process
+        return
+    async with publisher(server) as client:
+        slots = asyncio.Semaphore(window)
+
+        async def one(seq: int) -> None:
+            async with slots:
+                await publish(client, server, seq)
+
+        async def burst(messages: int) -> None:
+            await asyncio.gather(*(one(n) for n in range(messages)))
+
+        yield burst
+
+
 async def measure_fanout(name: str, clients: int, messages: int, shards: int) -> dict[str, Any]:
     async with run_server(name) as server:
         load = await LoadGenerator.start(server, clients, shards)
         try:
-            async with publisher(server) as client:
-                await publish(client, server, -1)  # warm-up
+            async with burst_publisher(server) as burst:
+                await burst(1)  # warm-up
                 await asyncio.sleep(0.5)
                 await load.command("reset", "reset")
-                window = asyncio.Semaphore(8)
-
-                async def one(seq: int) -> None:
-                    async with window:
-                        await publish(client, server, seq)
-
                 started_ms = time.time() * 1000
-                await asyncio.gather(*(one(n) for n in range(messages)))
+                await burst(messages)
                 report = await wait_for_deliveries(load, clients * messages)
         finally:
             await load.stop()
@@ -267,22 +290,26 @@ def _percentile(values: list[float], percent: float) -> float:
 
 
 SERVERS = ("notifier", "python-socketio", "node")
+# Fan-out also measures notifier publishing through its in-process API (an app's own handler).
+FANOUT_SERVERS = ("notifier", "notifier-inprocess", "python-socketio", "node")
 
 
 def _ratio_table(rows: list[dict[str, Any]], key: str, higher_is_better: bool) -> None:
-    by_server = {row["server"]: row for row in rows}
-    ours = by_server["notifier"][key] if "notifier" in by_server else float("nan")
+    """Each figure, and for each reference the ratio of every notifier figure to it."""
+    ours = [row for row in rows if row["server"].startswith("notifier")]
+    better = "higher is better" if higher_is_better else "lower is better"
     for row in rows:
-        ratio = ours / row[key] if row[key] else float("nan")
-        note = "" if row["server"] == "notifier" else (
-            f"  notifier = {ratio:.2f}x {'(higher is better)' if higher_is_better else '(lower is better)'}"
-        )
-        print(f"  {row['server']:<16} {key} = {row[key]:>12,.1f}{note}")
+        notes = [] if row in ours else [
+            f"{mine['server']} = {mine[key] / row[key]:.2f}x" if row[key] else "n/a"
+            for mine in ours
+        ]
+        note = f"  ({', '.join(notes)}; {better})" if notes else ""
+        print(f"  {row['server']:<18} {key} = {row[key]:>12,.1f}{note}")
 
 
 async def fanout_command(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
-    for name in args.servers:
+    for name in args.servers or FANOUT_SERVERS:
         row = await measure_fanout(name, args.clients[0], args.messages, args.shards)
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -297,7 +324,7 @@ async def fanout_command(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 async def latency_command(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
-    for name in args.servers:
+    for name in args.servers or SERVERS:
         row = await measure_latency(name, args.clients[0], args.rate, args.seconds, args.shards)
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -311,7 +338,7 @@ async def memory_command(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     for clients in args.clients:
         group = []
-        for name in args.servers:
+        for name in args.servers or SERVERS:
             row = await measure_memory(name, clients, max(args.shards, clients // 2500))
             group.append(row)
             print(json.dumps(row), flush=True)
@@ -353,8 +380,8 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--shards", type=int, default=3)
     parser.add_argument("--updates", type=int, default=200_000)
-    parser.add_argument("--servers", nargs="+", choices=SERVERS, default=list(SERVERS),
-                        help="which servers to measure (ratios need notifier among them)")
+    parser.add_argument("--servers", nargs="+", choices=FANOUT_SERVERS,
+                        help="which servers to measure (default: all; ratios need notifier)")
     args = parser.parse_args()
     if args.command != "progress":
         _install_node_packages()
