@@ -25,7 +25,7 @@ USER_NAMESPACE = "/"
 
 # A connection whose unsent backlog passes this many packets has stopped reading; it is
 # disconnected (it recovers what it missed on reconnect) instead of growing server memory.
-# (Direct frames wait in the transport only up to directws' byte limit, then queue here.)
+# (On a websocket, packets count here only once the transport's buffer is full: directws.)
 DEFAULT_MAX_BACKLOG = 2000
 
 

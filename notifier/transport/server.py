@@ -36,7 +36,7 @@ class NotifierManager(socketio.AsyncManager):
 
 
 class _UncompressedWebSocket(eio_aiohttp.WebSocket):  # type: ignore[misc]
-    """Engine.IO's aiohttp websocket without permessage-deflate.
+    """Engine.IO's aiohttp websocket without permessage-deflate, served by websession.
 
     aiohttp enables deflate by default: ~90 KB of zlib state per connection and CPU on every
     frame, for small JSON notifications that gain nothing from it (see docs/performance.md).
