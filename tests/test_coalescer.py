@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -37,51 +38,48 @@ class ManualTimers:
             self.cancelled[0] = True
 
 
-async def settle() -> None:
-    import asyncio
+@dataclass
+class CoalescerRig:
+    """A coalescer at 10 updates/s on a manual clock, recording the progress it emits."""
 
-    for _ in range(5):
-        await asyncio.sleep(0)
+    clock: ManualClock = field(default_factory=ManualClock)
+    sent: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.timers = ManualTimers(self.clock)
+        self.coalescer = ProgressCoalescer(10, self.clock, self._emit, self.timers.schedule)
+
+    async def _emit(self, task_id: str, snapshot: dict) -> None:
+        self.sent.append(snapshot["progress"])
+
+    async def advance(self, seconds: float) -> None:
+        """Let `seconds` pass, fire the timers due, and let what they started run."""
+        self.clock.advance(seconds)
+        self.timers.fire_due()
+        for _ in range(5):
+            await asyncio.sleep(0)
 
 
 async def test_first_value_goes_out_at_once_then_at_most_the_rate() -> None:
-    clock = ManualClock()
-    timers = ManualTimers(clock)
-    sent: list[float] = []
-
-    async def emit(task_id: str, snapshot: dict) -> None:
-        sent.append(snapshot["progress"])
-
-    coalescer = ProgressCoalescer(10, clock, emit, timers.schedule)
-    await coalescer.offer("t", lambda: {"progress": 1})
+    rig = CoalescerRig()
+    await rig.coalescer.offer("t", lambda: {"progress": 1})
     for value in range(2, 50):
-        await coalescer.offer("t", lambda value=value: {"progress": value})
-    assert sent == [1]
+        await rig.coalescer.offer("t", lambda value=value: {"progress": value})
+    assert rig.sent == [1]
 
-    clock.advance(0.1)
-    timers.fire_due()
-    await settle()
-    assert sent == [1, 49], "only the newest pending value is sent"
+    await rig.advance(0.1)
+    assert rig.sent == [1, 49], "only the newest pending value is sent"
 
 
 async def test_finish_flushes_the_pending_value_before_returning() -> None:
-    clock = ManualClock()
-    timers = ManualTimers(clock)
-    sent: list[float] = []
+    rig = CoalescerRig()
+    await rig.coalescer.offer("t", lambda: {"progress": 10})
+    await rig.coalescer.offer("t", lambda: {"progress": 20})
+    await rig.coalescer.finish("t")
 
-    async def emit(task_id: str, snapshot: dict) -> None:
-        sent.append(snapshot["progress"])
-
-    coalescer = ProgressCoalescer(10, clock, emit, timers.schedule)
-    await coalescer.offer("t", lambda: {"progress": 10})
-    await coalescer.offer("t", lambda: {"progress": 20})
-    await coalescer.finish("t")
-
-    assert sent == [10, 20]
-    clock.advance(1)
-    timers.fire_due()
-    await settle()
-    assert sent == [10, 20], "a cancelled timer sends nothing after finish"
+    assert rig.sent == [10, 20]
+    await rig.advance(1)
+    assert rig.sent == [10, 20], "a cancelled timer sends nothing after finish"
 
 
 def test_token_bucket_allows_the_burst_then_the_rate() -> None:

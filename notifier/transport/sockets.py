@@ -444,7 +444,7 @@ class SocketGateway:
         eio = self._sio.eio
         for socket in list(eio.sockets.values()):
             await socket.close(wait=False, abort=True, reason=eio.reason.TRANSPORT_CLOSE)
-            socket.queue.put_nowait(None)  # ends the writer, which closes the websocket
+            socket.queue.put_nowait(None)  # the websocket (or the pending long-poll) closes
         if self._closing:
             await asyncio.wait(list(self._closing), timeout=deadline)
         loop = asyncio.get_running_loop()
