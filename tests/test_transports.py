@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from notifier import Settings
@@ -54,3 +55,20 @@ async def test_an_idle_websocket_is_kept_alive_by_pings(server: RunningServer) -
     await asyncio.sleep(3.5)
     assert client.sio.connected and client.sio.get_sid() == sid
     assert (await client.call("ping", {}))["ok"] is True
+
+
+async def test_garbage_on_the_websocket_closes_only_that_connection(
+    server: RunningServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    bystander = await server.connect("bob")
+    async with aiohttp.ClientSession() as http, http.ws_connect(
+        f"{server.url}/socket.io/?EIO=4&transport=websocket"
+    ) as websocket:
+        opened = await websocket.receive(timeout=5)
+        assert opened.type is aiohttp.WSMsgType.TEXT and opened.data.startswith("0{")
+        await websocket.send_str("not an engine.io packet")
+        closed = await websocket.receive(timeout=5)
+        assert closed.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+
+    assert (await bystander.call("ping", {}))["ok"] is True
+    assert not [record for record in caplog.records if record.exc_info]

@@ -120,4 +120,4 @@ class SocketFanOut:
         await socket.close(wait=False, abort=True, reason=self._sio.eio.reason.TRANSPORT_ERROR)
         if isinstance(socket.queue, DirectQueue):
             socket.queue.abort()
-        socket.queue.put_nowait(None)  # a polling or websocket writer still waiting ends
+        socket.queue.put_nowait(None)  # a pending long-poll returns; a websocket closes

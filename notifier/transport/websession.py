@@ -1,11 +1,13 @@
 """One Engine.IO websocket session, served by the request's own task and nothing else.
 
-engineio's websocket handler runs a writer task, a task per read and a wait_for per read for
-every connection: four tasks, their coroutines and timers alive for each idle client, which
-was most of the per-connection memory. Here the request's task reads, and writes happen in
-the sender's turn (DirectQueue). The protocol is engineio's own: the upgrade from
-long-polling (probe ping, pong, NOOP to end the poll, UPGRADE), then packets both ways, and
-the socket is closed when the websocket ends or stays silent past the ping timeout.
+engineio's websocket handler runs a writer task (with a wait_for task on its queue) and a task
+per read for every connection: their coroutines, contexts and timers alive for each idle
+client were most of the per-connection memory. Here the request's task reads, and the send
+queue writes by itself (DirectQueue, one write per connection per loop iteration).
+
+The protocol is engineio's own: the upgrade from long-polling (probe ping, pong, NOOP to end
+the poll, UPGRADE), then packets both ways, and the socket is closed when the websocket ends
+or stays silent past the ping timeout.
 """
 
 from __future__ import annotations
@@ -43,14 +45,18 @@ async def serve_websocket(socket: Any, websocket: WebSocketResponse) -> None:
             data = await _receive(websocket, silence_limit, server.max_http_buffer_size)
             if data is None:
                 break
+            packet = _decoded(data)
+            if packet is None:
+                log.info("event=malformed_packet sid=%s", socket.sid)
+                break
             try:
-                await socket.receive(eio_packet.Packet(encoded_packet=data))
+                await socket.receive(packet)
             except eio_exceptions.UnknownPacketError:
                 pass
             except eio_exceptions.SocketIsClosedError:
                 break
             except Exception:
-                # As engineio: a bug in a handler must not keep the connection half-alive.
+                # As engineio: a bug in a handler is logged, and the connection goes on.
                 log.exception("event=receive_error sid=%s", socket.sid)
     finally:
         await websocket.close()
@@ -83,8 +89,17 @@ async def _upgraded(socket: Any, websocket: WebSocketResponse, timeout: float) -
     return upgrade is not None and _is(upgrade, eio_packet.UPGRADE)
 
 
+def _decoded(data: Any) -> eio_packet.Packet | None:
+    try:
+        return eio_packet.Packet(encoded_packet=data)
+    except Exception:  # whatever engineio's decoder makes of garbage: not a packet
+        return None
+
+
 def _is(data: Any, packet_type: int, payload: Any = None) -> bool:
-    decoded = eio_packet.Packet(encoded_packet=data)
+    decoded = _decoded(data)
     return bool(
-        decoded.packet_type == packet_type and (payload is None or decoded.data == payload)
+        decoded is not None
+        and decoded.packet_type == packet_type
+        and (payload is None or decoded.data == payload)
     )
