@@ -7,10 +7,12 @@
     .venv/bin/python -m benchmarks.run progress
 
 Servers under test, each in its own process on 127.0.0.1: notifier (`python -m notifier serve`,
-SQLite store, publishing through `/workers` `publish`), plain python-socketio on aiohttp with
-its defaults, and Node socket.io 4.8 (pinned in benchmarks/package.json). Clients: the Node
-load generator (benchmarks/loadgen.mjs, several processes). Everything is bounded in count and
-time and stays on loopback.
+SQLite store, publishing through `/workers` `publish`), notifier-inprocess (fan-out only: the
+same app publishing from its own handler, benchmarks/inprocess_server.py), plain
+python-socketio on aiohttp with its defaults, and Node socket.io 4.8 (pinned in
+benchmarks/package.json). Clients: the Node load generator (benchmarks/loadgen.mjs, several
+processes). Everything is bounded in count and time and stays on loopback. The Node packages
+are installed from benchmarks/package-lock.json on first use. Figures: docs/performance.md.
 """
 
 from __future__ import annotations
