@@ -33,15 +33,14 @@ async def publish_burst(request: web.Request) -> web.Response:
 
 
 def main() -> None:
-    settings = Settings()
-    app = create_app(settings)
-    app.router.add_post("/bench/publish", publish_burst)
     try:
         import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
+    except ImportError:  # as `notifier serve`: the default loop where uvloop is unavailable
+        uvloop = None
+    if uvloop is not None:
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    app = create_app(Settings())
+    app.router.add_post("/bench/publish", publish_burst)
     web.run_app(app, host="127.0.0.1", port=int(os.environ["NOTIFIER_PORT"]),
                 print=None, access_log=None)
 
