@@ -42,6 +42,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         logger=False,
         engineio_logger=False,
     )
+    sio.eio.batcher.before_write = store.commit
     fanout = SocketFanOut(sio, max_backlog=settings.max_backlog_events)
     notifier.attach(fanout)
     gateway = SocketGateway(sio, notifier, verifier, settings, fanout)

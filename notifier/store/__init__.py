@@ -14,6 +14,9 @@ class Store(Protocol):
 
     async def close(self) -> None: ...
 
+    def commit(self) -> None:
+        """Make every write so far durable now (a store may group a loop iteration's writes)."""
+
     # Room histories: every event sent to a room, numbered 1, 2, 3 ... within the room.
     async def append_event(
         self, room: str, event_type: str, data: dict[str, Any], ts: int, event_id: str

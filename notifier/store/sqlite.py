@@ -5,9 +5,10 @@ cheaper than a hop to a thread, and it keeps the appending of an event and its f
 suspension points (which is what orders live and replayed events).
 
 Writes are grouped: the first write in an event-loop iteration opens a transaction and
-schedules its commit with `call_soon`, which runs before the socket writers woken by that
-iteration's fan-out; so an event is committed before any client can receive it, and a burst
-of events costs one commit instead of one each (measured: 60 us to ~5 us per statement).
+schedules its commit with `call_soon`, and the websocket writes of that iteration's fan-out
+commit first (WriteBatcher.before_write); so an event is committed before any websocket client
+can receive it, and a burst of events costs one commit instead of one each (measured: 60 us
+to ~5 us per statement).
 """
 
 from __future__ import annotations
@@ -52,6 +53,11 @@ class SqliteStore:
         self._max_events_per_room = max_events_per_room
         self._db: sqlite3.Connection | None = None
         self._in_transaction = False
+        # Events appended in the open transaction, written by _write_events before anything
+        # reads the histories and at the latest when the transaction commits.
+        self._event_rows: list[tuple[str, int, str, str, int, bytes]] = []
+        self._heads: dict[str, int] = {}
+        self._trims: list[tuple[str, int]] = []
         self.epoch = ""
 
     async def open(self) -> None:
@@ -71,7 +77,7 @@ class SqliteStore:
         self._db = db
 
     async def close(self) -> None:
-        self._commit()
+        self.commit()
         if self._db is not None:
             if self._path != ":memory:":
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -91,11 +97,12 @@ class SqliteStore:
         if not self._in_transaction:
             db.execute("BEGIN")
             self._in_transaction = True
-            asyncio.get_running_loop().call_soon(self._commit)
+            asyncio.get_running_loop().call_soon(self.commit)
         return db
 
-    def _commit(self) -> None:
+    def commit(self) -> None:
         if self._in_transaction and self._db is not None:
+            self._write_events()
             self._in_transaction = False
             self._db.execute("COMMIT")
 
@@ -105,21 +112,15 @@ class SqliteStore:
         self, room: str, event_type: str, data: dict[str, Any], ts: int, event_id: str
     ) -> Envelope:
         db = self._writer
-        row = db.execute(
-            "INSERT INTO room_heads (room, head) VALUES (?, 1) "
-            "ON CONFLICT (room) DO UPDATE SET head = head + 1 RETURNING head",
-            (room,),
-        ).fetchone()
-        offset = int(row[0])
-        db.execute(
-            "INSERT INTO events (room, offset, id, type, ts, data) VALUES (?, ?, ?, ?, ?, ?)",
-            (room, offset, event_id, event_type, ts, orjson.dumps(data)),
-        )
+        head = self._heads.get(room)
+        if head is None:
+            row = db.execute("SELECT head FROM room_heads WHERE room = ?", (room,)).fetchone()
+            head = int(row[0]) if row else 0
+        offset = head + 1
+        self._heads[room] = offset
+        self._event_rows.append((room, offset, event_id, event_type, ts, orjson.dumps(data)))
         if offset % _TRIM_EVERY == 0:
-            db.execute(
-                "DELETE FROM events WHERE room = ? AND offset <= ?",
-                (room, offset - self._max_events_per_room),
-            )
+            self._trims.append((room, offset - self._max_events_per_room))
         return {
             "id": event_id,
             "type": event_type,
@@ -130,7 +131,27 @@ class SqliteStore:
             "epoch": self.epoch,
         }
 
+    def _write_events(self) -> None:
+        """Insert the events appended since the last call: one statement each for all of them
+        (executemany), instead of two statements per event (measured: 46 to 27 us per event)."""
+        if not self._event_rows:
+            return
+        db = self.db
+        db.executemany(
+            "INSERT INTO events (room, offset, id, type, ts, data) VALUES (?, ?, ?, ?, ?, ?)",
+            self._event_rows,
+        )
+        db.executemany(
+            "INSERT INTO room_heads (room, head) VALUES (?, ?) "
+            "ON CONFLICT (room) DO UPDATE SET head = excluded.head",
+            list(self._heads.items()),
+        )
+        if self._trims:
+            db.executemany("DELETE FROM events WHERE room = ? AND offset <= ?", self._trims)
+        self._event_rows, self._heads, self._trims = [], {}, []
+
     async def events_after(self, room: str, offset: int, limit: int) -> list[Envelope]:
+        self._write_events()
         rows = self.db.execute(
             "SELECT offset, id, type, ts, data FROM events WHERE room = ? AND offset > ? "
             "ORDER BY offset LIMIT ?",
@@ -150,6 +171,7 @@ class SqliteStore:
         ]
 
     async def room_bounds(self, room: str) -> tuple[StreamPosition, int]:
+        self._write_events()
         db = self.db
         head_row = db.execute("SELECT head FROM room_heads WHERE room = ?", (room,)).fetchone()
         head = int(head_row[0]) if head_row else 0
@@ -159,6 +181,7 @@ class SqliteStore:
 
     async def trim_events(self, older_than_ts: int, max_per_room: int) -> int:
         db = self._writer
+        self._write_events()
         removed = db.execute("DELETE FROM events WHERE ts < ?", (older_than_ts,)).rowcount
         removed += db.execute(
             "DELETE FROM events WHERE (room, offset) IN ("

@@ -19,6 +19,7 @@ import asyncio
 import collections
 import struct
 import time
+from collections.abc import Callable
 from typing import Any
 
 import engineio
@@ -78,6 +79,9 @@ class WriteBatcher:
 
     def __init__(self) -> None:
         self._due: list[DirectQueue] = []
+        # Runs before any frame goes out: the store commits, so no client sees an event
+        # that a crash could still take back.
+        self.before_write: Callable[[], None] = lambda: None
 
     def schedule(self, queue: DirectQueue) -> None:
         if not self._due:
@@ -86,6 +90,7 @@ class WriteBatcher:
 
     def _write_due(self) -> None:
         due, self._due = self._due, []
+        self.before_write()
         for queue in due:
             queue.write_pending()
 
@@ -199,10 +204,10 @@ class DirectQueueEngineIO(engineio.AsyncServer):  # type: ignore[misc]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._batcher = WriteBatcher()
+        self.batcher = WriteBatcher()
 
     def create_queue(self, *args: Any, **kwargs: Any) -> DirectQueue:
-        return DirectQueue(self._batcher)
+        return DirectQueue(self.batcher)
 
     def start_background_task(self, target: Any, *args: Any, **kwargs: Any) -> Any:
         if getattr(target, "__func__", None) is AsyncSocket._send_ping:
