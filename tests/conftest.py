@@ -151,6 +151,16 @@ class RunningServer:
             return response.status, await response.json()
 
 
+async def until(condition: Callable[[], Any], timeout: float = 15.0) -> None:
+    """Wait, bounded, for state that client callbacks change (no event to await for it)."""
+
+    async def wait() -> None:
+        while not condition():  # noqa: ASYNC110 - state changes inside client callbacks
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(wait(), timeout)
+
+
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "jwt_secret": SECRET,

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import aiohttp
 
 from notifier.auth import Role, issue_token
 from notifier.client import Subscriber
-from tests.conftest import SECRET
+from tests.conftest import SECRET, until
 from tests.service_process import ServiceProcess
 
 
@@ -33,14 +32,6 @@ async def notify(url: str, title: str) -> None:
         headers={"Authorization": f"Bearer {token('svc', role=Role.PUBLISHER)}"},
     ) as response:
         assert response.status == 201
-
-
-async def until(condition, timeout: float = 15.0) -> None:
-    async def wait() -> None:
-        while not condition():  # noqa: ASYNC110 - state changes inside client callbacks
-            await asyncio.sleep(0.01)
-
-    await asyncio.wait_for(wait(), timeout)
 
 
 async def test_sigterm_exits_promptly_and_clients_recover_after_restart(tmp_path: Path) -> None:

@@ -10,20 +10,12 @@ import pytest
 
 from notifier.auth import Role, issue_token
 from notifier.client import NotifierClientError, Subscriber, SyncWorker, Worker
-from tests.conftest import SECRET, RunningServer
+from tests.conftest import SECRET, RunningServer, until
 from tests.service_process import ServiceProcess
 
 
 def publisher_token(user: str = "worker-1") -> str:
     return issue_token(SECRET, "HS256", user, role=Role.PUBLISHER)
-
-
-async def until(condition, timeout: float = 10.0) -> None:
-    async def wait() -> None:
-        while not condition():  # noqa: ASYNC110 - state changes inside client callbacks
-            await asyncio.sleep(0.005)
-
-    await asyncio.wait_for(wait(), timeout)
 
 
 async def test_operations_return_acks_or_raise_the_servers_code(server: RunningServer) -> None:

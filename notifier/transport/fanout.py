@@ -17,7 +17,7 @@ from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 
 from ..records import Envelope
-from .directws import DirectQueue, FramedPacket
+from .directws import FramedPacket
 
 log = logging.getLogger("notifier.fanout")
 
@@ -118,6 +118,7 @@ class SocketFanOut:
         if socket is None:
             return
         await socket.close(wait=False, abort=True, reason=self._sio.eio.reason.TRANSPORT_ERROR)
-        if isinstance(socket.queue, DirectQueue):
-            socket.queue.abort()
-        socket.queue.put_nowait(None)  # a pending long-poll returns; a websocket closes
+        if socket.upgraded:
+            socket.queue.abort()  # a websocket: drop the transport, unsent frames and all
+        else:
+            socket.queue.put_nowait(None)  # a pending long-poll returns
