@@ -1,9 +1,8 @@
-"""create_app(settings) -> aiohttp Application with the Socket.IO server, REST and the service."""
+"""create_app(settings) -> aiohttp Application with the Socket.IO endpoint, REST and the service."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import signal
 from collections.abc import AsyncIterator
 from typing import Any
@@ -11,95 +10,120 @@ from typing import Any
 from aiohttp import web
 
 from .auth import TokenVerifier, verification_key
-from .clock import Clock
-from .keys import GATEWAY, NOTIFIER, SETTINGS, VERIFIER
+from .clock import Clock, SystemClock
+from .keys import ENGINE, GATEWAY, NOTIFIER, SETTINGS, VERIFIER
+from .logs import ClientErrorLog, get_logger
+from .ratelimit import TokenBucket
 from .service import Notifier
 from .settings import Settings
 from .store import open_store
 from .transport import dashboard
+from .transport.aiohttp_adapter import NotifierRunner
+from .transport.engine import EngineServer
 from .transport.fanout import SocketFanOut
-from .transport.http import draining_middleware, error_middleware, routes
-from .transport.server import NotifierServer
+from .transport.http import error_middleware, routes
+from .transport.socket_server import SocketServer
 from .transport.sockets import SocketGateway
 
-log = logging.getLogger("notifier.app")
+log = get_logger("notifier.app")
+
+SOCKETIO_PATH = "/socket.io/"
+
+# How much bigger than the largest event one Engine.IO message may be: events between the two
+# get a PAYLOAD_TOO_LARGE ack (read from their header alone); bigger ones close the session.
+_MESSAGE_SLACK = 4
 
 
 def create_app(settings: Settings | None = None, *, clock: Clock | None = None) -> web.Application:
-    """Build the whole service. Run it with `web.run_app`, or mount it in an app of your own."""
+    """Build the whole service. Run it with `serve`, or mount it in an app of your own."""
     settings = settings or Settings()
+    clock = clock or SystemClock()
     store = open_store(settings.resolved_store_url, max_events_per_room=settings.history_max_events)
     notifier = Notifier(settings, store, clock)
     verifier = TokenVerifier(settings, verification_key(settings))
-    sio = NotifierServer(
-        max_event_bytes=settings.max_payload_bytes,
-        async_mode="aiohttp",
-        cors_allowed_origins=_engineio_origins(settings.cors_origins),
+    client_errors = ClientErrorLog(get_logger("notifier.clients"))
+
+    sockets = SocketServer(max_event_bytes=settings.max_payload_bytes)
+    engine = EngineServer(
+        sockets,
         ping_interval=settings.ping_interval_seconds,
         ping_timeout=settings.ping_timeout_seconds,
-        # A hard cap per transport message; events between the two limits get a clear ack.
-        max_http_buffer_size=settings.max_payload_bytes * 4,
-        logger=False,
-        engineio_logger=False,
+        max_message_bytes=settings.max_payload_bytes * _MESSAGE_SLACK,
+        max_backlog=settings.max_backlog_events,
+        connect_timeout=settings.connect_timeout_seconds,
+        cors_origins=settings.cors_origins,
+        new_bucket=lambda: TokenBucket(
+            settings.user_rate_per_second, settings.user_rate_burst,
+            settings.flood_disconnect_seconds, clock,
+        ),
+        client_errors=client_errors,
+        allow_query_token=settings.allow_query_token,
     )
-    sio.eio.batcher.before_write = store.commit
-    fanout = SocketFanOut(sio, max_backlog=settings.max_backlog_events)
+    fanout = SocketFanOut()
     notifier.attach(fanout)
-    gateway = SocketGateway(sio, notifier, verifier, settings, fanout)
+    gateway = SocketGateway(sockets, notifier, verifier, settings, fanout)
 
     app = web.Application(
-        middlewares=[draining_middleware, error_middleware], client_max_size=settings.max_payload_bytes
+        middlewares=[error_middleware], client_max_size=settings.max_payload_bytes
     )
     app[SETTINGS] = settings
     app[NOTIFIER] = notifier
     app[VERIFIER] = verifier
     app[GATEWAY] = gateway
-    sio.attach(app)
+    app[ENGINE] = engine
+    app.router.add_route("*", SOCKETIO_PATH, engine.handle)
     app.add_routes(routes)
     app.add_routes(dashboard.routes)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await store.open()
         await notifier.start()
+        engine.start()
+        gateway.start()
         if settings.jwt_secret is None and not settings.uses_public_key:
             log.warning(
-                "event=development_mode detail=%s",
-                f"tokens are signed with a generated secret in {settings.data_dir}; "
+                "development_mode",
+                detail=f"tokens are signed with a generated secret in {settings.data_dir}; "
                 "set NOTIFIER_JWT_SECRET or NOTIFIER_JWT_PUBLIC_KEY in production",
             )
-        log.info("event=started store=%s", settings.resolved_store_url)
+        log.info("started", store=settings.resolved_store_url)
         yield
+        gateway.stop()
+        engine.stop()
+        await sockets.settle(timeout=2.0)
         await notifier.stop()
         await store.close()
-        log.info("event=stopped")
+        log.info("stopped")
 
     async def disconnect_clients(app: web.Application) -> None:
-        # Before the web server stops waiting for open websockets, so SIGTERM exits promptly.
-        await gateway.disconnect_all()
-        await sio.shutdown()
+        # Before the web server stops, so SIGTERM exits promptly.
+        await engine.drop_all()
 
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(disconnect_clients)
     return app
 
 
-def _engineio_origins(origins: list[str]) -> Any:
-    """Our setting to engineio's: [] means same-origin only (engineio's None), never 'no check'."""
-    if not origins:
-        return None
-    if origins == ["*"]:
-        return "*"
-    return origins
+def make_runner(app: web.Application, **kwargs: Any) -> web.AppRunner:
+    """The runner `serve` uses: JSON answers to malformed HTTP, a header read timeout."""
+    settings = app[SETTINGS]
+    engine = app[ENGINE]
+    return NotifierRunner(
+        app,
+        header_timeout=settings.http_header_timeout_seconds,
+        on_protocol_error=lambda reason, detail, peer: engine.client_error(reason, detail, peer),
+        **kwargs,
+    )
 
 
 async def serve(settings: Settings, host: str, port: int) -> None:
     """Run the service until SIGTERM or SIGINT, then close connections and exit promptly."""
     app = create_app(settings)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
+    runner = make_runner(app, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
-    log.info("event=listening url=http://%s:%s", host, port)
+    log.info("listening", url=f"http://{host}:{port}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -107,8 +131,7 @@ async def serve(settings: Settings, host: str, port: int) -> None:
     try:
         await stop.wait()
     finally:
-        # Goodbyes go out while the listener still runs. After aiohttp stops the site, the
-        # clients' closing handshakes were measured to hang until the shutdown timeout (5 s
-        # instead of 10 ms), so the connections are closed here, first.
-        await app[GATEWAY].disconnect_all()
+        # Goodbyes go out while the listener still runs: after aiohttp stops the site, the
+        # clients' closing handshakes were measured to hang until the shutdown timeout.
+        await app[ENGINE].drop_all()
         await runner.cleanup()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import secrets
 import time
@@ -14,9 +13,10 @@ from typing import Any
 import jwt
 
 from .errors import ErrorCode, NotifierError
+from .logs import get_logger
 from .settings import Settings
 
-log = logging.getLogger("notifier.auth")
+log = get_logger("notifier.auth")
 
 ALL_PROJECTS = "*"
 DEV_SECRET_FILE = "jwt-secret"
@@ -31,7 +31,7 @@ class Role(StrEnum):
 PUBLISHING_ROLES = frozenset({Role.PUBLISHER, Role.ADMIN})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Claims:
     """Who is connected and what they may see, as stated by a verified token."""
 
@@ -39,6 +39,7 @@ class Claims:
     role: Role
     projects: frozenset[str]
     expires_at: float
+    issued_at: float | None = None
 
     def can_see_project(self, project_id: str) -> bool:
         return ALL_PROJECTS in self.projects or project_id in self.projects
@@ -83,8 +84,47 @@ class TokenVerifier:
         except jwt.ExpiredSignatureError as exc:
             raise NotifierError(ErrorCode.AUTH_EXPIRED, "the token has expired") from exc
         except jwt.InvalidTokenError as exc:
-            raise NotifierError(ErrorCode.AUTH_INVALID, f"invalid token: {exc}") from exc
+            raise NotifierError(ErrorCode.AUTH_INVALID, _plain_reason(exc)) from exc
+        except (OverflowError, ValueError, TypeError) as exc:
+            # A correctly signed token with absurd numbers (exp = 10**400, 1e999): PyJWT's own
+            # arithmetic on them raises these instead of a token error.
+            raise NotifierError(ErrorCode.AUTH_INVALID, "the token's time claims are out of range") from exc
         return _claims_from_payload(payload)
+
+
+def _plain_reason(exc: jwt.InvalidTokenError) -> str:
+    """What went wrong, in words for people; never the crypto library's internals."""
+    if isinstance(exc, jwt.MissingRequiredClaimError):
+        return f"the token has no {exc.claim!r} claim"
+    for kind, reason in _REASONS:
+        if isinstance(exc, kind):
+            return reason
+    return "the token is not acceptable"
+
+
+_REASONS: list[tuple[type[Exception], str]] = [
+    (jwt.ImmatureSignatureError, "the token is not valid yet (nbf is in the future)"),
+    (jwt.InvalidIssuedAtError, "the token's issue time (iat) is in the future or malformed"),
+    (jwt.InvalidAudienceError, "the token's audience (aud) is not accepted here"),
+    (jwt.InvalidIssuerError, "the token's issuer (iss) is not accepted here"),
+    (jwt.InvalidAlgorithmError, "the token is signed with an algorithm this server does not accept"),
+    (jwt.InvalidSignatureError, "the token's signature does not verify"),
+    (jwt.DecodeError, "the token is not a well-formed JWT"),
+]
+
+# Time claims beyond 9999-12-31 are not dates anyone means.
+_LATEST_TIMESTAMP = 253_402_300_799
+
+
+def _timestamp(payload: dict[str, Any], claim: str, required: bool) -> float | None:
+    value = payload.get(claim)
+    if value is None and not required:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+        0 <= value <= _LATEST_TIMESTAMP
+    ):
+        raise NotifierError(ErrorCode.AUTH_INVALID, f"claim {claim!r} must be a date in seconds")
+    return float(value)
 
 
 def _claims_from_payload(payload: dict[str, Any]) -> Claims:
@@ -100,8 +140,13 @@ def _claims_from_payload(payload: dict[str, Any]) -> Claims:
         projects = [ALL_PROJECTS]
     if not isinstance(projects, list) or not all(isinstance(p, str) for p in projects):
         raise NotifierError(ErrorCode.AUTH_INVALID, "claim 'projects' must be a list of strings")
+    expires_at = _timestamp(payload, "exp", required=True)
+    assert expires_at is not None
+    _timestamp(payload, "nbf", required=False)
+    issued_at = _timestamp(payload, "iat", required=False)
     return Claims(
-        sub=sub, role=role, projects=frozenset(projects), expires_at=float(payload["exp"])
+        sub=sub, role=role, projects=frozenset(projects), expires_at=expires_at,
+        issued_at=issued_at,
     )
 
 
@@ -157,9 +202,8 @@ def load_or_create_dev_secret(data_dir: Path) -> str:
     with os.fdopen(fd, "w") as handle:
         handle.write(secret)
     log.warning(
-        "event=dev_mode_secret_created path=%s detail=%s",
-        path,
-        "no NOTIFIER_JWT_SECRET or NOTIFIER_JWT_PUBLIC_KEY set; development mode",
+        "dev_mode_secret_created", path=str(path),
+        detail="no NOTIFIER_JWT_SECRET or NOTIFIER_JWT_PUBLIC_KEY set; development mode",
     )
     return secret
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import logging
 import threading
 import uuid
 from collections import OrderedDict, deque
@@ -19,7 +18,9 @@ from typing import Any, TypeVar
 
 import socketio
 
-log = logging.getLogger("notifier.client")
+from .logs import get_logger
+
+log = get_logger("notifier.client")
 
 TokenSource = str | Callable[[], str] | Callable[[], Awaitable[str]]
 EventHandler = Callable[[dict[str, Any]], Any]
@@ -185,7 +186,7 @@ class Subscriber(_Connection):
             try:
                 await _maybe_await(handler(envelope))
             except Exception:
-                log.exception("event=subscriber_handler_failed type=%s", event)
+                log.exception("subscriber_handler_failed", type=event)
 
     def _accept(self, envelope: dict[str, Any]) -> bool:
         """Drop what was seen already (by id, and by offset within a room's epoch)."""
@@ -344,7 +345,7 @@ class Worker(_Connection):
                     self._went_offline()
                 continue
             except Exception as exc:  # a bug must fail its call, not stall every later one
-                log.exception("event=worker_send_failed type=%s", item.event)
+                log.exception("worker_send_failed", type=item.event)
                 self._outbox.popleft()
                 item.done.set_exception(NotifierClientError("INTERNAL", str(exc)))
                 continue

@@ -10,9 +10,11 @@ if TYPE_CHECKING:
     from .auth import TokenVerifier
     from .service import Notifier
     from .settings import Settings
+    from .transport.engine import EngineServer
     from .transport.sockets import SocketGateway
 
 NOTIFIER: web.AppKey[Notifier] = web.AppKey("notifier")
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
 VERIFIER: web.AppKey[TokenVerifier] = web.AppKey("verifier")
 GATEWAY: web.AppKey[SocketGateway] = web.AppKey("gateway")
+ENGINE: web.AppKey[EngineServer] = web.AppKey("engine")

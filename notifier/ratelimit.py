@@ -23,6 +23,11 @@ class TokenBucket:
     quiet second in between) gets DISCONNECT: it is not slowing down, so it is not listening.
     """
 
+    __slots__ = (
+        "_burst", "_clock", "_flood_seconds", "_flood_started", "_last_rejected", "_rate",
+        "_tokens", "_updated",
+    )
+
     def __init__(self, rate: float, burst: int, flood_seconds: float, clock: Clock) -> None:
         self._rate = rate
         self._burst = float(burst)
@@ -32,6 +37,14 @@ class TokenBucket:
         self._updated = clock.monotonic()
         self._flood_started: float | None = None
         self._last_rejected = 0.0
+
+    def raise_to(self, rate: float, burst: int) -> None:
+        """Allow more from now on (a connection that proved it may publish)."""
+        if rate > self._rate:
+            self._rate = rate
+        if burst > self._burst:
+            self._tokens += burst - self._burst
+            self._burst = float(burst)
 
     def take(self) -> Verdict:
         now = self._clock.monotonic()

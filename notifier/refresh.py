@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import Awaitable, Callable
 
-log = logging.getLogger("notifier.refresh")
+from .logs import get_logger
+
+log = get_logger("notifier.refresh")
 
 
 class RefreshTimer:
@@ -51,4 +52,4 @@ class RefreshTimer:
             try:
                 await self._on_tick()
             except Exception:
-                log.exception("event=refresh_failed")
+                log.exception("refresh_failed")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
@@ -15,6 +14,7 @@ from .clock import Clock, SystemClock, millis
 from .errors import ErrorCode, NotifierError
 from .history import Replay, replay_since
 from .inbox import Inbox
+from .logs import get_logger
 from .models import (
     MarkRead,
     NotificationsList,
@@ -32,7 +32,7 @@ from .settings import Settings
 from .store import Store
 from .tasks import TaskBook
 
-log = logging.getLogger("notifier.service")
+log = get_logger("notifier.service")
 T = TypeVar("T")
 
 
@@ -182,7 +182,7 @@ class Notifier:
         await self._publisher.publish(
             BROADCAST_ROOM, "config.updated", {"refresh_interval": float(seconds)}
         )
-        log.info("event=refresh_interval_changed seconds=%s", seconds)
+        log.info("refresh_interval_changed", seconds=seconds)
         return float(seconds)
 
     async def _send_refresh(self) -> None:
@@ -238,7 +238,7 @@ class Notifier:
             try:
                 await self.run_maintenance()
             except Exception:
-                log.exception("event=maintenance_failed")
+                log.exception("maintenance_failed")
 
     # Threads
 

@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     max_payload_bytes: int = Field(65536, ge=1024, le=16 * 1024 * 1024)
     # Events queued for one connection that has stopped reading before it is disconnected.
     max_backlog_events: int = Field(2000, ge=10)
+    # An Engine.IO session that has not connected a Socket.IO namespace by then is closed.
+    connect_timeout_seconds: float = Field(10.0, gt=0, le=300)
+    # Request headers that have not all arrived by then get 408 and the connection closes.
+    http_header_timeout_seconds: float = Field(10.0, gt=0, le=300)
 
     user_rate_per_second: float = Field(100.0, gt=0)
     user_rate_burst: int = Field(50, ge=1)

@@ -14,6 +14,7 @@ import socketio
 from aiohttp import web
 
 from notifier import NOTIFIER, Notifier, Settings, create_app
+from notifier.app import make_runner
 from notifier.auth import Role, issue_token
 
 SECRET = "test-secret-" + "x" * 40
@@ -179,7 +180,7 @@ async def start_server(
     app = create_app(settings)
     if customize is not None:
         customize(app)
-    runner = web.AppRunner(app, shutdown_timeout=2.0)
+    runner = make_runner(app, shutdown_timeout=2.0)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

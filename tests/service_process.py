@@ -23,9 +23,11 @@ class ServiceProcess:
     """`python -m notifier serve` on a port of its own, with its data in `data_dir`."""
 
     def __init__(
-        self, data_dir: Path, secret: str | None, port: int | None = None, **env: str
+        self, data_dir: Path, secret: str | None, port: int | None = None,
+        log_path: Path | None = None, **env: str,
     ) -> None:
-        """`secret=None` runs it in development mode (a generated secret in data_dir)."""
+        """`secret=None` runs it in development mode (a generated secret in data_dir);
+        `log_path` collects its log (stderr) in a file."""
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER_")}
@@ -37,12 +39,20 @@ class ServiceProcess:
         })
         if secret is not None:
             self.env["NOTIFIER_JWT_SECRET"] = secret
+        self.log_path = log_path
         self.process: asyncio.subprocess.Process | None = None
 
     async def start(self, timeout: float = 15.0) -> None:
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "notifier", "serve", env=self.env,
-        )
+        stderr = None
+        if self.log_path is not None:
+            stderr = self.log_path.open("ab")
+        try:
+            self.process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "notifier", "serve", env=self.env, stderr=stderr,
+            )
+        finally:
+            if stderr is not None:
+                stderr.close()
         deadline = time.monotonic() + timeout
         async with aiohttp.ClientSession() as session:
             while time.monotonic() < deadline:
@@ -64,6 +74,11 @@ class ServiceProcess:
         self.process.send_signal(signal.SIGTERM)
         code = await asyncio.wait_for(self.process.wait(), timeout)
         return code, time.monotonic() - started
+
+    def rss_kb(self) -> int:
+        assert self.process is not None
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        return int(next(line for line in status.splitlines() if line.startswith("VmRSS")).split()[1])
 
     async def kill(self) -> None:
         if self.process is not None and self.process.returncode is None:

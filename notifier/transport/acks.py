@@ -1,72 +1,53 @@
-"""One decorator for every client event: rate limit, validate, call the service, answer the ack."""
+"""One decorator for every client event: validate, call the service, answer the ack."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from ..auth import Claims
 from ..errors import ErrorCode, NotifierError, error_body
-from ..ratelimit import TokenBucket, Verdict
+from ..logs import get_logger
+from .socket_server import SocketConnection
 
-log = logging.getLogger("notifier.events")
+log = get_logger("notifier.events")
 
 M = TypeVar("M", bound=BaseModel)
 Reply = dict[str, Any]
 
 
-@dataclass
+@dataclass(slots=True)
 class Connection:
-    """One client's connection to one namespace."""
+    """What the gateway keeps for one client's connection to one namespace."""
 
-    sid: str
-    namespace: str
     claims: Claims
-    bucket: TokenBucket
     # Rooms joined, with the room's head offset at the time of joining.
-    joined: dict[str, int] = field(default_factory=dict)
-    cancel_expiry: Callable[[], None] | None = None
+    joined: dict[str, int]
 
 
-ConnectionLookup = Callable[[str], Connection | None]
-Disconnect = Callable[[Connection, str], Awaitable[None]]
-Handler = Callable[[Connection, M], Awaitable[Reply]]
-SocketHandler = Callable[..., Awaitable[Reply]]
+Handler = Callable[[SocketConnection, M], Awaitable[Reply]]
+EventHandler = Callable[[SocketConnection, list[Any]], Awaitable[Reply]]
 
 
 def validation_message(error: ValidationError) -> str:
     """`field.path: what is wrong` for the first problem, naming the field as the client sent it."""
     first = error.errors()[0]
     path = ".".join(str(part) for part in first["loc"]) or "payload"
-    return f"{path}: {first['msg']}"
+    message = first["msg"].removeprefix("Value error, ")
+    return f"{path}: {message}"
 
 
-def acked(
-    event: str,
-    model: type[M],
-    handler: Handler[M],
-    connections: ConnectionLookup,
-    disconnect: Disconnect,
-) -> SocketHandler:
-    """Wrap a service call as a python-socketio handler that always answers its ack.
+def acked(event: str, model: type[M], handler: Handler[M]) -> EventHandler:
+    """Wrap a service call as an event handler that always answers.
 
-    python-socketio does not catch exceptions raised in event handlers: the client's ack would
-    simply never come. So every failure becomes an `{ok: false, error}` reply here.
+    An exception that escaped a handler would leave the client's ack unanswered until its
+    timeout, so every failure becomes an `{ok: false, error}` reply here.
     """
 
-    async def on_event(sid: str, *args: Any) -> Reply:
-        connection = connections(sid)
-        if connection is None:
-            return error_body(ErrorCode.AUTH_REQUIRED, "not connected")
-        verdict = connection.bucket.take()
-        if verdict is not Verdict.ALLOW:
-            if verdict is Verdict.DISCONNECT:
-                await disconnect(connection, "rate limit exceeded for too long")
-            return error_body(ErrorCode.RATE_LIMITED, "too many events; slow down")
+    async def on_event(connection: SocketConnection, args: list[Any]) -> Reply:
         if len(args) > 1:
             return error_body(ErrorCode.INVALID_PAYLOAD, "send one object as the event payload")
         payload = args[0] if args else {}
@@ -80,9 +61,13 @@ def acked(
         except NotifierError as exc:
             return {"ok": False, "error": exc.to_dict()}
         except Exception:
-            log.exception("event=handler_crashed name=%s sid=%s", event, sid)
+            log.exception("handler_crashed", name=event, sid=connection.sid)
             return error_body(ErrorCode.INTERNAL, "the server failed to handle this event")
         return {"ok": True, **result}
 
     on_event.__name__ = f"on_{event.replace('.', '_')}"
     return on_event
+
+
+async def unknown_event(connection: SocketConnection, name: str) -> Reply:
+    return error_body(ErrorCode.UNKNOWN_EVENT, f"unknown event {name[:64]!r}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -12,7 +11,8 @@ from pydantic import BaseModel, ValidationError
 
 from ..auth import Claims
 from ..errors import HTTP_STATUS, ErrorCode, NotifierError
-from ..keys import GATEWAY, NOTIFIER, VERIFIER
+from ..keys import ENGINE, GATEWAY, NOTIFIER, VERIFIER
+from ..logs import get_logger
 from ..models import (
     MarkRead,
     NotificationsList,
@@ -26,11 +26,10 @@ from ..models import (
 from ..records import TaskStatus
 from .acks import validation_message
 
-log = logging.getLogger("notifier.http")
+log = get_logger("notifier.http")
 M = TypeVar("M", bound=BaseModel)
 
 routes = web.RouteTableDef()
-SOCKETIO_PATH = "/socket.io/"
 
 # aiohttp's own errors (unknown route, wrong method, ...) in our codes.
 _CODE_FOR_HTTP_STATUS = {
@@ -70,25 +69,8 @@ async def error_middleware(
         code = _CODE_FOR_HTTP_STATUS.get(exc.status, ErrorCode.INVALID_PAYLOAD)
         return _error_response(code, exc.reason, exc.status)
     except Exception:
-        log.exception("event=http_handler_crashed path=%s", request.path)
+        log.exception("http_handler_crashed", path=request.path)
         return _error_response(ErrorCode.INTERNAL, "the server failed to handle this request")
-
-
-@web.middleware
-async def draining_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """While shutting down, turn away Socket.IO requests.
-
-    Clients that were just disconnected reconnect at once, over keep-alive connections the
-    stopped listener cannot refuse; a long-poll accepted now would hold shutdown for its
-    whole ping interval. Turned away, they retry and find the restarted server.
-    """
-    if request.app[GATEWAY].draining and request.path.startswith(SOCKETIO_PATH):
-        response = _error_response(ErrorCode.UNAVAILABLE, "the server is shutting down")
-        response.force_close()
-        return response
-    return await handler(request)
 
 
 def _claims(request: web.Request) -> Claims:
@@ -130,6 +112,7 @@ async def status(request: web.Request) -> web.Response:
     return json_response({
         **request.app[NOTIFIER].status(),
         "connections": gateway.connection_counts(),
+        "sessions": request.app[ENGINE].counts(),
         "rooms": gateway.room_count(),
     })
 

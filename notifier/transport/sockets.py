@@ -6,18 +6,16 @@ Handlers are thin: they authenticate, validate (through `acked`) and call the se
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import socketio
-from engineio import packet as eio_packet
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from ..auth import Claims, TokenVerifier
 from ..clock import millis
-from ..errors import ErrorCode, NotifierError, error_body
+from ..errors import ErrorCode, NotifierError
+from ..logs import get_logger
 from ..models import (
     MarkRead,
     NotificationsList,
@@ -35,19 +33,21 @@ from ..models import (
     TaskRef,
     UnsubscribeRequest,
 )
-from ..ratelimit import TokenBucket
 from ..records import new_id
 from ..rooms import BROADCAST_ROOM, room_for_user
 from ..service import Notifier
 from ..settings import Settings
-from .acks import Connection, Handler, Reply, acked
+from .acks import Connection, EventHandler, Handler, Reply, acked, unknown_event
+from .engine_session import Outbound
 from .fanout import USER_NAMESPACE, SocketFanOut
-from .server import NotifierManager
+from .socket_server import Refused, SocketConnection, SocketServer, encode_event
+from .timewheel import TimeWheel
 
-log = logging.getLogger("notifier.sockets")
+log = get_logger("notifier.sockets")
 
 WORKER_NAMESPACE = "/workers"
 _POSITIONS = TypeAdapter(dict[str, Position])
+_EXPIRY_TICK = 1.0
 
 
 @dataclass
@@ -55,44 +55,68 @@ class _JoinBatch:
     """What a subscribe (or a connect with positions) joined, and the replay it owes."""
 
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
-    packets: list[eio_packet.Packet] = field(default_factory=list)
+    packets: list[Outbound] = field(default_factory=list)
     positions: dict[str, int] = field(default_factory=dict)
+
+
+class _Namespace:
+    """One namespace's handlers, as the Socket.IO layer calls them."""
+
+    def __init__(
+        self,
+        gateway: SocketGateway,
+        connect: Callable[[SocketConnection, dict[str, Any] | None], Awaitable[None]],
+        events: dict[str, EventHandler],
+    ) -> None:
+        self._gateway = gateway
+        self._connect = connect
+        self._events = events
+
+    async def connect(self, connection: SocketConnection, auth: dict[str, Any] | None) -> None:
+        await self._connect(connection, auth)
+
+    def connected(self, connection: SocketConnection) -> None:
+        self._gateway.on_connected(connection)
+
+    def event(self, connection: SocketConnection, name: str, args: list[Any]) -> Awaitable[Reply]:
+        handler = self._events.get(name)
+        if handler is None:
+            return unknown_event(connection, name)
+        return handler(connection, args)
+
+    def disconnected(self, connection: SocketConnection, reason: str) -> None:
+        self._gateway.on_disconnect(connection, reason)
+
+    def flooding(self, connection: SocketConnection) -> None:
+        self._gateway.tell_closing(
+            connection, NotifierError(ErrorCode.RATE_LIMITED, "rate limit exceeded for too long")
+        )
 
 
 class SocketGateway:
     def __init__(
         self,
-        sio: socketio.AsyncServer,
+        server: SocketServer,
         notifier: Notifier,
         verifier: TokenVerifier,
         settings: Settings,
         fanout: SocketFanOut,
     ) -> None:
-        self._sio = sio
+        self._server = server
         self._notifier = notifier
         self._verifier = verifier
         self._settings = settings
         self._fanout = fanout
-        self._connections: dict[str, Connection] = {}
-        self._welcome: dict[str, tuple[dict[str, Any], _JoinBatch]] = {}
-        self._join_locks: dict[str, asyncio.Lock] = {}
-        self._closing: set[asyncio.Task[None]] = set()
-        # Set at shutdown: new Socket.IO requests are turned away (see transport.http).
-        self.draining = False
-        manager = sio.manager
-        assert isinstance(manager, NotifierManager)
-        manager.on_connected = self._on_connected
+        self._welcome: dict[SocketConnection, tuple[dict[str, Any], _JoinBatch]] = {}
+        self._join_locks: dict[SocketConnection, asyncio.Lock] = {}
+        self._counts = {USER_NAMESPACE: 0, WORKER_NAMESPACE: 0}
+        self._expiries: TimeWheel[SocketConnection] = TimeWheel(_EXPIRY_TICK)
+        self._expiry_timer: asyncio.TimerHandle | None = None
         self._register()
 
     # Registration
 
     def _register(self) -> None:
-        sio = self._sio
-        sio.on("connect", self._on_user_connect, namespace=USER_NAMESPACE)
-        sio.on("connect", self._on_worker_connect, namespace=WORKER_NAMESPACE)
-        for namespace in (USER_NAMESPACE, WORKER_NAMESPACE):
-            sio.on("disconnect", self._on_disconnect, namespace=namespace)
-            sio.on("*", self._on_unknown_event, namespace=namespace)
         user_events: dict[str, tuple[type[BaseModel], Handler[Any]]] = {
             "subscribe": (SubscribeRequest, self._subscribe),
             "unsubscribe": (UnsubscribeRequest, self._unsubscribe),
@@ -113,30 +137,40 @@ class SocketGateway:
             "task.get": (TaskRef, self._task_get),
             "ping": (PingRequest, self._ping),
         }
-        for namespace, events in ((USER_NAMESPACE, user_events), (WORKER_NAMESPACE, worker_events)):
-            for name, (model, handler) in events.items():
-                wrapped = acked(name, model, handler, self._connections.get, self._close_flooding)
-                sio.on(name, wrapped, namespace=namespace)
+        for name, connect, events in (
+            (USER_NAMESPACE, self._on_user_connect, user_events),
+            (WORKER_NAMESPACE, self._on_worker_connect, worker_events),
+        ):
+            handlers = {event: acked(event, model, handler)
+                        for event, (model, handler) in events.items()}
+            self._server.register(name, _Namespace(self, connect, handlers))
+
+    def start(self) -> None:
+        self._expiry_timer = asyncio.get_running_loop().call_later(_EXPIRY_TICK, self._sweep_expiries)
+
+    def stop(self) -> None:
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+            self._expiry_timer = None
 
     # Connecting
 
-    async def _on_user_connect(self, sid: str, environ: dict[str, Any], auth: Any) -> None:
-        claims = self._authenticate(environ, auth)
-        connection = self._open(sid, USER_NAMESPACE, claims)
+    async def _on_user_connect(self, connection: SocketConnection, auth: Any) -> None:
+        claims = self._authenticate(connection, auth)
+        state = Connection(claims=claims, joined={})
+        connection.data = state
         positions = self._positions_from(auth)
         rooms = [BROADCAST_ROOM, room_for_user(claims.sub), *positions]
-        self._fanout.hold(sid)
+        self._fanout.hold(connection)
         try:
             batch = _JoinBatch()
             await self._join(connection, rooms, positions, batch)
             unread = await self._notifier.unread_count(claims.sub)
         except Exception as exc:
-            self._forget(sid)
-            log.exception("event=connect_failed sid=%s", sid)
-            raise socketio.exceptions.ConnectionRefusedError(
-                "the server failed to set up the connection",
-                {"code": ErrorCode.INTERNAL.value, "message": "connection set-up failed"},
-            ) from exc
+            self._leave_all(connection)
+            log.exception("connect_failed", sid=connection.sid, user=claims.sub)
+            code = exc.code if isinstance(exc, NotifierError) else ErrorCode.INTERNAL
+            raise Refused(NotifierError(code, "connection set-up failed")) from exc
         session = {
             "user_id": claims.sub,
             "role": claims.role.value,
@@ -146,60 +180,63 @@ class SocketGateway:
             "unread": unread,
             "rooms": batch.results,
         }
-        self._welcome[sid] = (session, batch)
-        log.info("event=connected namespace=/ sid=%s user=%s", sid, claims.sub)
+        self._welcome[connection] = (session, batch)
+        self._counts[USER_NAMESPACE] += 1
+        log.info("connected", namespace="/", sid=connection.sid, user=claims.sub,
+                 peer=connection.session.peer)
 
-    async def _on_worker_connect(self, sid: str, environ: dict[str, Any], auth: Any) -> None:
-        claims = self._authenticate(environ, auth)
+    async def _on_worker_connect(self, connection: SocketConnection, auth: Any) -> None:
+        claims = self._authenticate(connection, auth)
         if not claims.can_publish:
-            raise socketio.exceptions.ConnectionRefusedError(
-                "the /workers namespace needs a publisher or admin token",
-                {"code": ErrorCode.FORBIDDEN.value, "message": "role publisher or admin required"},
-            )
-        self._open(sid, WORKER_NAMESPACE, claims)
-        log.info("event=connected namespace=/workers sid=%s user=%s", sid, claims.sub)
+            self._refusal(connection, ErrorCode.FORBIDDEN, claims.sub)
+            raise Refused(NotifierError(
+                ErrorCode.FORBIDDEN, "the /workers namespace needs a publisher or admin token"
+            ))
+        connection.data = Connection(claims=claims, joined={})
+        settings = self._settings
+        connection.session.bucket.raise_to(settings.worker_rate_per_second, settings.worker_rate_burst)
+        self._counts[WORKER_NAMESPACE] += 1
+        log.info("connected", namespace=WORKER_NAMESPACE, sid=connection.sid, user=claims.sub,
+                 peer=connection.session.peer)
 
-    def _on_connected(self, sid: str, namespace: str) -> None:
+    def on_connected(self, connection: SocketConnection) -> None:
         """The CONNECT packet is queued: send the session and the replay, then live events."""
-        connection = self._connections.get(sid)
-        if connection is None:
-            return
         self._schedule_expiry(connection)
-        welcome = self._welcome.pop(sid, None)
+        welcome = self._welcome.pop(connection, None)
         if welcome is None:
             return
         session, batch = welcome
-        first = [self._fanout.encode("session", self._direct_envelope("session", session))]
-        self._fanout.release(sid, first + batch.packets, batch.positions)
+        first = [self._fanout_packet("session", session)]
+        self._fanout.release(connection, first + batch.packets, batch.positions)
 
-    async def _on_disconnect(self, sid: str, reason: str) -> None:
-        connection = self._forget(sid)
-        if connection is not None:
-            log.info(
-                "event=disconnected namespace=%s sid=%s user=%s reason=%s",
-                connection.namespace, sid, connection.claims.sub, reason,
-            )
+    def on_disconnect(self, connection: SocketConnection, reason: str) -> None:
+        self._welcome.pop(connection, None)
+        self._join_locks.pop(connection, None)
+        self._leave_all(connection)
+        state: Connection | None = connection.data
+        if state is not None:
+            self._counts[connection.namespace] -= 1
+            log.info("disconnected", namespace=connection.namespace, sid=connection.sid,
+                     user=state.claims.sub, reason=reason)
 
-    def _authenticate(self, environ: dict[str, Any], auth: Any) -> Claims:
+    def _authenticate(self, connection: SocketConnection, auth: Any) -> Claims:
         try:
-            return self._verifier.verify(self._token_from(environ, auth))
+            return self._verifier.verify(self._token_from(connection, auth))
         except NotifierError as exc:
-            log.info("event=connect_refused code=%s", exc.code.value)
-            raise socketio.exceptions.ConnectionRefusedError(exc.message, exc.to_dict()) from exc
+            self._refusal(connection, exc.code, None)
+            raise Refused(exc) from exc
 
-    def _token_from(self, environ: dict[str, Any], auth: Any) -> object:
+    def _refusal(self, connection: SocketConnection, code: ErrorCode, user: str | None) -> None:
+        log.info("connect_refused", namespace=connection.namespace, code=code.value,
+                 peer=connection.session.peer, user=user)
+
+    def _token_from(self, connection: SocketConnection, auth: Any) -> object:
         if isinstance(auth, dict) and auth.get("token") is not None:
             return auth["token"]
-        header = environ.get("HTTP_AUTHORIZATION", "")
+        header = connection.session.auth_header or ""
         if header.lower().startswith("bearer "):
             return header[7:].strip()
-        if self._settings.allow_query_token:
-            query = environ.get("QUERY_STRING", "")
-            for part in query.split("&"):
-                key, _, value = part.partition("=")
-                if key == "token" and value:
-                    return value
-        return None
+        return connection.session.query_token
 
     def _positions_from(self, auth: Any) -> dict[str, Position]:
         raw = auth.get("positions") if isinstance(auth, dict) else None
@@ -208,65 +245,50 @@ class SocketGateway:
         try:
             return _POSITIONS.validate_python(raw)
         except ValidationError:
-            log.info("event=invalid_positions_ignored")
+            log.info("invalid_positions_ignored")
             return {}
-
-    def _open(self, sid: str, namespace: str, claims: Claims) -> Connection:
-        settings = self._settings
-        if namespace == WORKER_NAMESPACE:
-            rate, burst = settings.worker_rate_per_second, settings.worker_rate_burst
-        else:
-            rate, burst = settings.user_rate_per_second, settings.user_rate_burst
-        bucket = TokenBucket(rate, burst, settings.flood_disconnect_seconds, self._notifier.clock)
-        connection = Connection(sid=sid, namespace=namespace, claims=claims, bucket=bucket)
-        self._connections[sid] = connection
-        return connection
-
-    def _forget(self, sid: str) -> Connection | None:
-        connection = self._connections.pop(sid, None)
-        self._welcome.pop(sid, None)
-        self._join_locks.pop(sid, None)
-        self._fanout.drop(sid)
-        if connection is not None and connection.cancel_expiry is not None:
-            connection.cancel_expiry()
-        return connection
 
     # Expiry and forced disconnects
 
-    def _schedule_expiry(self, connection: Connection) -> None:
-        now = self._notifier.clock.now()
-        delay = connection.claims.expires_at + self._settings.jwt_leeway_seconds - now
-        handle = asyncio.get_running_loop().call_later(
-            max(delay, 0.0), self._expire, connection
-        )
-        connection.cancel_expiry = handle.cancel
+    def _schedule_expiry(self, connection: SocketConnection) -> None:
+        state: Connection = connection.data
+        loop = asyncio.get_running_loop()
+        remaining = state.claims.expires_at + self._settings.jwt_leeway_seconds - self._notifier.clock.now()
+        self._expiries.add(connection, loop.time() + max(remaining, 0.0))
 
-    def _expire(self, connection: Connection) -> None:
-        reason = NotifierError(ErrorCode.AUTH_EXPIRED, "your token expired; reconnect with a new one")
-        task = asyncio.get_running_loop().create_task(
-            self._close(connection, "auth.expired", reason)
-        )
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
+    def _sweep_expiries(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            self._expiries.sweep(loop.time(), self._expire_if_due)
+        finally:
+            self._expiry_timer = loop.call_later(_EXPIRY_TICK, self._sweep_expiries)
 
-    async def _close_flooding(self, connection: Connection, message: str) -> None:
-        await self._close(
-            connection, "connection.closing", NotifierError(ErrorCode.RATE_LIMITED, message)
-        )
-
-    async def _close(self, connection: Connection, event: str, reason: NotifierError) -> None:
-        """Tell the client why (the event arrives before the DISCONNECT packet), then drop it."""
-        if connection.sid not in self._connections:
+    def _expire_if_due(self, connection: SocketConnection) -> None:
+        state: Connection | None = connection.data
+        if not connection.connected or state is None:
             return
-        log.info(
-            "event=server_disconnect sid=%s user=%s code=%s",
-            connection.sid, connection.claims.sub, reason.code.value,
-        )
+        remaining = state.claims.expires_at + self._settings.jwt_leeway_seconds - self._notifier.clock.now()
+        if remaining > 0:  # renewed in the meantime
+            self._expiries.add(connection, asyncio.get_running_loop().time() + remaining)
+            return
+        self._close(connection, "auth.expired",
+                    NotifierError(ErrorCode.AUTH_EXPIRED, "your token expired; reconnect with a new one"))
+
+    def tell_closing(self, connection: SocketConnection, reason: NotifierError) -> None:
+        """Tell the client why it is being disconnected (before the DISCONNECT packet)."""
+        state: Connection | None = connection.data
+        log.info("server_disconnect", sid=connection.sid, code=reason.code.value,
+                 user=state.claims.sub if state else None)
         self._fanout.send_direct(
-            connection.sid, event, self._direct_envelope(event, reason.to_dict()),
-            connection.namespace,
+            connection, "connection.closing", self._direct_envelope("connection.closing", reason.to_dict())
         )
-        await self._sio.disconnect(connection.sid, namespace=connection.namespace)
+
+    def _close(self, connection: SocketConnection, event: str, reason: NotifierError) -> None:
+        state: Connection | None = connection.data
+        log.info("server_disconnect", sid=connection.sid, code=reason.code.value,
+                 user=state.claims.sub if state else None)
+        self._fanout.send_direct(connection, event, self._direct_envelope(event, reason.to_dict()))
+        self._server.disconnect(connection)
 
     def _direct_envelope(self, event_type: str, data: dict[str, Any]) -> dict[str, Any]:
         """An envelope for one connection only: it belongs to no room, so it has no offset."""
@@ -278,31 +300,33 @@ class SocketGateway:
             "data": data,
         }
 
-    async def _on_unknown_event(self, event: str, sid: str, *args: Any) -> Reply:
-        return error_body(ErrorCode.UNKNOWN_EVENT, f"unknown event {event!r}")
+    def _fanout_packet(self, event_type: str, data: dict[str, Any]) -> Outbound:
+        return encode_event(event_type, self._direct_envelope(event_type, data))
 
     # Rooms
 
     async def _join(
         self,
-        connection: Connection,
+        connection: SocketConnection,
         rooms: list[str],
         since: dict[str, Position],
         batch: _JoinBatch,
     ) -> None:
+        state: Connection = connection.data
         for room in dict.fromkeys(rooms):
             try:
-                task = await self._notifier.authorize_room(connection.claims, room)
+                task = await self._notifier.authorize_room(state.claims, room)
             except NotifierError as exc:
                 batch.results[room] = {"joined": False, "error": exc.to_dict()}
                 continue
-            joined_at = connection.joined.get(room)
-            # Read the history before entering the room: an event appended after this read is
-            # held by the gate and delivered live; one before it is in the replay or the past.
+            joined_at = state.joined.get(room)
+            if joined_at is None:
+                # Enter first, then read the history: an event appended after the read is
+                # held by the gate and delivered live; one before it is in the replay.
+                self._fanout.join(connection, room)
             replay = await self._notifier.replay(room, since.get(room), up_to=joined_at)
             if joined_at is None:
-                await self._sio.enter_room(connection.sid, room, namespace=USER_NAMESPACE)
-                connection.joined[room] = replay.position.offset
+                state.joined[room] = replay.position.offset
             result: dict[str, Any] = {"joined": True, **replay.position.to_dict()}
             if replay.recovered is not None:
                 result["recovered"] = replay.recovered
@@ -314,31 +338,43 @@ class SocketGateway:
             batch.results[room] = result
             batch.positions[room] = replay.position.offset
             for event in replay.events:
-                batch.packets.append(self._fanout.encode(event["type"], {**event, "replayed": True}))
+                batch.packets.append(self._replayed(event))
 
-    def _join_lock(self, sid: str) -> asyncio.Lock:
-        return self._join_locks.setdefault(sid, asyncio.Lock())
+    def _replayed(self, event: dict[str, Any]) -> Outbound:
+        return encode_event(event["type"], {**event, "replayed": True})
 
-    async def _subscribe(self, connection: Connection, request: SubscribeRequest) -> Reply:
+    def _leave_all(self, connection: SocketConnection) -> None:
+        state: Connection | None = connection.data
+        if state is None:
+            return
+        for room in state.joined:
+            self._fanout.leave(connection, room)
+        state.joined.clear()
+
+    def _join_lock(self, connection: SocketConnection) -> asyncio.Lock:
+        return self._join_locks.setdefault(connection, asyncio.Lock())
+
+    async def _subscribe(self, connection: SocketConnection, request: SubscribeRequest) -> Reply:
         batch = _JoinBatch()
-        async with self._join_lock(connection.sid):
-            self._fanout.hold(connection.sid)
+        async with self._join_lock(connection):
+            self._fanout.hold(connection)
             try:
                 await self._join(connection, request.rooms, request.since, batch)
             finally:
-                self._fanout.release(connection.sid, batch.packets, batch.positions)
+                self._fanout.release(connection, batch.packets, batch.positions)
         return {"rooms": batch.results}
 
-    async def _unsubscribe(self, connection: Connection, request: UnsubscribeRequest) -> Reply:
-        personal = {BROADCAST_ROOM, room_for_user(connection.claims.sub)}
+    async def _unsubscribe(self, connection: SocketConnection, request: UnsubscribeRequest) -> Reply:
+        state: Connection = connection.data
+        personal = {BROADCAST_ROOM, room_for_user(state.claims.sub)}
         results: dict[str, Any] = {}
-        async with self._join_lock(connection.sid):
+        async with self._join_lock(connection):
             for room in request.rooms:
                 if room in personal:
                     error = NotifierError(ErrorCode.FORBIDDEN, "your own rooms cannot be left")
                     results[room] = {"left": False, "error": error.to_dict()}
-                elif connection.joined.pop(room, None) is not None:
-                    await self._sio.leave_room(connection.sid, room, namespace=USER_NAMESPACE)
+                elif state.joined.pop(room, None) is not None:
+                    self._fanout.leave(connection, room)
                     results[room] = {"left": True}
                 else:
                     results[room] = {"left": False, "error": {
@@ -347,30 +383,30 @@ class SocketGateway:
 
     # End-user events
 
-    async def _ping(self, connection: Connection, request: PingRequest) -> Reply:
+    async def _ping(self, connection: SocketConnection, request: PingRequest) -> Reply:
         return {"server_time": millis(self._notifier.clock.now()), "echo": request.model_dump()}
 
-    async def _task_get(self, connection: Connection, request: TaskRef) -> Reply:
-        task = await self._notifier.get_task(request.task_id, connection.claims)
+    async def _task_get(self, connection: SocketConnection, request: TaskRef) -> Reply:
+        task = await self._notifier.get_task(request.task_id, _claims(connection))
         return {"task": task.to_dict()}
 
     async def _notifications_list(
-        self, connection: Connection, request: NotificationsList
+        self, connection: SocketConnection, request: NotificationsList
     ) -> Reply:
-        user_id = connection.claims.sub
+        user_id = _claims(connection).sub
         notifications = await self._notifier.list_notifications(user_id, request)
         return {
             "notifications": [n.to_dict() for n in notifications],
             "unread": await self._notifier.unread_count(user_id),
         }
 
-    async def _notifications_mark_read(self, connection: Connection, request: MarkRead) -> Reply:
-        return await self._notifier.mark_read(connection.claims.sub, request)
+    async def _notifications_mark_read(self, connection: SocketConnection, request: MarkRead) -> Reply:
+        return await self._notifier.mark_read(_claims(connection).sub, request)
 
     async def _set_refresh_interval(
-        self, connection: Connection, request: RefreshIntervalRequest
+        self, connection: SocketConnection, request: RefreshIntervalRequest
     ) -> Reply:
-        if not connection.claims.is_admin:
+        if not _claims(connection).is_admin:
             raise NotifierError(ErrorCode.FORBIDDEN, "only admins may change the refresh interval")
         seconds = await self._notifier.set_refresh_interval(request.seconds)
         return {"refresh_interval": seconds}
@@ -378,89 +414,65 @@ class SocketGateway:
     # Worker events
 
     def _once(
-        self, connection: Connection, key: str | None, action: Callable[[], Awaitable[Reply]]
+        self, connection: SocketConnection, key: str | None, action: Callable[[], Awaitable[Reply]]
     ) -> Awaitable[Reply]:
         # Keys are scoped to the token's subject: one worker cannot replay another's answers.
-        scoped = None if key is None else f"{connection.claims.sub}:{key}"
+        scoped = None if key is None else f"{_claims(connection).sub}:{key}"
         return self._notifier.once(scoped, action)
 
-    async def _publish(self, connection: Connection, request: PublishRequest) -> Reply:
+    async def _publish(self, connection: SocketConnection, request: PublishRequest) -> Reply:
         async def publish() -> Reply:
             envelope = await self._notifier.publish(request)
             return {key: envelope[key] for key in ("id", "room", "offset", "epoch")}
 
         return await self._once(connection, request.idempotency_key, publish)
 
-    async def _notify(self, connection: Connection, request: NotifyRequest) -> Reply:
+    async def _notify(self, connection: SocketConnection, request: NotifyRequest) -> Reply:
         async def notify() -> Reply:
             notifications = await self._notifier.notify(request)
             return {"notifications": [{"id": n.id, "user_id": n.user_id} for n in notifications]}
 
         return await self._once(connection, request.idempotency_key, notify)
 
-    async def _task_create(self, connection: Connection, request: TaskCreate) -> Reply:
+    async def _task_create(self, connection: SocketConnection, request: TaskCreate) -> Reply:
         async def create() -> Reply:
             return {"task": (await self._notifier.create_task(request)).to_dict()}
 
         return await self._once(connection, request.idempotency_key, create)
 
-    async def _task_progress(self, connection: Connection, request: TaskProgress) -> Reply:
+    async def _task_progress(self, connection: SocketConnection, request: TaskProgress) -> Reply:
         # Progress needs no key: a repeated value is accepted and coalesced away.
         return {"task": (await self._notifier.report_progress(request)).to_dict()}
 
-    async def _task_complete(self, connection: Connection, request: TaskComplete) -> Reply:
+    async def _task_complete(self, connection: SocketConnection, request: TaskComplete) -> Reply:
         async def complete() -> Reply:
-            task = await self._notifier.complete_task(
-                request.task_id, request.result, request.message
-            )
+            task = await self._notifier.complete_task(request.task_id, request.result, request.message)
             return {"task": task.to_dict()}
 
         return await self._once(connection, request.idempotency_key, complete)
 
-    async def _task_fail(self, connection: Connection, request: TaskFail) -> Reply:
+    async def _task_fail(self, connection: SocketConnection, request: TaskFail) -> Reply:
         async def fail() -> Reply:
             return {"task": (await self._notifier.fail_task(request.task_id, request.error)).to_dict()}
 
         return await self._once(connection, request.idempotency_key, fail)
 
-    async def _task_cancel(self, connection: Connection, request: TaskCancel) -> Reply:
+    async def _task_cancel(self, connection: SocketConnection, request: TaskCancel) -> Reply:
         async def cancel() -> Reply:
             task = await self._notifier.cancel_task(request.task_id, request.reason)
             return {"task": task.to_dict()}
 
         return await self._once(connection, request.idempotency_key, cancel)
 
-    # Shutdown
-
-    async def disconnect_all(self, deadline: float = 3.0) -> None:
-        """Drop every connection's transport so that clients reconnect (here, or to a peer).
-
-        An Engine.IO CLOSE packet would read as "the server disconnected you" and clients
-        would stay away; closing the transport reads as a network failure, and Socket.IO
-        clients reconnect, then recover what they missed. (engineio's own disconnect-all also
-        waits without limit for each queue to drain.) Bounded by `deadline`.
-        """
-        self.draining = True
-        eio = self._sio.eio
-        for socket in list(eio.sockets.values()):
-            await socket.close(wait=False, abort=True, reason=eio.reason.TRANSPORT_CLOSE)
-            socket.queue.put_nowait(None)  # the websocket (or the pending long-poll) closes
-        if self._closing:
-            await asyncio.wait(list(self._closing), timeout=deadline)
-        loop = asyncio.get_running_loop()
-        give_up = loop.time() + deadline
-        # engineio signals no event when a socket goes, so this polls, briefly and bounded.
-        while eio.sockets and loop.time() < give_up:  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
+    # Counts
 
     def connection_counts(self) -> dict[str, int]:
-        counts = {USER_NAMESPACE: 0, WORKER_NAMESPACE: 0}
-        for connection in self._connections.values():
-            counts[connection.namespace] += 1
-        return counts
+        return dict(self._counts)
 
     def room_count(self) -> int:
-        rooms = self._sio.manager.rooms.get(USER_NAMESPACE, {})
-        # python-socketio keeps a room per sid and one (None) for the namespace: not ours.
-        return sum(1 for name in rooms if name is not None and name not in self._connections)
+        return self._fanout.room_count()
 
+
+def _claims(connection: SocketConnection) -> Claims:
+    state: Connection = connection.data
+    return state.claims

@@ -1,0 +1,204 @@
+"""Hostile and broken clients, by hand, on raw sockets: what an attacker would send.
+
+Used by tests/test_hostile.py (bounded checks) and by `benchmarks.run hostile`, which measures
+what each costs the service (log bytes per malformed packet, memory after abandoned polls, a
+bystander's ping latency while one anonymous client floods).
+
+    .venv/bin/python -m benchmarks.hostile <attack> --url http://127.0.0.1:8080 [--count N | --seconds S]
+
+Everything stays on loopback and is bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import os
+import struct
+import time
+from urllib.parse import urlsplit
+
+_TEXT = 0x1
+
+
+def masked_frame(payload: bytes, opcode: int = _TEXT) -> bytes:
+    """A client frame (clients must mask, RFC 6455 section 5.3)."""
+    mask = os.urandom(4)
+    body = bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
+    length = len(payload)
+    if length < 126:
+        header = struct.pack("!BB", 0x80 | opcode, 0x80 | length)
+    elif length < 65536:
+        header = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, length)
+    else:
+        header = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, length)
+    return header + mask + body
+
+
+async def raw_websocket(url: str, query: str = "EIO=4&transport=websocket"):
+    """Open a websocket by hand and read past the 101 answer and the OPEN packet."""
+    parts = urlsplit(url)
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write((
+        f"GET /socket.io/?{query} HTTP/1.1\r\nHost: {parts.netloc}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ).encode())
+    status = await reader.readuntil(b"\r\n\r\n")
+    if not status.startswith(b"HTTP/1.1 101"):
+        writer.close()
+        raise ConnectionError(status.split(b"\r\n")[0].decode())
+    header = await reader.readexactly(2)
+    await reader.readexactly(header[1] & 0x7F)  # the OPEN packet (short)
+    return reader, writer
+
+
+async def flood_noops(url: str, seconds: float) -> int:
+    """One anonymous websocket sending Engine.IO NOOP packets as fast as the socket takes them."""
+    _, writer = await raw_websocket(url)
+    batch = masked_frame(b"6") * 2000
+    sent = 0
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline and not writer.is_closing():
+            writer.write(batch)
+            await writer.drain()
+            sent += 2000
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        writer.close()
+    return sent
+
+
+async def malformed_sessions(url: str, count: int, concurrency: int = 20) -> int:
+    """`count` anonymous websockets, each sending one malformed packet (`4{`) and being closed."""
+    done = 0
+
+    async def one() -> None:
+        nonlocal done
+        try:
+            reader, writer = await raw_websocket(url)
+        except (ConnectionError, OSError):
+            return
+        writer.write(masked_frame(b"4{"))
+        try:
+            await asyncio.wait_for(reader.read(), 5)
+        except (TimeoutError, ConnectionError, OSError):
+            pass
+        writer.close()
+        done += 1
+
+    slots = asyncio.Semaphore(concurrency)
+
+    async def bounded() -> None:
+        async with slots:
+            await one()
+
+    await asyncio.gather(*(bounded() for _ in range(count)))
+    return done
+
+
+async def _http(url: str, request: bytes, read_timeout: float = 5.0) -> bytes:
+    parts = urlsplit(url)
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    writer.write(request)
+    try:
+        return await asyncio.wait_for(reader.read(65536), read_timeout)
+    finally:
+        writer.close()
+
+
+async def _open_polling(url: str) -> str:
+    parts = urlsplit(url)
+    answer = await _http(url, (
+        f"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+        "Connection: close\r\n\r\n").encode())
+    body = answer.split(b"\r\n\r\n", 1)[1]
+    return body.split(b'"sid":"', 1)[1].split(b'"', 1)[0].decode()
+
+
+async def abandoned_polls(url: str, count: int, concurrency: int = 50) -> int:
+    """Open long-polling sessions, start a poll on each, and hang up before it is answered."""
+    parts = urlsplit(url)
+    done = 0
+
+    async def one() -> None:
+        nonlocal done
+        sid = await _open_polling(url)
+        _, writer = await asyncio.open_connection(parts.hostname, parts.port)
+        writer.write((
+            f"GET /socket.io/?EIO=4&transport=polling&sid={sid} HTTP/1.1\r\n"
+            f"Host: {parts.netloc}\r\n\r\n").encode())
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.transport.abort()
+        done += 1
+
+    slots = asyncio.Semaphore(concurrency)
+
+    async def bounded() -> None:
+        async with slots:
+            await one()
+
+    await asyncio.gather(*(bounded() for _ in range(count)))
+    return done
+
+
+async def unexpected_posts(url: str, count: int, body: bytes = b"6") -> list[float]:
+    """Long-polling POSTs carrying an unexpected packet; returns how long each answer took."""
+    parts = urlsplit(url)
+    took = []
+    for _ in range(count):
+        sid = await _open_polling(url)
+        started = time.monotonic()
+        await _http(url, (
+            f"POST /socket.io/?EIO=4&transport=polling&sid={sid} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body)
+        took.append(time.monotonic() - started)
+    return took
+
+
+async def long_header(url: str, size: int = 9000) -> bytes:
+    parts = urlsplit(url)
+    return await _http(url, (
+        f"GET /healthz HTTP/1.1\r\nHost: {parts.netloc}\r\nX-Junk: {'a' * size}\r\n\r\n").encode())
+
+
+async def slow_headers(url: str, wait: float) -> tuple[bytes, float]:
+    """Send a request line and then nothing: how the server answers, and after how long."""
+    parts = urlsplit(url)
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    started = time.monotonic()
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+    try:
+        answer = await asyncio.wait_for(reader.read(65536), wait)
+    except TimeoutError:
+        answer = b""
+    finally:
+        writer.close()
+    return answer, time.monotonic() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("attack", choices=["flood", "malformed", "abandoned-polls", "posts"])
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--count", type=int, default=1000)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    args = parser.parse_args()
+    if args.attack == "flood":
+        print(asyncio.run(flood_noops(args.url, args.seconds)), flush=True)
+    elif args.attack == "malformed":
+        print(asyncio.run(malformed_sessions(args.url, args.count)), flush=True)
+    elif args.attack == "abandoned-polls":
+        print(asyncio.run(abandoned_polls(args.url, args.count)), flush=True)
+    else:
+        took = asyncio.run(unexpected_posts(args.url, args.count))
+        print(max(took), flush=True)
+
+
+if __name__ == "__main__":
+    main()

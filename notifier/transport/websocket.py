@@ -1,0 +1,320 @@
+"""A websocket served by a small asyncio protocol once aiohttp has answered the handshake.
+
+Reading: aiohttp's C frame reader parses what arrives and hands each message to the Engine.IO
+session. Writing: server frames are not masked, so one frame's bytes serve every recipient
+(`websocket_frame`); the frames a connection is given during one loop iteration go out in one
+`transport.write` (`WriteBatcher`). When the client stops reading and the transport's buffer
+fills, frames wait here, and a connection with more than `max_backlog` waiting is dropped:
+it recovers what it missed when it reconnects, and server memory stays bounded.
+
+Nothing here is alive per idle connection but the transport, this object and the reader:
+no task, no timer (heartbeats are swept by the engine's time wheel).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import struct
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from aiohttp.http import WS_KEY, WSMessage, WSMsgType
+
+from .aiohttp_adapter import new_frame_reader, take_transport
+
+if TYPE_CHECKING:
+    from .engine_session import EngineSession
+
+_TEXT, _BINARY, _CLOSE, _PONG = 0x1, 0x2, 0x8, 0xA
+
+# Past this many bytes waiting in the transport, frames wait here, where they are counted
+# against the connection's backlog limit.
+TRANSPORT_BUFFER_BYTES = 256 * 1024
+
+# Input is parsed in slices; once a client goes over its rate limit, in small ones, with
+# reading paused between them, so one flooding client cannot hold the loop for long.
+_SLICE = 65536
+_THROTTLED_SLICE = 4096
+_THROTTLE_PAUSE = 0.1
+
+
+def websocket_frame(payload: bytes, opcode: int = _TEXT) -> bytes:
+    """An unmasked, final, uncompressed frame (RFC 6455 section 5.2), as servers send."""
+    length = len(payload)
+    first = 0x80 | opcode
+    if length < 126:
+        header = struct.pack("!BB", first, length)
+    elif length < 65536:
+        header = struct.pack("!BBH", first, 126, length)
+    else:
+        header = struct.pack("!BBQ", first, 127, length)
+    return header + payload
+
+
+def text_frame(text: str) -> bytes:
+    return websocket_frame(text.encode())
+
+
+class HandshakeError(Exception):
+    """The request is not a websocket handshake we can accept."""
+
+
+def accept_key(request: web.BaseRequest) -> str:
+    """Validate the opening handshake (RFC 6455 section 4.2.1); return Sec-WebSocket-Accept."""
+    headers = request.headers
+    if request.method != "GET":
+        raise HandshakeError("a websocket handshake is a GET request")
+    if headers.get("Upgrade", "").lower() != "websocket":
+        raise HandshakeError("missing 'Upgrade: websocket'")
+    if "upgrade" not in {part.strip().lower() for part in headers.get("Connection", "").split(",")}:
+        raise HandshakeError("missing 'Connection: upgrade'")
+    if headers.get("Sec-WebSocket-Version") != "13":
+        raise HandshakeError("only websocket version 13 is supported")
+    key = headers.get("Sec-WebSocket-Key", "")
+    try:
+        if len(base64.b64decode(key, validate=True)) != 16:
+            raise HandshakeError("Sec-WebSocket-Key must be 16 bytes in base64")
+    except binascii.Error as exc:
+        raise HandshakeError("Sec-WebSocket-Key is not base64") from exc
+    return base64.b64encode(hashlib.sha1(key.encode() + WS_KEY).digest()).decode()
+
+
+class WriteBatcher:
+    """Writes what each connection was given during one loop iteration in one call.
+
+    Several broadcasts handled in the same iteration then cost each recipient one system call
+    instead of one per broadcast; the delay is the rest of the current iteration.
+    """
+
+    def __init__(self) -> None:
+        self._due: list[WebSocketLink] = []
+
+    def schedule(self, link: WebSocketLink) -> None:
+        if not self._due:
+            asyncio.get_running_loop().call_soon(self._write_due)
+        self._due.append(link)
+
+    def _write_due(self) -> None:
+        due, self._due = self._due, []
+        for link in due:
+            link.write_pending()
+
+
+class WebSocketLink(asyncio.Protocol):
+    """One websocket connection, after the handshake, carrying one Engine.IO session."""
+
+    __slots__ = (
+        "_batcher", "_max_backlog", "_pending", "_reader", "_resume", "_stash",
+        "_writing_paused", "closed", "on_lost", "peer", "session", "transport",
+    )
+
+    def __init__(
+        self,
+        transport: asyncio.Transport,
+        batcher: WriteBatcher,
+        max_message_bytes: int,
+        max_backlog: int,
+        peer: str,
+    ) -> None:
+        self.transport = transport
+        self.peer = peer
+        self.session: EngineSession | None = None
+        self.closed = False
+        # Called once when the connection ends, whoever ends it.
+        self.on_lost: Callable[[WebSocketLink], None] | None = None
+        self._batcher = batcher
+        self._max_backlog = max_backlog
+        self._pending: list[bytes] | None = None  # frames of this iteration, or the backlog
+        self._writing_paused = False
+        self._stash: bytes | None = None  # input held back while the client is throttled
+        self._resume: asyncio.TimerHandle | None = None
+        self._reader = new_frame_reader(self._on_message, self._on_failure, max_message_bytes)
+
+    # Reading
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        if self._resume is not None:  # reading is paused; this was already in flight
+            self._stash = (self._stash or b"") + data
+            return
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
+        session = self.session
+        while data and not self.closed:
+            flooding = session is not None and session.flooding
+            size = _THROTTLED_SLICE if flooding else _SLICE
+            if len(data) <= size:
+                chunk, data = data, b""
+            else:
+                chunk, data = data[:size], data[size:]
+            refused = session.rejections if session is not None else 0
+            self._reader.feed_data(chunk)
+            if session is not None and session.rejections != refused and not self.closed:
+                # Over its limit: the rest waits, and reading pauses, until it has had time
+                # to slow down.
+                self._stash = data or None
+                self.transport.pause_reading()
+                loop = asyncio.get_running_loop()
+                self._resume = loop.call_later(_THROTTLE_PAUSE, self._resume_reading)
+                return
+
+    def _resume_reading(self) -> None:
+        self._resume = None
+        if self.closed:
+            return
+        stash, self._stash = self._stash, None
+        self.transport.resume_reading()
+        if stash:
+            self._feed(stash)
+
+    def _on_message(self, message: WSMessage) -> None:
+        if self.closed:
+            return
+        kind = message.type
+        if kind is WSMsgType.TEXT or kind is WSMsgType.BINARY:
+            if self.session is not None:
+                self.session.receive_websocket(self, message.data)
+        elif kind is WSMsgType.PING:
+            self.transport.write(websocket_frame(message.data or b"", _PONG))
+        elif kind is WSMsgType.CLOSE:
+            self.close(1000)
+        # PONG frames: nothing to do.
+
+    def _on_failure(self, exc: BaseException) -> None:
+        if self.session is not None:
+            self.session.protocol_error(f"websocket: {exc}", self.peer)
+        self.close(getattr(exc, "code", 1002))
+
+    # asyncio protocol callbacks
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._closed()
+
+    def eof_received(self) -> bool:
+        return False  # the transport closes itself
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        if self._pending:
+            self.write_pending()
+
+    # Writing
+
+    def send_now(self, frame: bytes) -> None:
+        """Write one frame at once, ahead of anything batched (handshake replies only)."""
+        if not self.closed:
+            self.transport.write(frame)
+
+    def queue(self, frame: bytes) -> None:
+        """Write `frame` with the connection's other frames of this loop iteration."""
+        pending = self._pending
+        if pending is None:
+            self._pending = [frame]
+            if not self._writing_paused:
+                self._batcher.schedule(self)
+        elif self._writing_paused and len(pending) >= self._max_backlog:
+            self.abort("slow_consumer")
+        else:
+            pending.append(frame)
+
+    @property
+    def backlog(self) -> int:
+        """Frames held back because the client is not reading (not those of this iteration)."""
+        return len(self._pending or ()) if self._writing_paused else 0
+
+    def write_pending(self) -> None:
+        """Write what is pending in one call. The transport pauses us once its buffer passes
+        TRANSPORT_BUFFER_BYTES; until it resumes us, frames wait in `_pending`."""
+        pending = self._pending
+        if pending is None or self._writing_paused or self.closed:
+            return
+        self._pending = None
+        self.transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+
+    # Ending
+
+    def close(self, code: int = 1000) -> None:
+        """Send a close frame after what is pending, then close the connection."""
+        if self.closed:
+            return
+        self.closed = True
+        pending, self._pending = self._pending, None
+        tail = b"".join(pending) if pending and not self._writing_paused else b""
+        self.transport.write(tail + websocket_frame(struct.pack("!H", code), _CLOSE))
+        self.transport.close()
+
+    def abort(self, reason: str = "aborted") -> None:
+        """Drop the connection at once, whatever is unsent (a client that stopped reading).
+
+        Safe in the middle of a fan-out: the session is torn down when the loop reports the
+        connection lost, not here.
+        """
+        if self.closed:
+            return
+        self.closed = True
+        self._pending = None
+        if self.session is not None:
+            self.session.lost_reason = reason
+        self.transport.abort()
+
+    def _closed(self) -> None:
+        self.closed = True
+        self._pending = None
+        self._stash = None
+        if self._resume is not None:
+            self._resume.cancel()
+            self._resume = None
+        on_lost, self.on_lost = self.on_lost, None
+        if on_lost is not None:
+            on_lost(self)
+
+
+def open_link(
+    request: web.BaseRequest,
+    accept: str,
+    batcher: WriteBatcher,
+    max_message_bytes: int,
+    max_backlog: int,
+    peer: str,
+) -> WebSocketLink:
+    """Answer the handshake (101), take the connection from aiohttp and serve it here."""
+    transport, tail = take_transport(request)
+    transport.write(
+        (
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Accept: {accept}\r\n\r\n"
+        ).encode()
+    )
+    link = WebSocketLink(transport, batcher, max_message_bytes, max_backlog, peer)
+    transport.set_protocol(link)
+    transport.set_write_buffer_limits(high=TRANSPORT_BUFFER_BYTES)
+    transport.resume_reading()
+    if tail:
+        asyncio.get_running_loop().call_soon(link.data_received, tail)
+    return link
+
+
+def peer_of(request: web.BaseRequest) -> str:
+    """The client's address as logs show it (behind a proxy: the proxy's, see deployment)."""
+    return request.remote or "unknown"
+
+
+__all__ = [
+    "HandshakeError",
+    "WebSocketLink",
+    "WriteBatcher",
+    "accept_key",
+    "open_link",
+    "peer_of",
+    "text_frame",
+    "websocket_frame",
+]
