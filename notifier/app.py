@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
 
 from .auth import TokenVerifier, verification_key
+from .broker import open_broker
 from .clock import Clock, SystemClock
-from .keys import ENGINE, GATEWAY, NOTIFIER, SETTINGS, VERIFIER
+from .errors import StartupError
+from .health import Health
+from .keys import ENGINE, GATEWAY, HEALTH, NOTIFIER, SETTINGS, VERIFIER
 from .logs import ClientErrorLog, get_logger
 from .ratelimit import TokenBucket
 from .service import Notifier
@@ -38,8 +42,13 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     """Build the whole service. Run it with `serve`, or mount it in an app of your own."""
     settings = settings or Settings()
     clock = clock or SystemClock()
-    store = open_store(settings.resolved_store_url, max_events_per_room=settings.history_max_events)
-    notifier = Notifier(settings, store, clock)
+    health = Health()
+    store = open_store(settings.resolved_store_url, health,
+                       sqlite_synchronous=settings.sqlite_synchronous)
+    broker = open_broker(settings.broker_url, store, health,
+                         max_events_per_room=settings.history_max_events,
+                         max_age_seconds=settings.history_max_age_seconds)
+    notifier = Notifier(settings, store, broker, health, clock)
     verifier = TokenVerifier(settings, verification_key(settings))
     client_errors = ClientErrorLog(get_logger("notifier.clients"))
 
@@ -60,7 +69,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         allow_query_token=settings.allow_query_token,
     )
     fanout = SocketFanOut()
-    notifier.attach(fanout)
+    notifier.attach(fanout.deliver, fanout.user_connection_count)
     gateway = SocketGateway(sockets, notifier, verifier, settings, fanout)
 
     app = web.Application(
@@ -71,12 +80,12 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     app[VERIFIER] = verifier
     app[GATEWAY] = gateway
     app[ENGINE] = engine
+    app[HEALTH] = health
     app.router.add_route("*", SOCKETIO_PATH, engine.handle)
     app.add_routes(routes)
     app.add_routes(dashboard.routes)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        await store.open()
         await notifier.start()
         engine.start()
         gateway.start()
@@ -92,11 +101,11 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         engine.stop()
         await sockets.settle(timeout=2.0)
         await notifier.stop()
-        await store.close()
         log.info("stopped")
 
     async def disconnect_clients(app: web.Application) -> None:
         # Before the web server stops, so SIGTERM exits promptly.
+        health.draining = True
         await engine.drop_all()
 
     app.cleanup_ctx.append(lifecycle)
@@ -118,10 +127,15 @@ def make_runner(app: web.Application, **kwargs: Any) -> web.AppRunner:
 
 async def serve(settings: Settings, host: str, port: int) -> None:
     """Run the service until SIGTERM or SIGINT, then close connections and exit promptly."""
+    try:
+        # Bound before anything starts, so a taken port is the only thing reported.
+        listener = socket.create_server((host, port))
+    except OSError as exc:
+        raise StartupError(f"NOTIFIER_PORT: cannot listen on {host}:{port}: {exc.strerror}") from exc
     app = create_app(settings)
     runner = make_runner(app, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.SockSite(runner, listener)
     await site.start()
     log.info("listening", url=f"http://{host}:{port}")
     stop = asyncio.Event()
@@ -133,5 +147,6 @@ async def serve(settings: Settings, host: str, port: int) -> None:
     finally:
         # Goodbyes go out while the listener still runs: after aiohttp stops the site, the
         # clients' closing handshakes were measured to hang until the shutdown timeout.
+        app[HEALTH].draining = True
         await app[ENGINE].drop_all()
         await runner.cleanup()

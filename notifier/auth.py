@@ -12,7 +12,7 @@ from typing import Any
 
 import jwt
 
-from .errors import ErrorCode, NotifierError
+from .errors import ErrorCode, NotifierError, StartupError
 from .logs import get_logger
 from .settings import Settings
 
@@ -211,4 +211,7 @@ def load_or_create_dev_secret(data_dir: Path) -> str:
 def _read_pem(value: str) -> str:
     if value.lstrip().startswith("-----BEGIN"):
         return value
-    return Path(value).read_text()
+    try:
+        return Path(value).read_text()
+    except OSError as exc:
+        raise StartupError(f"NOTIFIER_JWT_PUBLIC_KEY: cannot read {value}: {exc.strerror}") from exc

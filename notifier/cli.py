@@ -10,6 +10,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from .auth import Role, issue_token, signing_algorithm, verification_key
+from .errors import StartupError
 from .settings import Settings, describe_validation_error
 
 
@@ -50,7 +51,11 @@ def _serve(settings: Settings, host: str | None, port: int | None) -> int:
         uvloop = None
     if uvloop is not None:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    asyncio.run(serve(settings, host or settings.host, settings.port if port is None else port))
+    try:
+        asyncio.run(serve(settings, host or settings.host, settings.port if port is None else port))
+    except StartupError as exc:
+        print(f"cannot start: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

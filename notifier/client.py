@@ -420,6 +420,8 @@ class SyncWorker:
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=5)
+            if not self._thread.is_alive():
+                self._loop.close()  # else a ResourceWarning whenever it is collected
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
         if name not in self._FORWARDED:

@@ -17,7 +17,10 @@ class ErrorCode(StrEnum):
     CONFLICT = "CONFLICT"
     RATE_LIMITED = "RATE_LIMITED"
     PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
+    METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
+    TIMEOUT = "TIMEOUT"
     UNAVAILABLE = "UNAVAILABLE"
+    STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
     INTERNAL = "INTERNAL"
 
 
@@ -32,7 +35,10 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.CONFLICT: 409,
     ErrorCode.RATE_LIMITED: 429,
     ErrorCode.PAYLOAD_TOO_LARGE: 413,
+    ErrorCode.METHOD_NOT_ALLOWED: 405,
+    ErrorCode.TIMEOUT: 408,
     ErrorCode.UNAVAILABLE: 503,
+    ErrorCode.STORE_UNAVAILABLE: 503,
     ErrorCode.INTERNAL: 500,
 }
 
@@ -56,3 +62,7 @@ class NotifierError(Exception):
 def error_body(code: ErrorCode, message: str) -> dict[str, Any]:
     """The `{ok: false, error: {code, message}}` shape every ack failure uses."""
     return {"ok": False, "error": {"code": code.value, "message": message}}
+
+
+class StartupError(Exception):
+    """The service cannot start: one line naming the variable or path, exit code 2."""

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .broker import Broker
 from .models import Position
 from .records import Envelope, StreamPosition
-from .store import Store
 
 EPOCH_CHANGED = "epoch_changed"
 HISTORY_TRUNCATED = "history_truncated"
@@ -23,7 +23,7 @@ class Replay:
 
 
 async def replay_since(
-    store: Store, room: str, since: Position | None, up_to: int | None, limit: int
+    broker: Broker, room: str, since: Position | None, up_to: int | None, limit: int
 ) -> Replay:
     """Events of `room` after `since` (and at most `up_to`), or why they cannot be had.
 
@@ -31,14 +31,14 @@ async def replay_since(
     server no longer has; one positioned before the oldest retained event has a gap we cannot
     fill. Both must reload their state rather than trust a partial replay.
     """
-    head, first_retained = await store.room_bounds(room)
+    head, first_retained = await broker.bounds(room)
     if since is None:
         return Replay(position=head)
     if since.epoch != head.epoch or since.offset > head.offset:
         return Replay(position=head, recovered=False, reason=EPOCH_CHANGED)
     if since.offset + 1 < first_retained:
         return Replay(position=head, recovered=False, reason=HISTORY_TRUNCATED)
-    events = await store.events_after(room, since.offset, limit)
+    events = await broker.read(room, since.offset, limit)
     if up_to is not None:
         events = [event for event in events if event["offset"] <= up_to]
     last = events[-1]["offset"] if events else since.offset

@@ -2,38 +2,55 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from .broker import NewEvent
 from .clock import Clock, millis
 from .models import MarkRead, NotificationsList, NotifyRequest
-from .publisher import Publisher
-from .records import Notification, new_id
+from .records import Notification, derived_id, new_id
 from .rooms import room_for_user
 from .store import Store
 
+Publish = Callable[[Sequence[NewEvent]], Awaitable[Any]]
+
 
 class Inbox:
-    def __init__(self, store: Store, publisher: Publisher, clock: Clock) -> None:
+    def __init__(self, store: Store, publish: Publish, clock: Clock) -> None:
         self._store = store
-        self._publisher = publisher
+        self._publish = publish
         self._clock = clock
 
-    async def notify(self, request: NotifyRequest) -> list[Notification]:
+    async def notify(self, request: NotifyRequest, key: str | None = None) -> list[Notification]:
+        """Store a notification per user, then push it and the user's unread count.
+
+        With an idempotency `key`, the ids are derived from it: a retry stores nothing twice
+        and its events carry the ids clients already dropped as seen.
+        """
         now = millis(self._clock.now())
         recipients = list(dict.fromkeys(request.user_ids))
+
+        def id_for(user_id: str, kind: str) -> str:
+            return derived_id(key, user_id, kind) if key else new_id()
+
         notifications = [
             Notification(
-                id=new_id(), user_id=user_id, title=request.title, body=request.body,
-                data=dict(request.data), created_at=now,
+                id=id_for(user_id, "notification"), user_id=user_id, title=request.title,
+                body=request.body, data=dict(request.data), created_at=now,
             )
             for user_id in recipients
         ]
         # Stored first: a recipient who is offline now finds it in the inbox later.
         await self._store.add_notifications(notifications)
+        unread = await self._store.unread_counts(recipients)
+        events: list[NewEvent] = []
         for notification in notifications:
-            room = room_for_user(notification.user_id)
-            await self._publisher.publish(room, "notification", notification.to_dict())
-            await self._push_unread(notification.user_id)
+            room, user_id = room_for_user(notification.user_id), notification.user_id
+            events.append(NewEvent(room, "notification", notification.to_dict(),
+                                   id_for(user_id, "event"), now))
+            events.append(NewEvent(room, "notifications.unread", {"count": unread[user_id]},
+                                   id_for(user_id, "unread"), now))
+        await self._publish(events)
         return notifications
 
     async def list(self, user_id: str, request: NotificationsList) -> list[Notification]:
@@ -47,14 +64,10 @@ class Inbox:
         unchanged = sorted(set(request.ids or ()) - set(changed))
         unread = await self.unread_count(user_id)
         if changed:
-            await self._publisher.publish(
-                room_for_user(user_id), "notifications.unread", {"count": unread}
-            )
+            now = millis(self._clock.now())
+            await self._publish([NewEvent(room_for_user(user_id), "notifications.unread",
+                                          {"count": unread}, new_id(), now)])
         return {"marked": changed, "unchanged": unchanged, "unread": unread}
 
     async def unread_count(self, user_id: str) -> int:
         return await self._store.unread_count(user_id)
-
-    async def _push_unread(self, user_id: str) -> None:
-        count = await self._store.unread_count(user_id)
-        await self._publisher.publish(room_for_user(user_id), "notifications.unread", {"count": count})

@@ -8,6 +8,7 @@ from aiohttp import web
 
 if TYPE_CHECKING:
     from .auth import TokenVerifier
+    from .health import Health
     from .service import Notifier
     from .settings import Settings
     from .transport.engine import EngineServer
@@ -18,3 +19,4 @@ SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
 VERIFIER: web.AppKey[TokenVerifier] = web.AppKey("verifier")
 GATEWAY: web.AppKey[SocketGateway] = web.AppKey("gateway")
 ENGINE: web.AppKey[EngineServer] = web.AppKey("engine")
+HEALTH: web.AppKey[Health] = web.AppKey("health")

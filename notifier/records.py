@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 import uuid
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
@@ -12,7 +14,15 @@ Envelope = dict[str, Any]
 
 
 def new_id() -> str:
-    return uuid.uuid4().hex
+    """A unique 32-hex-digit id: a random prefix per process and a counter.
+
+    (uuid4 reads the system's random source on every call, which was a tenth of the time of
+    publishing a task event.)"""
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
+
+
+_ID_PREFIX = os.urandom(8).hex()
+_ID_COUNTER = itertools.count(int.from_bytes(os.urandom(4), "big"))
 
 
 @dataclass(frozen=True)
@@ -56,6 +66,15 @@ class Task:
     result: Any = None
     error: str | None = None
     finished_at: int | None = None
+    # Bumped by every stored change: orders a task's snapshots across processes.
+    version: int = 1
+
+    def evolve(self, **changes: Any) -> Task:
+        """A copy with `changes` and the next version (a task is never changed in place:
+        snapshots already handed out stay as they were)."""
+        task = object.__new__(Task)
+        task.__dict__ = {**self.__dict__, **changes, "version": self.version + 1}
+        return task
 
     def to_dict(self) -> dict[str, Any]:
         # By hand rather than dataclasses.asdict, which deep-copies: this runs for every
@@ -66,12 +85,21 @@ class Task:
             "created_at": self.created_at, "updated_at": self.updated_at,
             "current": self.current, "completed": self.completed, "total": self.total,
             "message": self.message, "result": self.result, "error": self.error,
-            "finished_at": self.finished_at,
+            "finished_at": self.finished_at, "version": self.version,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Task:
         return cls(**{**data, "status": TaskStatus(data["status"])})
+
+
+def derived_id(key: str, *parts: str) -> str:
+    """A stable id for what a request with an idempotency key creates, so a retry (even one
+    another process runs) creates the same records, which are then kept once."""
+    return uuid.uuid5(_DERIVED_IDS, "|".join((key, *parts))).hex
+
+
+_DERIVED_IDS = uuid.UUID("6d7f5a1e-2c4b-4e7a-9f3d-8b1c0e2a4d6f")
 
 
 @dataclass

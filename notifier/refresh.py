@@ -1,21 +1,33 @@
-"""Periodic `refresh` broadcasts on an interval that can change while running."""
+"""Periodic `refresh` broadcasts on an interval that can change while running.
+
+Ticks fall at `anchor + k * interval` on the wall clock (the anchor is when the interval was
+last set, or the Unix epoch), so every process of a cluster computes the same ticks; each
+tick has an id, and the broker lets exactly one process send it.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import Awaitable, Callable
 
+from .clock import Clock
 from .logs import get_logger
 
 log = get_logger("notifier.refresh")
 
 
 class RefreshTimer:
-    """Calls `on_tick` every `interval` seconds (0 disables); a new interval restarts the wait."""
+    """Calls `on_tick(tick_id)` every `interval` seconds (0 disables); a new interval restarts
+    the schedule at once."""
 
-    def __init__(self, interval: float, on_tick: Callable[[], Awaitable[None]]) -> None:
+    def __init__(
+        self, clock: Clock, interval: float, on_tick: Callable[[str], Awaitable[None]]
+    ) -> None:
+        self._clock = clock
         self._interval = interval
+        self._anchor = 0.0  # seconds since the epoch
         self._on_tick = on_tick
         self._changed = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
@@ -25,8 +37,11 @@ class RefreshTimer:
     def interval(self) -> float:
         return self._interval
 
-    def set_interval(self, seconds: float) -> None:
+    def set(self, seconds: float, anchor: float) -> None:
+        if (seconds, anchor) == (self._interval, self._anchor):
+            return
         self._interval = seconds
+        self._anchor = anchor
         self._changed.set()
 
     def start(self) -> None:
@@ -39,17 +54,26 @@ class RefreshTimer:
                 await self._runner
             self._runner = None
 
+    def _next_tick(self) -> tuple[int, float]:
+        """The number of the next tick and the seconds until it."""
+        now = self._clock.now()
+        count = math.floor((now - self._anchor) / self._interval) + 1
+        return count, self._anchor + count * self._interval - now
+
     async def _run(self) -> None:
         while True:
             self._changed.clear()
+            if not self._interval:
+                await self._changed.wait()
+                continue
+            count, delay = self._next_tick()
             try:
-                timeout = self._interval or None
-                await asyncio.wait_for(self._changed.wait(), timeout)
-                continue  # interval changed: start a fresh period at once
+                await asyncio.wait_for(self._changed.wait(), delay)
+                continue  # interval changed: a fresh schedule at once
             except TimeoutError:
                 pass
             self.ticks += 1
             try:
-                await self._on_tick()
+                await self._on_tick(f"{self._anchor:.3f}:{count}")
             except Exception:
                 log.exception("refresh_failed")

@@ -5,13 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
+
+import orjson
 
 from . import __version__
 from .auth import Claims
+from .broker import Broker, Deliver, Guard, NewEvent
 from .clock import Clock, SystemClock, millis
 from .errors import ErrorCode, NotifierError
+from .health import Health
 from .history import Replay, replay_since
 from .inbox import Inbox
 from .logs import get_logger
@@ -24,16 +28,21 @@ from .models import (
     TaskCreate,
     TaskProgress,
 )
-from .publisher import Emitter, Publisher
-from .records import Envelope, Notification, Task, TaskStatus
+from .records import Envelope, Notification, Task, TaskStatus, derived_id, new_id
 from .refresh import RefreshTimer
-from .rooms import BROADCAST_ROOM, RoomKind, parse_room
+from .rooms import BROADCAST_ROOM, RoomKind, parse_room, room_for_project, room_for_task
 from .settings import Settings
 from .store import Store
 from .tasks import TaskBook
 
 log = get_logger("notifier.service")
 T = TypeVar("T")
+
+# An idempotency claim older than this belongs to a process that died running it.
+_CLAIM_STALE_MS = 30_000
+# How long a retry waits for the same request running elsewhere before giving up.
+_CLAIM_WAIT_SECONDS = 10.0
+_REFRESH_SETTING = "refresh_interval"
 
 
 class Notifier:
@@ -42,26 +51,40 @@ class Notifier:
     Reach it in an aiohttp handler as `request.app[NOTIFIER]`; from a thread, use `.threadsafe()`.
     """
 
-    def __init__(self, settings: Settings, store: Store, clock: Clock | None = None) -> None:
+    def __init__(
+        self, settings: Settings, store: Store, broker: Broker, health: Health,
+        clock: Clock | None = None,
+    ) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
-        self._store = store
-        self._publisher = Publisher(store, self.clock)
-        self.tasks = TaskBook(store, self._publisher, self.clock, settings.progress_max_per_second)
-        self.inbox = Inbox(store, self._publisher, self.clock)
-        self._refresh = RefreshTimer(settings.refresh_interval_seconds, self._send_refresh)
+        self.health = health
+        self.store = store
+        self.broker = broker
+        self.tasks = TaskBook(store, self._announce_task, self._publish_one, self.clock,
+                              settings.progress_max_per_second)
+        self.inbox = Inbox(store, self._publish, self.clock)
+        self._refresh = RefreshTimer(self.clock, settings.refresh_interval_seconds, self._send_refresh)
+        self._deliver_locally: Deliver = lambda envelope: None
+        self._local_users: Callable[[], int] = lambda: 0
         self._maintenance: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._in_flight: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self.started_at = time.time()
 
-    def attach(self, emitter: Emitter) -> None:
-        """Connect the service to the transport that delivers its events."""
-        self._publisher.emitter = emitter
+    def attach(self, deliver: Deliver, local_users: Callable[[], int]) -> None:
+        """Connect the service to the transport: how to deliver to this process's connections,
+        and how many end users are connected here."""
+        self._deliver_locally = deliver
+        self._local_users = local_users
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        await self.tasks.load()
+        await self.store.open()
+        await self.broker.start(self._deliver, self._describe)
+        saved = await self.store.load_setting(_REFRESH_SETTING)
+        if saved is not None:
+            value = orjson.loads(saved)
+            self._refresh.set(float(value["interval"]), float(value["anchor"]))
         self._refresh.start()
         self._maintenance = self._loop.create_task(self._maintain(), name="maintenance")
 
@@ -71,48 +94,111 @@ class Notifier:
             self._maintenance.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._maintenance
-        await self.tasks.close()
+        with contextlib.suppress(NotifierError):
+            await self.tasks.close()
+        await self.broker.stop()
+        await self.store.close()
+
+    def _deliver(self, envelope: Envelope) -> None:
+        """Every event, from whichever process published it, passes here in offset order."""
+        if envelope["type"] == "config.updated" and envelope["room"] == BROADCAST_ROOM:
+            interval = envelope["data"].get("refresh_interval")
+            if isinstance(interval, (int, float)):
+                self._refresh.set(float(interval), envelope["ts"] / 1000)
+        self._deliver_locally(envelope)
+
+    def _describe(self) -> dict[str, Any]:
+        """What this process tells the cluster about itself (node heartbeats)."""
+        return {"user_connections": self._local_users()}
 
     # Publishing
 
-    async def publish(self, request: PublishRequest) -> Envelope:
+    async def _publish(
+        self, events: Sequence[NewEvent], guard: Guard | None = None
+    ) -> list[Envelope] | None:
+        return await self.broker.publish(events, guard)
+
+    async def _publish_one(
+        self, room: str, event_type: str, data: dict[str, Any], event_id: str | None = None
+    ) -> Envelope:
+        event = NewEvent(room, event_type, data, event_id or new_id(), millis(self.clock.now()))
+        envelopes = await self.broker.publish([event])
+        assert envelopes is not None
+        return envelopes[0]
+
+    async def _announce_task(self, task: Task, event_type: str) -> None:
+        """A task event, to the task's room and its project's, unless a newer one went first."""
+        now, data = millis(self.clock.now()), task.to_dict()
+        events = [NewEvent(room_for_task(task.id), event_type, data, new_id(), now),
+                  NewEvent(room_for_project(task.project_id), event_type, data, new_id(), now)]
+        await self.broker.publish(events, Guard(f"task:{task.id}", task.version))
+
+    async def publish(self, request: PublishRequest, key: str | None = None) -> Envelope:
         """Send `{type, data}` to a room (`user:<id>`, `project:<id>`, `task:<id>` or `*`)."""
         parse_room(request.room)
-        return await self._publisher.publish(request.room, request.type, dict(request.data))
+        event_id = None if key is None else _derived_event_id(key)
+        return await self._publish_one(request.room, request.type, dict(request.data), event_id)
 
-    async def notify(self, request: NotifyRequest) -> list[Notification]:
+    async def notify(self, request: NotifyRequest, key: str | None = None) -> list[Notification]:
         """Store a notification for each user, then push it and their unread count to them."""
-        return await self.inbox.notify(request)
+        return await self.inbox.notify(request, key)
 
     async def once(
         self, key: str | None, action: Callable[[], Awaitable[dict[str, Any]]]
     ) -> dict[str, Any]:
         """Run `action` once per idempotency key; a retry gets the first answer back.
 
-        Keys are remembered in the store (surviving restarts) for the inbox's retention time;
-        a retry that arrives while the first attempt is still running waits for its answer.
+        Keys are claimed in the store before the action runs and remembered with its answer for
+        the inbox's retention time, across restarts and across processes: a retry that arrives
+        while the first attempt still runs (here or in another process) waits for its answer.
         """
         if key is None:
             return await action()
         running = self._in_flight.get(key)
         if running is not None:
             return {**await asyncio.shield(running), "duplicate": True}
-        remembered = await self._store.recall_idempotency_key(key)
-        if remembered is not None:
-            return {**remembered, "duplicate": True}
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._in_flight[key] = future
         try:
-            result = await action()
-            await self._store.remember_idempotency_key(key, result, millis(self.clock.now()))
-            future.set_result(result)
-            return result
+            answer = await self._claim_or_wait(key)
+            if answer is None:
+                answer = await self._run_claimed(key, action)
+            else:
+                answer = {**answer, "duplicate": True}
+            future.set_result(answer)
+            return answer
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: a waiting retry re-raises it, nobody else must
             raise
         finally:
             del self._in_flight[key]
+
+    async def _claim_or_wait(self, key: str) -> dict[str, Any] | None:
+        """None once the key is ours to run; the first answer if it ran already."""
+        deadline = time.monotonic() + _CLAIM_WAIT_SECONDS
+        while True:
+            now = millis(self.clock.now())
+            claim = await self.store.claim_idempotency_key(key, now, now - _CLAIM_STALE_MS)
+            if claim.state == "new":
+                return None
+            if claim.state == "done":
+                return claim.result
+            if time.monotonic() > deadline:
+                raise NotifierError(ErrorCode.CONFLICT, "the same request is still running; retry later")
+            await asyncio.sleep(0.05)
+
+    async def _run_claimed(
+        self, key: str, action: Callable[[], Awaitable[dict[str, Any]]]
+    ) -> dict[str, Any]:
+        try:
+            answer = await action()
+        except BaseException:
+            with contextlib.suppress(NotifierError):
+                await self.store.release_idempotency_key(key)
+            raise
+        await self.store.complete_idempotency_key(key, answer, millis(self.clock.now()))
+        return answer
 
     # Tasks
 
@@ -125,9 +211,7 @@ class Notifier:
     async def complete_task(
         self, task_id: str, result: Any = None, message: str | None = None
     ) -> Task:
-        return await self.tasks.finish(
-            task_id, TaskStatus.COMPLETED, result=result, message=message
-        )
+        return await self.tasks.finish(task_id, TaskStatus.COMPLETED, result=result, message=message)
 
     async def fail_task(self, task_id: str, error: str) -> Task:
         return await self.tasks.finish(task_id, TaskStatus.FAILED, error=error)
@@ -171,24 +255,31 @@ class Notifier:
         return self._refresh.interval
 
     async def set_refresh_interval(self, seconds: float) -> float:
-        """Restart the refresh timer with a new period and tell every client."""
+        """Restart the refresh timer with a new period, on every process, and tell every client."""
         minimum = self.settings.refresh_min_interval_seconds
         if 0 < seconds < minimum:
             raise NotifierError(
                 ErrorCode.INVALID_PAYLOAD,
                 f"seconds: must be 0 (off) or at least {minimum:g}",
             )
-        self._refresh.set_interval(float(seconds))
-        await self._publisher.publish(
-            BROADCAST_ROOM, "config.updated", {"refresh_interval": float(seconds)}
+        now = millis(self.clock.now())
+        await self.store.save_setting(
+            _REFRESH_SETTING, orjson.dumps({"interval": float(seconds), "anchor": now / 1000}).decode()
+        )
+        # Every process (this one included) restarts its timer when this event reaches it.
+        await self.broker.publish(
+            [NewEvent(BROADCAST_ROOM, "config.updated", {"refresh_interval": float(seconds)},
+                      new_id(), now)]
         )
         log.info("refresh_interval_changed", seconds=seconds)
         return float(seconds)
 
-    async def _send_refresh(self) -> None:
-        if self._publisher.emitter.user_connection_count() == 0:
+    async def _send_refresh(self, tick_id: str) -> None:
+        if not await self.broker.claim(f"refresh:{tick_id}", max(self.refresh_interval, 1.0)):
+            return  # another process sends this tick
+        if self._local_users() == 0 and self.broker.cluster().get("user_connections", 0) == 0:
             return
-        await self._publisher.publish(
+        await self._publish_one(
             BROADCAST_ROOM, "refresh", {"reason": "interval", "interval": self.refresh_interval}
         )
 
@@ -207,7 +298,7 @@ class Notifier:
 
     async def replay(self, room: str, since: Position | None, up_to: int | None = None) -> Replay:
         return await replay_since(
-            self._store, room, since, up_to, limit=self.settings.history_max_events
+            self.broker, room, since, up_to, limit=self.settings.history_max_events
         )
 
     def status(self) -> dict[str, Any]:
@@ -216,27 +307,34 @@ class Notifier:
             "uptime_seconds": round(time.time() - self.started_at, 3),
             "refresh_interval": self.refresh_interval,
             "server_time": millis(self.clock.now()),
+            "cluster": self.broker.cluster(),
         }
 
     # Housekeeping
 
     async def run_maintenance(self) -> None:
-        """Drop finished tasks, old events and old notifications past their retention."""
+        """Drop finished tasks, old events, notifications and idempotency keys past retention."""
         settings = self.settings
         now = self.clock.now()
         await self.tasks.forget_finished_before(millis(now - settings.task_retention_seconds))
-        await self._store.trim_events(
+        await self.broker.trim(
             millis(now - settings.history_max_age_seconds), settings.history_max_events
         )
-        await self._store.trim_notifications(
+        await self.store.trim_notifications(
             millis(now - settings.inbox_max_age_seconds), settings.inbox_max_per_user
         )
+        await self.store.trim_idempotency_keys(millis(now - settings.inbox_max_age_seconds))
 
     async def _maintain(self) -> None:
+        period = self.settings.maintenance_interval_seconds
         while True:
-            await asyncio.sleep(self.settings.maintenance_interval_seconds)
+            await asyncio.sleep(period)
             try:
-                await self.run_maintenance()
+                # One process of a cluster does it each period.
+                if await self.broker.claim(f"maintenance:{int(time.time() // period)}", period):
+                    await self.run_maintenance()
+            except NotifierError as exc:
+                log.warning("maintenance_skipped", detail=exc.message)
             except Exception:
                 log.exception("maintenance_failed")
 
@@ -250,6 +348,10 @@ class Notifier:
 
 def _may_see_task(claims: Claims, task: Task) -> bool:
     return claims.can_publish or claims.can_see_project(task.project_id) or task.owner == claims.sub
+
+
+def _derived_event_id(key: str) -> str:
+    return derived_id(key, "publish")
 
 
 class ThreadSafeNotifier:

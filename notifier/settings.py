@@ -22,8 +22,13 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     data_dir: Path = Path("notifier-data")
-    # memory:// or sqlite:///path; empty means sqlite in data_dir.
+    # memory://, sqlite:///path or postgresql://...; empty means sqlite in data_dir.
     store_url: str = ""
+    # Empty: one process, room histories in the store's SQLite database. redis://host:port/db
+    # (also rediss://, unix://): histories and delivery across processes in Redis.
+    broker_url: str = ""
+    # SQLite's synchronous pragma: NORMAL survives a killed process, FULL also a power loss.
+    sqlite_synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
 
     jwt_secret: SecretStr | None = None
     # PEM text, or the path of a PEM file, for RS*/ES* algorithms.

@@ -62,19 +62,21 @@ class CoalescerRig:
 
 async def test_first_value_goes_out_at_once_then_at_most_the_rate() -> None:
     rig = CoalescerRig()
-    await rig.coalescer.offer("t", lambda: {"progress": 1})
+    await rig.coalescer.offer("t", {"progress": 1})
     for value in range(2, 50):
-        await rig.coalescer.offer("t", lambda value=value: {"progress": value})
+        await rig.coalescer.offer("t", {"progress": value})
     assert rig.sent == [1]
 
-    await rig.advance(0.1)
+    await rig.advance(0.09)
+    assert rig.sent == [1], "never before the task's interval has passed"
+    await rig.advance(0.04)
     assert rig.sent == [1, 49], "only the newest pending value is sent"
 
 
 async def test_finish_flushes_the_pending_value_before_returning() -> None:
     rig = CoalescerRig()
-    await rig.coalescer.offer("t", lambda: {"progress": 10})
-    await rig.coalescer.offer("t", lambda: {"progress": 20})
+    await rig.coalescer.offer("t", {"progress": 10})
+    await rig.coalescer.offer("t", {"progress": 20})
     await rig.coalescer.finish("t")
 
     assert rig.sent == [10, 20]

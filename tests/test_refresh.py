@@ -70,7 +70,7 @@ async def test_no_refresh_is_sent_when_nobody_is_connected(server: RunningServer
     ticks = notifier._refresh
     await asyncio.wait_for(_ticks_reached(ticks, 3), 5)
 
-    head, _ = await notifier._store.room_bounds("*")
+    head, _ = await notifier.broker.bounds("*")
     assert head.offset == 1, "only the config.updated event, no refresh"
 
 

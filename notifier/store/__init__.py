@@ -1,41 +1,48 @@
-"""Storage behind one small interface; the backend is chosen by URL scheme."""
+"""Durable data behind one small interface; the backend is chosen by URL scheme.
+
+The store keeps what is the users' own: tasks, per-user inboxes, idempotency keys. Room
+histories (bounded, replaceable) belong to the broker (`notifier.broker`). Every write method
+returns only once what it wrote is durable; a failing backend raises STORE_UNAVAILABLE.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
 
-from ..records import Envelope, Notification, StreamPosition, Task, TaskStatus
+from ..errors import StartupError
+from ..health import Health
+from ..records import Notification, Task, TaskStatus
+
+ClaimState = Literal["new", "done", "pending"]
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """An idempotency key's state: `new` (yours to run), `done` (with the first answer), or
+    `pending` (another request with the key is running)."""
+
+    state: ClaimState
+    result: dict[str, Any] | None = None
 
 
 class Store(Protocol):
-    """What the service needs kept: room histories, tasks and per-user inboxes."""
+    # True when several service processes share the store (so no process may trust a cache).
+    shared: bool
 
     async def open(self) -> None: ...
 
     async def close(self) -> None: ...
 
-    def commit(self) -> None:
-        """Make every write so far durable now (a store may group a loop iteration's writes)."""
-
-    # Room histories: every event sent to a room, numbered 1, 2, 3 ... within the room.
-    async def append_event(
-        self, room: str, event_type: str, data: dict[str, Any], ts: int, event_id: str
-    ) -> Envelope:
-        """Store the event with the room's next offset and return its envelope."""
+    # Tasks: written by compare-and-set on their version, so concurrent changes (from several
+    # processes) never overwrite one another.
+    async def insert_task(self, task: Task) -> bool:
+        """Store a new task; False if the id is taken."""
         ...
 
-    async def events_after(self, room: str, offset: int, limit: int) -> list[Envelope]:
-        """Retained events of `room` with an offset above `offset`, oldest first."""
+    async def replace_task(self, task: Task, expected_version: int) -> bool:
+        """Store `task` if the stored version is still `expected_version`."""
         ...
-
-    async def room_bounds(self, room: str) -> tuple[StreamPosition, int]:
-        """The room's head position, and the lowest offset still retained (head + 1 if none)."""
-        ...
-
-    async def trim_events(self, older_than_ts: int, max_per_room: int) -> int: ...
-
-    # Tasks
-    async def save_task(self, task: Task) -> None: ...
 
     async def get_task(self, task_id: str) -> Task | None: ...
 
@@ -46,7 +53,9 @@ class Store(Protocol):
     async def delete_tasks_finished_before(self, ts: int) -> int: ...
 
     # Inboxes
-    async def add_notifications(self, notifications: list[Notification]) -> None: ...
+    async def add_notifications(self, notifications: list[Notification]) -> None:
+        """Store them; one whose id is already stored is left as it is (a retried request)."""
+        ...
 
     async def list_notifications(
         self, user_id: str, limit: int, before: str | None, unread_only: bool
@@ -58,21 +67,42 @@ class Store(Protocol):
 
     async def unread_count(self, user_id: str) -> int: ...
 
+    async def unread_counts(self, user_ids: list[str]) -> dict[str, int]: ...
+
     async def trim_notifications(self, older_than_ts: int, max_per_user: int) -> int: ...
 
-    # Idempotency: a publish retried after a lost ack is applied once.
-    async def remember_idempotency_key(self, key: str, result: dict[str, Any], ts: int) -> None: ...
+    # Idempotency: a request retried after a lost answer is applied once.
+    async def claim_idempotency_key(self, key: str, ts: int, stale_before: int) -> Claim:
+        """Claim the key for a request about to run. A `pending` claim older than
+        `stale_before` belongs to a process that died: it is taken over."""
+        ...
 
-    async def recall_idempotency_key(self, key: str) -> dict[str, Any] | None: ...
+    async def complete_idempotency_key(self, key: str, result: dict[str, Any], ts: int) -> None: ...
+
+    async def release_idempotency_key(self, key: str) -> None:
+        """The request failed: a retry may run it again."""
+
+    async def trim_idempotency_keys(self, older_than_ts: int) -> int: ...
+
+    # Settings changed at run time (the refresh interval), kept across restarts.
+    async def load_setting(self, name: str) -> str | None: ...
+
+    async def save_setting(self, name: str, value: str) -> None: ...
 
 
-def open_store(url: str, *, max_events_per_room: int = 1000) -> Store:
-    """`memory://` (tests; history lost on restart) or `sqlite:///path/to/file.db`."""
-    from .sqlite import SqliteStore
+def open_store(url: str, health: Health, *, sqlite_synchronous: str = "NORMAL") -> Store:
+    """`sqlite:///path/to/file.db`, `memory://` (tests; lost on restart) or `postgresql://...`."""
+    if url == "memory://" or url.startswith("sqlite:///"):
+        from .sqlite import SqliteStore
+        from .sqlite_db import SqliteDatabase
 
-    if url == "memory://":
-        return SqliteStore(":memory:", max_events_per_room=max_events_per_room)
-    if url.startswith("sqlite:///"):
-        path = url.removeprefix("sqlite:///")
-        return SqliteStore(path, max_events_per_room=max_events_per_room)
-    raise ValueError(f"unsupported store URL {url!r}: use memory:// or sqlite:///path")
+        path = ":memory:" if url == "memory://" else url.removeprefix("sqlite:///")
+        return SqliteStore(SqliteDatabase(path, health, synchronous=sqlite_synchronous))
+    if url.startswith(("postgresql://", "postgres://")):
+        from .postgres import PostgresStore
+
+        return PostgresStore(url, health)
+    raise StartupError(
+        f"NOTIFIER_STORE_URL: unsupported URL {url!r}; use sqlite:///path, memory:// or "
+        "postgresql://user@host/db"
+    )

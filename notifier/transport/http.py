@@ -11,7 +11,7 @@ from pydantic import BaseModel, ValidationError
 
 from ..auth import Claims
 from ..errors import HTTP_STATUS, ErrorCode, NotifierError
-from ..keys import ENGINE, GATEWAY, NOTIFIER, VERIFIER
+from ..keys import ENGINE, GATEWAY, HEALTH, NOTIFIER, VERIFIER
 from ..logs import get_logger
 from ..models import (
     MarkRead,
@@ -103,7 +103,15 @@ def _validate(model: type[M], payload: Any) -> M:
 
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
+    """Liveness: the process answers."""
     return json_response({"ok": True})
+
+
+@routes.get("/readyz")
+async def readyz(request: web.Request) -> web.Response:
+    """Readiness: 503 while the store or broker fails, and from the start of draining."""
+    report = request.app[HEALTH].report()
+    return json_response({"ok": report["ready"], **report}, 200 if report["ready"] else 503)
 
 
 @routes.get("/api/v1/status")

@@ -416,23 +416,25 @@ class SocketGateway:
     def _once(
         self, connection: SocketConnection, key: str | None, action: Callable[[], Awaitable[Reply]]
     ) -> Awaitable[Reply]:
-        # Keys are scoped to the token's subject: one worker cannot replay another's answers.
-        scoped = None if key is None else f"{_claims(connection).sub}:{key}"
-        return self._notifier.once(scoped, action)
+        return self._notifier.once(_scoped(connection, key), action)
 
     async def _publish(self, connection: SocketConnection, request: PublishRequest) -> Reply:
-        async def publish() -> Reply:
-            envelope = await self._notifier.publish(request)
-            return {key: envelope[key] for key in ("id", "room", "offset", "epoch")}
+        key = _scoped(connection, request.idempotency_key)
 
-        return await self._once(connection, request.idempotency_key, publish)
+        async def publish() -> Reply:
+            envelope = await self._notifier.publish(request, key)
+            return {name: envelope[name] for name in ("id", "room", "offset", "epoch")}
+
+        return await self._notifier.once(key, publish)
 
     async def _notify(self, connection: SocketConnection, request: NotifyRequest) -> Reply:
+        key = _scoped(connection, request.idempotency_key)
+
         async def notify() -> Reply:
-            notifications = await self._notifier.notify(request)
+            notifications = await self._notifier.notify(request, key)
             return {"notifications": [{"id": n.id, "user_id": n.user_id} for n in notifications]}
 
-        return await self._once(connection, request.idempotency_key, notify)
+        return await self._notifier.once(key, notify)
 
     async def _task_create(self, connection: SocketConnection, request: TaskCreate) -> Reply:
         async def create() -> Reply:
@@ -471,6 +473,11 @@ class SocketGateway:
 
     def room_count(self) -> int:
         return self._fanout.room_count()
+
+
+def _scoped(connection: SocketConnection, key: str | None) -> str | None:
+    """Keys are scoped to the token's subject: one worker cannot replay another's answers."""
+    return None if key is None else f"{_claims(connection).sub}:{key}"
 
 
 def _claims(connection: SocketConnection) -> Claims:

@@ -1,0 +1,181 @@
+"""The in-process broker: room histories in the embedded SQLite database, delivery within the
+process. Events are delivered when the transaction that stores them commits, in the order
+they were appended; a transaction that fails delivers nothing."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from ..records import Envelope, StreamPosition, new_id
+from ..store.sqlite_db import SqliteDatabase
+from . import Deliver, Describe, Guard, NewEvent
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS room_heads (room TEXT PRIMARY KEY, head INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events (
+    room TEXT NOT NULL, offset INTEGER NOT NULL, id TEXT NOT NULL, type TEXT NOT NULL,
+    ts INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (room, offset)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS events_ts ON events (ts);
+"""
+
+# Trimming by count runs every this many appends to a room rather than on each one.
+_TRIM_EVERY = 64
+# Guards remembered (one per task with recent events); one process is the only writer, so a
+# forgotten guard only ever lets through what it would have let through anyway.
+_MAX_GUARDS = 100_000
+
+
+class LocalBroker:
+    shared = False
+
+    def __init__(self, db: SqliteDatabase, *, max_events_per_room: int) -> None:
+        self.db = db
+        self._max_events_per_room = max_events_per_room
+        self.epoch = ""
+        self._deliver: Deliver = lambda envelope: None
+        # The open transaction's appends: rows to insert, room heads, trims, envelopes to
+        # deliver once it commits.
+        self._rows: list[tuple[str, int, str, str, int, bytes]] = []
+        self._heads: dict[str, int] = {}
+        self._trims: list[tuple[str, int]] = []
+        self._appended: list[Envelope] = []
+        self._guards: OrderedDict[str, int] = OrderedDict()
+        db.add_schema(_SCHEMA)
+        db.on_before_commit(self._write)
+        db.on_after_commit(self._committed)
+        db.on_after_rollback(self._forget)
+        db.on_reopen(self._load_epoch)
+
+    async def start(self, deliver: Deliver, describe: Describe) -> None:
+        self._deliver = deliver
+        self.db.open()
+        self._load_epoch()
+
+    async def stop(self) -> None:
+        self.db.close()
+
+    def _load_epoch(self) -> None:
+        def epoch(db: sqlite3.Connection) -> str:
+            row = db.execute("SELECT value FROM meta WHERE key='epoch'").fetchone()
+            if row is not None:
+                return str(row[0])
+            # A new history gets a new epoch: clients positioned in another must reload.
+            value = new_id()[:16]
+            db.execute("INSERT INTO meta (key, value) VALUES ('epoch', ?)", (value,))
+            return value
+
+        self._forget()
+        self.epoch = self.db.read(epoch)
+
+    # Appending
+
+    async def publish(
+        self, events: Sequence[NewEvent], guard: Guard | None = None
+    ) -> list[Envelope] | None:
+        def append(db: sqlite3.Connection) -> list[Envelope] | None:
+            if guard is not None:
+                if self._guards.get(guard.key, -1) >= guard.version:
+                    return None
+                self._guards[guard.key] = guard.version
+                self._guards.move_to_end(guard.key)
+                if len(self._guards) > _MAX_GUARDS:
+                    self._guards.popitem(last=False)
+            encoded: dict[int, bytes] = {}  # the same data, to several rooms, encoded once
+            return [self._append(db, event, encoded) for event in events]
+
+        return await self.db.write(append)
+
+    def _append(self, db: sqlite3.Connection, event: NewEvent, encoded: dict[int, bytes]) -> Envelope:
+        room = event.room
+        head = self._heads.get(room)
+        if head is None:
+            row = db.execute("SELECT head FROM room_heads WHERE room = ?", (room,)).fetchone()
+            head = int(row[0]) if row else 0
+        offset = head + 1
+        self._heads[room] = offset
+        data = encoded.get(id(event.data))
+        if data is None:
+            data = encoded[id(event.data)] = orjson.dumps(event.data)
+        self._rows.append((room, offset, event.id, event.type, event.ts, data))
+        if offset % _TRIM_EVERY == 0:
+            self._trims.append((room, offset - self._max_events_per_room))
+        envelope = {"id": event.id, "type": event.type, "room": room, "ts": event.ts,
+                    "data": event.data, "offset": offset, "epoch": self.epoch}
+        self._appended.append(envelope)
+        return envelope
+
+    def _write(self, db: sqlite3.Connection) -> None:
+        """Before the commit: the appended events, one statement for all (executemany)."""
+        if not self._rows:
+            return
+        db.executemany(
+            "INSERT INTO events (room, offset, id, type, ts, data) VALUES (?, ?, ?, ?, ?, ?)",
+            self._rows,
+        )
+        db.executemany(
+            "INSERT INTO room_heads (room, head) VALUES (?, ?) "
+            "ON CONFLICT (room) DO UPDATE SET head = excluded.head",
+            list(self._heads.items()),
+        )
+        if self._trims:
+            db.executemany("DELETE FROM events WHERE room = ? AND offset <= ?", self._trims)
+
+    def _committed(self) -> None:
+        appended = self._appended
+        self._rows, self._heads, self._trims, self._appended = [], {}, [], []
+        deliver = self._deliver
+        for envelope in appended:
+            deliver(envelope)
+
+    def _forget(self) -> None:
+        """The transaction rolled back: its offsets were never taken, nothing is delivered."""
+        self._rows, self._heads, self._trims, self._appended = [], {}, [], []
+        self._guards.clear()
+
+    # Reading
+
+    async def read(self, room: str, after: int, limit: int) -> list[Envelope]:
+        rows = self.db.read(lambda db: db.execute(
+            "SELECT offset, id, type, ts, data FROM events WHERE room = ? AND offset > ? "
+            "ORDER BY offset LIMIT ?", (room, after, limit)).fetchall())
+        epoch = self.epoch
+        return [
+            {"id": event_id, "type": event_type, "room": room, "ts": ts,
+             "data": orjson.loads(data), "offset": offset, "epoch": epoch}
+            for offset, event_id, event_type, ts, data in rows
+        ]
+
+    async def bounds(self, room: str) -> tuple[StreamPosition, int]:
+        def bounds(db: sqlite3.Connection) -> tuple[int, int | None]:
+            head = db.execute("SELECT head FROM room_heads WHERE room = ?", (room,)).fetchone()
+            first = db.execute("SELECT MIN(offset) FROM events WHERE room = ?", (room,)).fetchone()
+            return (int(head[0]) if head else 0), (first[0] if first else None)
+
+        head, first = self.db.read(bounds)
+        return StreamPosition(self.epoch, head), (int(first) if first is not None else head + 1)
+
+    async def trim(self, older_than_ts: int, max_per_room: int) -> int:
+        def trim(db: sqlite3.Connection) -> int:
+            removed = db.execute("DELETE FROM events WHERE ts < ?", (older_than_ts,)).rowcount
+            removed += db.execute(
+                "DELETE FROM events WHERE (room, offset) IN ("
+                " SELECT e.room, e.offset FROM events e JOIN room_heads h ON h.room = e.room"
+                " WHERE e.offset <= h.head - ?)", (max_per_room,)).rowcount
+            return int(removed)
+
+        return await self.db.write(trim)
+
+    # One node
+
+    async def claim(self, name: str, ttl_seconds: float) -> bool:
+        return True
+
+    def cluster(self) -> dict[str, Any]:
+        return {"broker": "local", "nodes": 1}

@@ -1,0 +1,261 @@
+"""An acknowledgement means stored: against a real process killed with -9, a full disk, a
+database deleted or replaced under it, and start-up on a broken machine."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+import socketio
+
+from notifier.auth import Role, issue_token
+from tests.conftest import SECRET
+from tests.service_process import ServiceProcess, free_port
+
+PUBLISHER = issue_token(SECRET, "HS256", "svc", role=Role.PUBLISHER)
+ADMIN = issue_token(SECRET, "HS256", "root", role=Role.ADMIN)
+
+
+async def notify(
+    http: aiohttp.ClientSession, url: str, user: str, title: str, body: str | None = None
+) -> tuple[int, dict]:
+    async with http.post(f"{url}/api/v1/notifications",
+                         json={"user_ids": [user], "title": title, "body": body},
+                         headers={"Authorization": f"Bearer {PUBLISHER}"}) as response:
+        return response.status, await response.json()
+
+
+async def unread(http: aiohttp.ClientSession, url: str, user: str) -> int:
+    async with http.get(f"{url}/api/v1/notifications?user_id={user}",
+                        headers={"Authorization": f"Bearer {ADMIN}"}) as response:
+        assert response.status == 200, await response.text()
+        return int((await response.json())["unread"])
+
+
+async def ready(http: aiohttp.ClientSession, url: str) -> tuple[int, dict]:
+    async with http.get(f"{url}/readyz") as response:
+        return response.status, await response.json()
+
+
+async def eventually(check, timeout: float = 8.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.1)
+
+
+async def test_acknowledged_notifications_survive_kill_9(tmp_path: Path) -> None:
+    service = ServiceProcess(tmp_path / "data", SECRET)
+    async with aiohttp.ClientSession() as http:
+        for round_number in range(4):
+            await service.start()
+            user = f"user{round_number}"
+            acked = 0
+            statuses = await asyncio.gather(
+                *(notify(http, service.url, user, f"n{n}") for n in range(150)))
+            # At once after the last 201: no time for anything to be written afterwards.
+            os.kill(service.process.pid, 9)
+            await service.process.wait()
+            acked = sum(1 for status, _ in statuses if status == 201)
+
+            await service.start()
+            assert await unread(http, service.url, user) == acked == 150, round_number
+            await service.kill()
+
+
+@contextlib.contextmanager
+def small_disk(path: Path, size_kb: int) -> Iterator[Path]:
+    """A tmpfs of `size_kb` mounted at `path` (root only: mount needs CAP_SYS_ADMIN)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
+    path.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill(directory: Path) -> Path:
+    filler = directory / "filler"
+    with filler.open("wb") as handle:
+        with contextlib.suppress(OSError):
+            while True:
+                handle.write(b"\0" * 65536)
+                handle.flush()
+    return filler
+
+
+async def test_a_full_disk_refuses_writes_delivers_nothing_unstored_and_recovers(tmp_path: Path) -> None:
+    with small_disk(tmp_path / "disk", 2048) as disk:
+        service = ServiceProcess(disk / "data", SECRET, log_path=tmp_path / "service.log",
+                                 NOTIFIER_LOG_LEVEL="INFO")
+        await service.start()
+        client = socketio.AsyncClient(reconnection=False)
+        received: list[str] = []
+        client.on("notification", lambda envelope: received.append(envelope["data"]["id"]))
+        await client.connect(service.url, auth={"token": issue_token(SECRET, "HS256", "alice")},
+                             transports=["websocket"])
+        acked: set[str] = set()
+        try:
+            async with aiohttp.ClientSession() as http:
+                for n in range(5):
+                    status, body = await notify(http, service.url, "alice", f"before {n}")
+                    assert status == 201
+                    acked.add(body["notifications"][0]["id"])
+
+                filler = fill(disk)
+                refused = []
+                for n in range(400):
+                    status, body = await notify(http, service.url, "alice", f"full {n}", "x" * 2000)
+                    if status == 201:
+                        acked.add(body["notifications"][0]["id"])
+                    else:
+                        refused.append((status, body["error"]["code"]))
+                        if len(refused) >= 5:
+                            break
+                assert refused and set(refused) == {(503, "STORE_UNAVAILABLE")}, refused
+                status, report = await ready(http, service.url)
+                assert status == 503 and "store" in report["problems"]
+                assert str(disk / "data") in report["problems"]["store"]
+
+                filler.unlink()
+                await eventually(lambda: _is_ready(http, service.url))
+                status, body = await notify(http, service.url, "alice", "after")
+                assert status == 201
+                acked.add(body["notifications"][0]["id"])
+                await asyncio.sleep(0.2)
+
+            assert set(received) <= acked, "delivered live but never stored"
+            log = service.log_path.read_text()
+            assert log.count("component_unavailable") == 1
+            assert "Traceback" not in log
+
+            await client.disconnect()
+            await service.terminate()
+            await service.start()
+            async with aiohttp.ClientSession() as http:
+                assert await unread(http, service.url, "alice") == len(acked)
+        finally:
+            await client.disconnect()
+            await service.kill()
+
+
+async def _is_ready(http: aiohttp.ClientSession, url: str) -> bool:
+    return (await ready(http, url))[0] == 200
+
+
+async def test_a_deleted_database_is_noticed_and_written_back(tmp_path: Path) -> None:
+    service = ServiceProcess(tmp_path / "data", SECRET, log_path=tmp_path / "service.log",
+                             NOTIFIER_LOG_LEVEL="INFO")
+    await service.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            for n in range(10):
+                assert (await notify(http, service.url, "alice", f"n{n}"))[0] == 201
+            database = tmp_path / "data" / "notifier.db"
+            database.unlink()
+
+            await eventually(lambda: _log_has(service, "store_file_restored"), timeout=5)
+            assert database.exists()
+            for n in range(5):
+                assert (await notify(http, service.url, "alice", f"after {n}"))[0] == 201
+            assert (await ready(http, service.url))[0] == 200
+
+        await service.terminate()
+        await service.start()
+        async with aiohttp.ClientSession() as http:
+            assert await unread(http, service.url, "alice") == 15
+    finally:
+        await service.kill()
+
+
+async def _log_has(service: ServiceProcess, text: str) -> bool:
+    assert service.log_path is not None
+    return text in service.log_path.read_text()
+
+
+async def test_a_database_replaced_by_garbage_is_refused_then_recovered(tmp_path: Path) -> None:
+    service = ServiceProcess(tmp_path / "data", SECRET, log_path=tmp_path / "service.log",
+                             NOTIFIER_LOG_LEVEL="INFO")
+    await service.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            assert (await notify(http, service.url, "alice", "kept"))[0] == 201
+            database = tmp_path / "data" / "notifier.db"
+            garbage = tmp_path / "data" / "garbage"
+            garbage.write_bytes(os.urandom(8192))
+            garbage.replace(database)
+
+            async def refused() -> bool:
+                status, body = await notify(http, service.url, "alice", "refused?")
+                return status == 503 and body["error"]["code"] == "STORE_UNAVAILABLE"
+
+            await eventually(refused, timeout=5)
+            assert (await ready(http, service.url))[0] == 503
+            orphans = list((tmp_path / "data").glob("notifier.db.orphaned-*"))
+            assert len(orphans) == 1, "the open database was kept aside"
+
+            database.unlink()  # the operator removes the garbage: a new database is made
+            await eventually(lambda: _is_ready(http, service.url))
+            assert (await notify(http, service.url, "alice", "new"))[0] == 201
+    finally:
+        await service.kill()
+
+
+def run_serve(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER_")}
+    return subprocess.run([sys.executable, "-m", "notifier", "serve"],
+                          env={**clean, "NOTIFIER_JWT_SECRET": SECRET, **env}, cwd=cwd,
+                          capture_output=True, text=True, timeout=30)
+
+
+@pytest.mark.parametrize("case", ["corrupt", "unwritable", "port-in-use", "missing-key",
+                                  "unsupported-url", "redis-with-sqlite"])
+def test_start_up_failures_are_one_line_and_exit_2(tmp_path: Path, case: str) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    env = {"NOTIFIER_DATA_DIR": str(data), "NOTIFIER_PORT": str(free_port())}
+    expected = "NOTIFIER_STORE_URL"
+    holder = None
+    if case == "corrupt":
+        (data / "notifier.db").write_bytes(b"this is not a database" * 100)
+        expected = str(data / "notifier.db")
+    elif case == "unwritable":
+        blocker = tmp_path / "a-file"
+        blocker.write_text("")
+        env["NOTIFIER_DATA_DIR"] = str(blocker / "data")
+        expected = str(blocker)
+    elif case == "port-in-use":
+        import socket
+
+        holder = socket.socket()
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        env["NOTIFIER_PORT"] = str(holder.getsockname()[1])
+        expected = "NOTIFIER_PORT"
+    elif case == "missing-key":
+        env.update(NOTIFIER_JWT_ALGORITHMS="RS256", NOTIFIER_JWT_PUBLIC_KEY=str(tmp_path / "nope.pem"))
+        expected = "NOTIFIER_JWT_PUBLIC_KEY"
+    elif case == "unsupported-url":
+        env["NOTIFIER_STORE_URL"] = "mysql://somewhere/db"
+    else:
+        env["NOTIFIER_BROKER_URL"] = "redis://127.0.0.1:6379/9"
+        expected = "NOTIFIER_BROKER_URL"
+    try:
+        result = run_serve(env, tmp_path)
+    finally:
+        if holder is not None:
+            holder.close()
+
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1 and expected in lines[0], result.stderr
