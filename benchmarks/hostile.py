@@ -181,6 +181,93 @@ async def slow_headers(url: str, wait: float) -> tuple[bytes, float]:
     return answer, time.monotonic() - started
 
 
+# Measurements (benchmarks.run hostile): the figures of docs/performance.md "Hostile clients".
+
+
+async def _bystander(url: str, token: str, seconds: float) -> list[float]:
+    import socketio
+
+    client = socketio.AsyncClient(reconnection=False)
+    await client.connect(url, auth={"token": token}, transports=["websocket"])
+    latencies = []
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline:
+            started = time.perf_counter()
+            await client.call("ping", {}, timeout=10)
+            latencies.append((time.perf_counter() - started) * 1000)
+            await asyncio.sleep(0.02)
+    finally:
+        await client.disconnect()
+    return sorted(latencies)
+
+
+async def _attacker(url: str, *args: str) -> asyncio.subprocess.Process:
+    import sys
+
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "benchmarks.hostile", *args, "--url", url,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )
+
+
+async def measure(service, user_token: str, publisher_token: str) -> dict[str, float]:
+    """Every figure against one running service (`service` as tests.service_process makes)."""
+    import aiohttp
+
+    figures: dict[str, float] = {}
+    log_before = service.log_path.stat().st_size
+    done = await malformed_sessions(service.url, 10_000)
+    figures["malformed_packets"] = done
+    figures["log_bytes_for_10000_malformed"] = service.log_path.stat().st_size - log_before
+
+    rss_before = service.rss_kb()
+    await abandoned_polls(service.url, 3000)
+    await asyncio.sleep(2)
+    figures["rss_growth_kb_after_3000_abandoned_polls"] = service.rss_kb() - rss_before
+
+    slowest = 0.0
+    for body in (b"6", b"0", b"2", b"7"):
+        slowest = max(slowest, *await unexpected_posts(service.url, 30, body))
+    figures["slowest_unexpected_post_s"] = slowest
+
+    idle = await _bystander(service.url, user_token, 3)
+    attackers = [await _attacker(service.url, "flood", "--seconds", "6"),
+                 await _attacker(service.url, "malformed", "--count", "1000000")]
+    await asyncio.sleep(0.5)
+    flooded = await _bystander(service.url, user_token, 4)
+    for attacker in attackers:
+        if attacker.returncode is None:
+            attacker.kill()
+        await attacker.wait()
+    figures["bystander_p50_ms_idle"] = idle[len(idle) // 2]
+    figures["bystander_p99_ms_idle"] = idle[int(len(idle) * 0.99) - 1]
+    figures["bystander_p50_ms_under_flood"] = flooded[len(flooded) // 2]
+    figures["bystander_p99_ms_under_flood"] = flooded[int(len(flooded) * 0.99) - 1]
+
+    lost = 0
+    async with aiohttp.ClientSession() as http:
+        for round_number in range(6):
+            user = f"durable{round_number}"
+
+            async def notify(n: int, user: str = user) -> int:
+                async with http.post(f"{service.url}/api/v1/notifications",
+                                     json={"user_ids": [user], "title": f"n{n}"},
+                                     headers={"Authorization": f"Bearer {publisher_token}"}) as r:
+                    return r.status
+
+            statuses = await asyncio.gather(*(notify(n) for n in range(200)))
+            service.process.kill()
+            await service.process.wait()
+            await service.start()
+            async with http.get(f"{service.url}/api/v1/notifications?user_id={user}",
+                                headers={"Authorization": f"Bearer {publisher_token}"}) as r:
+                stored = (await r.json())["unread"] if r.status == 200 else 0
+            lost += statuses.count(201) - stored
+    figures["acknowledged_lost_after_kill_9_in_6_rounds_of_200"] = lost
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -355,6 +355,28 @@ async def memory_command(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
+async def hostile_command(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """What hostile and broken clients cost a real service process (benchmarks/hostile.py)."""
+    from benchmarks.hostile import measure
+    from tests.service_process import ServiceProcess
+
+    with tempfile.TemporaryDirectory() as directory:
+        log_path = Path(directory) / "service.log"
+        service = ServiceProcess(Path(directory) / "data", SECRET, log_path=log_path,
+                                 NOTIFIER_LOG_LEVEL="INFO")
+        await service.start()
+        try:
+            admin = issue_token(SECRET, "HS256", "ops", role=Role.ADMIN)
+            figures = await measure(service, issue_token(SECRET, "HS256", "bystander"), admin)
+        finally:
+            await service.kill()
+    print(json.dumps(figures), flush=True)
+    print("hostile and broken clients against one notifier process:")
+    for name, value in figures.items():
+        print(f"  {name:<52} {value:>12,.3f}")
+    return [figures]
+
+
 async def progress_command(args: argparse.Namespace) -> list[dict[str, Any]]:
     from benchmarks.progress import measure_progress
 
@@ -380,7 +402,8 @@ def _install_node_packages() -> None:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["fanout", "latency", "memory", "progress", "all"])
+    parser.add_argument("command",
+                        choices=["fanout", "latency", "memory", "progress", "hostile", "all"])
     parser.add_argument("--clients", type=int, action="append")
     parser.add_argument("--messages", type=int, default=200)
     parser.add_argument("--rate", type=float, default=20)
@@ -390,14 +413,15 @@ async def main() -> None:
     parser.add_argument("--servers", nargs="+", choices=FANOUT_SERVERS,
                         help="which servers to measure (default: all; ratios need notifier)")
     args = parser.parse_args()
-    if args.command != "progress":
+    if args.command not in ("progress", "hostile"):
         _install_node_packages()
     commands = {"fanout": fanout_command, "latency": latency_command,
-                "memory": memory_command, "progress": progress_command}
+                "memory": memory_command, "progress": progress_command,
+                "hostile": hostile_command}
     if args.command == "all":
         memory_clients = args.clients or [1000, 10000]
         args.clients = [1000]
-        for name in ("fanout", "latency", "progress"):
+        for name in ("fanout", "latency", "progress", "hostile"):
             await commands[name](args)
         args.clients = memory_clients
         await memory_command(args)

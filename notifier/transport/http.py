@@ -37,7 +37,7 @@ _CODE_FOR_HTTP_STATUS = {
     401: ErrorCode.AUTH_REQUIRED,
     403: ErrorCode.FORBIDDEN,
     404: ErrorCode.NOT_FOUND,
-    405: ErrorCode.NOT_FOUND,
+    405: ErrorCode.METHOD_NOT_ALLOWED,
     413: ErrorCode.PAYLOAD_TOO_LARGE,
     429: ErrorCode.RATE_LIMITED,
 }

@@ -166,11 +166,14 @@ class SocketGateway:
             batch = _JoinBatch()
             await self._join(connection, rooms, positions, batch)
             unread = await self._notifier.unread_count(claims.sub)
+        except NotifierError as exc:  # the store failing: no traceback, the client retries
+            self._leave_all(connection)
+            log.info("connect_failed", sid=connection.sid, user=claims.sub, code=exc.code.value)
+            raise Refused(NotifierError(exc.code, f"connection set-up failed: {exc.message}")) from exc
         except Exception as exc:
             self._leave_all(connection)
             log.exception("connect_failed", sid=connection.sid, user=claims.sub)
-            code = exc.code if isinstance(exc, NotifierError) else ErrorCode.INTERNAL
-            raise Refused(NotifierError(code, "connection set-up failed")) from exc
+            raise Refused(NotifierError(ErrorCode.INTERNAL, "connection set-up failed")) from exc
         session = {
             "user_id": claims.sub,
             "role": claims.role.value,
