@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from notifier import Notifier, Settings
-from notifier.broker import open_broker
+from notifier.broker import Delivery, open_broker
 from notifier.health import Health
 from notifier.models import TaskCreate, TaskProgress
-from notifier.records import Envelope
 from notifier.store import open_store
 
 # Updates handled per loop turn, as a socket hands over a read's worth of frames at once:
@@ -21,14 +20,23 @@ BATCH = 100
 
 
 class _CountingEmitter:
-    """Stands in for the sockets: counts what the service would deliver."""
+    """Stands in for the sockets (a service Transport): counts what would be delivered."""
 
     def __init__(self) -> None:
         self.emitted = 0
 
-    def deliver(self, envelope: Envelope) -> None:
-        if envelope["type"] == "task.progress":
+    def deliver(self, delivery: Delivery) -> None:
+        if delivery.type == "task.progress":
             self.emitted += 1
+
+    def has_members(self, room: str) -> bool:
+        return False
+
+    def drop_members(self, room: str, reason: str) -> None:
+        pass
+
+    def user_connection_count(self) -> int:
+        return 0
 
 
 async def _watch_lag(stop: asyncio.Event, lags: list[float], period: float = 0.005) -> None:
@@ -48,7 +56,7 @@ async def measure_progress(tasks: int, updates: int) -> dict[str, Any]:
         broker = open_broker("", store, health, max_events_per_room=settings.history_max_events)
         notifier = Notifier(settings, store, broker, health)
         emitter = _CountingEmitter()
-        notifier.attach(emitter.deliver, lambda: 0)
+        notifier.attach(emitter)
         await notifier.start()
         try:
             ids = [f"t{n}" for n in range(tasks)]

@@ -69,7 +69,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         allow_query_token=settings.allow_query_token,
     )
     fanout = SocketFanOut()
-    notifier.attach(fanout.deliver, fanout.user_connection_count)
+    notifier.attach(fanout)
     gateway = SocketGateway(sockets, notifier, verifier, settings, fanout)
 
     app = web.Application(

@@ -62,7 +62,9 @@ class _Connection:
     namespace = "/"
 
     def __init__(self, url: str, token: TokenSource, *, transports: list[str] | None = None,
-                 reconnection_delay: float = 0.5, reconnection_delay_max: float = 5.0) -> None:
+                 reconnection_delay: float = 0.5, reconnection_delay_max: float = 5.0,
+                 client_options: dict[str, Any] | None = None) -> None:
+        """`client_options` go to `socketio.AsyncClient` (for instance `http_session`)."""
         self.url = url
         self._token = token
         self._transports = transports
@@ -70,6 +72,7 @@ class _Connection:
             reconnection=True,
             reconnection_delay=reconnection_delay,
             reconnection_delay_max=reconnection_delay_max,
+            **(client_options or {}),
         )
         self._refusal: dict[str, Any] | None = None
         self.sio.on("connect_error", self._on_connect_error, namespace=self.namespace)

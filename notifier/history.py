@@ -38,9 +38,16 @@ async def replay_since(
         return Replay(position=head, recovered=False, reason=EPOCH_CHANGED)
     if since.offset + 1 < first_retained:
         return Replay(position=head, recovered=False, reason=HISTORY_TRUNCATED)
-    events = await broker.read(room, since.offset, limit)
+    # Read after the bounds: with a broker shared by several processes, events appended in
+    # between come back too, and the position must then cover them (or their live copies would
+    # pass the seam a second time).
+    events = [event for event in await broker.read(room, since.offset, limit)
+              if event["epoch"] == head.epoch]
     if up_to is not None:
         events = [event for event in events if event["offset"] <= up_to]
     last = events[-1]["offset"] if events else since.offset
-    position = head if up_to is None else StreamPosition(head.epoch, max(last, up_to))
+    if up_to is None:
+        position = StreamPosition(head.epoch, max(head.offset, last))
+    else:
+        position = StreamPosition(head.epoch, max(last, up_to))
     return Replay(position=position, events=events, recovered=True)

@@ -6,13 +6,13 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import orjson
 
 from . import __version__
 from .auth import Claims
-from .broker import Broker, Deliver, Guard, NewEvent
+from .broker import Broker, Delivery, Guard, NewEvent
 from .clock import Clock, SystemClock, millis
 from .errors import ErrorCode, NotifierError
 from .health import Health
@@ -28,7 +28,7 @@ from .models import (
     TaskCreate,
     TaskProgress,
 )
-from .records import Envelope, Notification, Task, TaskStatus, derived_id, new_id
+from .records import Envelope, Notification, StreamPosition, Task, TaskStatus, derived_id, new_id
 from .refresh import RefreshTimer
 from .rooms import BROADCAST_ROOM, RoomKind, parse_room, room_for_project, room_for_task
 from .settings import Settings
@@ -38,10 +38,12 @@ from .tasks import TaskBook
 log = get_logger("notifier.service")
 T = TypeVar("T")
 
-# An idempotency claim older than this belongs to a process that died running it.
-_CLAIM_STALE_MS = 30_000
-# How long a retry waits for the same request running elsewhere before giving up.
-_CLAIM_WAIT_SECONDS = 10.0
+# An idempotency claim older than this belongs to a process that died running it: a retry
+# then runs the request itself. (A request that takes longer than this could run twice.)
+_CLAIM_STALE_MS = 15_000
+# How long a retry waits for the same request running elsewhere: past the stale age, so a
+# retry of a request whose process died gets an answer rather than an error.
+_CLAIM_WAIT_SECONDS = 20.0
 _REFRESH_SETTING = "refresh_interval"
 
 
@@ -64,23 +66,20 @@ class Notifier:
                               settings.progress_max_per_second)
         self.inbox = Inbox(store, self._publish, self.clock)
         self._refresh = RefreshTimer(self.clock, settings.refresh_interval_seconds, self._send_refresh)
-        self._deliver_locally: Deliver = lambda envelope: None
-        self._local_users: Callable[[], int] = lambda: 0
+        self._transport: Transport = _NoTransport()
         self._maintenance: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._in_flight: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self.started_at = time.time()
 
-    def attach(self, deliver: Deliver, local_users: Callable[[], int]) -> None:
-        """Connect the service to the transport: how to deliver to this process's connections,
-        and how many end users are connected here."""
-        self._deliver_locally = deliver
-        self._local_users = local_users
+    def attach(self, transport: Transport) -> None:
+        """Connect the service to the transport that holds this process's connections."""
+        self._transport = transport
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         await self.store.open()
-        await self.broker.start(self._deliver, self._describe)
+        await self.broker.start(self)
         saved = await self.store.load_setting(_REFRESH_SETTING)
         if saved is not None:
             value = orjson.loads(saved)
@@ -99,17 +98,32 @@ class Notifier:
         await self.broker.stop()
         await self.store.close()
 
-    def _deliver(self, envelope: Envelope) -> None:
+    # The broker's view of this process (broker.Node)
+
+    def deliver(self, delivery: Delivery) -> None:
         """Every event, from whichever process published it, passes here in offset order."""
-        if envelope["type"] == "config.updated" and envelope["room"] == BROADCAST_ROOM:
+        if delivery.type == "config.updated" and delivery.room == BROADCAST_ROOM:
+            envelope = delivery.envelope
             interval = envelope["data"].get("refresh_interval")
             if isinstance(interval, (int, float)):
                 self._refresh.set(float(interval), envelope["ts"] / 1000)
-        self._deliver_locally(envelope)
+        self._transport.deliver(delivery)
 
-    def _describe(self) -> dict[str, Any]:
+    def wanted(self, room: str) -> bool:
+        return self._transport.has_members(room)
+
+    def lost(self, room: str, reason: str) -> None:
+        log.warning("room_history_lost", room=room, reason=reason,
+                    detail="its connections here reconnect and are told recovered: false")
+        self._transport.drop_members(room, reason)
+
+    def describe(self) -> dict[str, Any]:
         """What this process tells the cluster about itself (node heartbeats)."""
-        return {"user_connections": self._local_users()}
+        return {"user_connections": self._transport.user_connection_count()}
+
+    def observe(self, room: str, position: StreamPosition) -> None:
+        """A connection here joined `room` at `position`: where delivery must stand."""
+        self.broker.observe(room, position)
 
     # Publishing
 
@@ -277,7 +291,8 @@ class Notifier:
     async def _send_refresh(self, tick_id: str) -> None:
         if not await self.broker.claim(f"refresh:{tick_id}", max(self.refresh_interval, 1.0)):
             return  # another process sends this tick
-        if self._local_users() == 0 and self.broker.cluster().get("user_connections", 0) == 0:
+        if (self._transport.user_connection_count() == 0
+                and self.broker.cluster().get("user_connections", 0) == 0):
             return
         await self._publish_one(
             BROADCAST_ROOM, "refresh", {"reason": "interval", "interval": self.refresh_interval}
@@ -344,6 +359,32 @@ class Notifier:
         if self._loop is None:
             raise RuntimeError("the notifier is not started")
         return ThreadSafeNotifier(self, self._loop)
+
+
+class Transport(Protocol):
+    """The connections of this process, as the service reaches them."""
+
+    def deliver(self, delivery: Delivery) -> None: ...
+
+    def has_members(self, room: str) -> bool: ...
+
+    def drop_members(self, room: str, reason: str) -> None: ...
+
+    def user_connection_count(self) -> int: ...
+
+
+class _NoTransport:
+    def deliver(self, delivery: Delivery) -> None:
+        pass
+
+    def has_members(self, room: str) -> bool:
+        return False
+
+    def drop_members(self, room: str, reason: str) -> None:
+        pass
+
+    def user_connection_count(self) -> int:
+        return 0
 
 
 def _may_see_task(claims: Claims, task: Task) -> bool:

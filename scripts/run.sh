@@ -3,5 +3,5 @@
 # ./notifier-data, development-mode JWT secret unless NOTIFIER_JWT_SECRET is set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-NOTIFIER_SKIP_BROWSER=1 ./scripts/setup.sh  # the browser is for tests only
+NOTIFIER_SKIP_TEST_SERVICES=1 ./scripts/setup.sh  # browser and servers are for tests only
 exec .venv/bin/notifier serve "$@"

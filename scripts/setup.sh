@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Sets up everything notifier needs on a fresh machine: a virtualenv with the package and its
-# test tools, and the Node packages the JavaScript client and its tests use. Idempotent.
+# Sets up everything notifier's tests need on a fresh machine: a virtualenv with the package
+# and its test tools, the Node packages the JavaScript client and its tests use, and the Debian
+# packages below. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,16 +26,25 @@ if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modu
   npm ci --silent --no-audit --no-fund
 fi
 
-# The dashboard's browser test drives Debian's Chromium (playwright-core never downloads one).
-if [ "${NOTIFIER_SKIP_BROWSER:-0}" != 1 ] && ! command -v chromium >/dev/null; then
-  if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
-  elif command -v sudo >/dev/null; then
-    sudo apt-get update -qq
-    sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
-  else
-    echo "chromium is needed for the browser test: apt-get install chromium" >&2
-    exit 1
+# What the tests run besides Python and Node, from Debian's packages when missing: Chromium for
+# the dashboard's browser test (playwright-core never downloads one), nginx in front of the
+# cluster tests, redis-server and PostgreSQL for the Redis broker and PostgreSQL store tests.
+if [ "${NOTIFIER_SKIP_TEST_SERVICES:-0}" != 1 ]; then
+  missing=()
+  command -v chromium >/dev/null || missing+=(chromium)
+  command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+  command -v redis-server >/dev/null || missing+=(redis-server)
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+  if [ "${#missing[@]}" -gt 0 ]; then
+    if [ "$(id -u)" = 0 ]; then
+      apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    elif command -v sudo >/dev/null; then
+      sudo apt-get update -qq
+      sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    else
+      echo "the tests need these Debian packages: apt-get install ${missing[*]}" >&2
+      exit 1
+    fi
   fi
 fi

@@ -8,17 +8,62 @@ every node through Redis pub/sub. Chosen by `NOTIFIER_BROKER_URL` (empty: in-pro
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+import orjson
 
 from ..errors import StartupError
 from ..health import Health
 from ..records import Envelope, StreamPosition
 from ..store import Store
 
-Deliver = Callable[[Envelope], None]
-Describe = Callable[[], dict[str, Any]]
+
+class Delivery:
+    """An event on its way to this process's connections: the envelope as JSON text (encoded
+    once, by whoever appended it) and what delivery needs to know without decoding it."""
+
+    __slots__ = ("_envelope", "epoch", "offset", "room", "text", "type")
+
+    def __init__(self, room: str, offset: int, epoch: str, event_type: str, text: str,
+                 envelope: Envelope | None = None) -> None:
+        self.room = room
+        self.offset = offset
+        self.epoch = epoch
+        self.type = event_type
+        self.text = text
+        self._envelope = envelope
+
+    @classmethod
+    def of(cls, envelope: Envelope) -> Delivery:
+        return cls(envelope["room"], envelope["offset"], envelope["epoch"], envelope["type"],
+                   orjson.dumps(envelope).decode(), envelope)
+
+    @property
+    def envelope(self) -> Envelope:
+        if self._envelope is None:
+            self._envelope = orjson.loads(self.text)
+        return self._envelope
+
+
+class Node(Protocol):
+    """What a broker needs from the process it runs in."""
+
+    def deliver(self, delivery: Delivery) -> None:
+        """Every event, in offset order per room."""
+
+    def wanted(self, room: str) -> bool:
+        """Does a connection here follow the room?"""
+        ...
+
+    def lost(self, room: str, reason: str) -> None:
+        """The room's history changed or has a gap that cannot be replayed: its connections
+        here must recover (they reconnect and are told `recovered: false`)."""
+
+    def describe(self) -> dict[str, Any]:
+        """What this process tells the others about itself (heartbeats)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,9 +93,11 @@ class Broker(Protocol):
     # True when several service processes share the histories and deliveries.
     shared: bool
 
-    async def start(self, deliver: Deliver, describe: Describe) -> None:
-        """Open the histories; from now on call `deliver` for every event, in offset order.
-        `describe()` is what this process tells the others about itself."""
+    async def start(self, node: Node) -> None:
+        """Open the histories; from now on deliver every event to `node`, in offset order."""
+
+    def observe(self, room: str, position: StreamPosition) -> None:
+        """A connection here joined the room at this position (where delivery stands)."""
 
     async def stop(self) -> None: ...
 

@@ -13,7 +13,7 @@ import orjson
 
 from ..records import Envelope, StreamPosition, new_id
 from ..store.sqlite_db import SqliteDatabase
-from . import Deliver, Describe, Guard, NewEvent
+from . import Delivery, Guard, NewEvent, Node
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -39,7 +39,7 @@ class LocalBroker:
         self.db = db
         self._max_events_per_room = max_events_per_room
         self.epoch = ""
-        self._deliver: Deliver = lambda envelope: None
+        self._node: Node | None = None
         # The open transaction's appends: rows to insert, room heads, trims, envelopes to
         # deliver once it commits.
         self._rows: list[tuple[str, int, str, str, int, bytes]] = []
@@ -53,8 +53,8 @@ class LocalBroker:
         db.on_after_rollback(self._forget)
         db.on_reopen(self._load_epoch)
 
-    async def start(self, deliver: Deliver, describe: Describe) -> None:
-        self._deliver = deliver
+    async def start(self, node: Node) -> None:
+        self._node = node
         self.db.open()
         self._load_epoch()
 
@@ -130,9 +130,10 @@ class LocalBroker:
     def _committed(self) -> None:
         appended = self._appended
         self._rows, self._heads, self._trims, self._appended = [], {}, [], []
-        deliver = self._deliver
-        for envelope in appended:
-            deliver(envelope)
+        node = self._node
+        if node is not None:
+            for envelope in appended:
+                node.deliver(Delivery.of(envelope))
 
     def _forget(self) -> None:
         """The transaction rolled back: its offsets were never taken, nothing is delivered."""
@@ -173,6 +174,9 @@ class LocalBroker:
         return await self.db.write(trim)
 
     # One node
+
+    def observe(self, room: str, position: StreamPosition) -> None:
+        pass  # delivery here is synchronous with the commit: nothing to catch up with
 
     async def claim(self, name: str, ttl_seconds: float) -> bool:
         return True

@@ -23,6 +23,7 @@ from ..logs import ClientErrorLog
 from ..ratelimit import TokenBucket
 from .engine_session import (
     OPEN,
+    PARSE_ERROR,
     SHUTTING_DOWN,
     TRANSPORT_CLOSE,
     TRANSPORT_ERROR,
@@ -271,9 +272,7 @@ class EngineServer:
             raise TransportError(400, ErrorCode.INVALID_PAYLOAD, "the payload is not UTF-8") from None
         if text:
             session.receive_payload(text)
-        if session.closed and session.lost_reason is None and session.sid not in self.sessions:
-            if text[:1] == "1" and len(text) == 1:  # the client's own CLOSE
-                return self._response(request, 200, "ok")
+        if session.lost_reason == PARSE_ERROR:
             raise TransportError(400, ErrorCode.INVALID_PAYLOAD, "invalid packet; the session is closed")
         return self._response(request, 200, "ok")
 

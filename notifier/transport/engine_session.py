@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 OPEN, CLOSE, PING, PONG, MESSAGE, UPGRADE, NOOP = "0123456"
 PAYLOAD_SEPARATOR = "\x1e"
+# python-engineio's client (engineio.payload.Payload.max_decode_packets) takes no more.
+MAX_PACKETS_PER_POLL = 16
 
 _PING_FRAME = text_frame(PING)
 
@@ -143,12 +145,17 @@ class EngineSession:
             poll.set_result(None)
 
     def take_outbox(self) -> str:
-        """Everything queued for a long-poll, as one payload (NOOP if there is nothing)."""
+        """What is queued for a long-poll, as one payload (NOOP if there is nothing).
+
+        At most MAX_PACKETS_PER_POLL packets: python-engineio's client refuses a payload with
+        more (and drops the connection); the rest go with the next poll, which follows at once.
+        """
         outbox = self.outbox
         if not outbox:
             return NOOP
-        self.outbox = []
-        return PAYLOAD_SEPARATOR.join(outbox)
+        taken = outbox[:MAX_PACKETS_PER_POLL]
+        del outbox[:MAX_PACKETS_PER_POLL]
+        return PAYLOAD_SEPARATOR.join(taken)
 
     @property
     def backlog(self) -> int:

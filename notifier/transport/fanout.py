@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..records import Envelope
+from ..broker import Delivery
 from .engine_session import Outbound
 from .socket_server import SocketConnection, encode_event
 
@@ -24,10 +24,19 @@ Held = tuple[str, int, Outbound]
 
 
 class SocketFanOut:
-    """Room membership on this node, and the service's way to its connections."""
+    """Room membership on this node, and the service's way to its connections (`Transport`).
+
+    Seams: a connection joins a room by reading its history up to a position. If this node's
+    delivery of that room is still behind that position (a broker delivering across nodes can
+    be), the connection must skip what its replay already had: it gets a floor, checked only
+    while one is set for the room, and dropped once delivery has passed it.
+    """
 
     def __init__(self) -> None:
         self._rooms: dict[str, dict[SocketConnection, None]] = {}
+        # Per room with members: the (epoch, offset) delivered last, and the floors set.
+        self._through: dict[str, tuple[str, int]] = {}
+        self._floors: dict[str, dict[SocketConnection, tuple[str, int]]] = {}
 
     # Membership
 
@@ -42,8 +51,13 @@ class SocketFanOut:
         members = self._rooms.get(room)
         if members is not None:
             members.pop(connection, None)
+            floors = self._floors.get(room)
+            if floors is not None:
+                floors.pop(connection, None)
             if not members:
                 del self._rooms[room]
+                self._through.pop(room, None)
+                self._floors.pop(room, None)
 
     def members(self, room: str) -> list[SocketConnection]:
         return list(self._rooms.get(room, ()))
@@ -59,14 +73,19 @@ class SocketFanOut:
 
     # Delivery
 
-    def deliver(self, envelope: Envelope) -> None:
-        """Send an envelope to every connection in its room on this node."""
-        room = envelope["room"]
+    def deliver(self, delivery: Delivery) -> None:
+        """Send an event to every connection in its room on this node."""
+        room = delivery.room
         members = self._rooms.get(room)
         if not members:
             return
-        packet = encode_event(envelope["type"], envelope)
-        offset = envelope["offset"]
+        packet = Outbound(f'42["{delivery.type}",{delivery.text}]')
+        offset = delivery.offset
+        self._through[room] = (delivery.epoch, offset)
+        floors = self._floors.get(room)
+        if floors is not None:
+            self._deliver_past_floors(members, floors, delivery, packet)
+            return
         # No copy of the member list: nothing below suspends or changes room membership.
         for connection in members:
             gate = connection.gate
@@ -75,8 +94,31 @@ class SocketFanOut:
             else:
                 gate.append((room, offset, packet))
 
-    async def emit(self, envelope: Envelope) -> None:
-        self.deliver(envelope)
+    def _deliver_past_floors(
+        self, members: dict[SocketConnection, None],
+        floors: dict[SocketConnection, tuple[str, int]], delivery: Delivery, packet: Outbound,
+    ) -> None:
+        room, epoch, offset = delivery.room, delivery.epoch, delivery.offset
+        for connection in members:
+            floor = floors.get(connection)
+            if floor is not None and floor[0] == epoch and offset <= floor[1]:
+                continue  # its replay had this one
+            gate = connection.gate
+            if gate is None:
+                connection.session.send(packet)
+            else:
+                gate.append((room, offset, packet))
+        for connection, (floor_epoch, floor_offset) in list(floors.items()):
+            if floor_epoch != epoch or floor_offset <= offset:
+                del floors[connection]
+        if not floors:
+            del self._floors[room]
+
+    def drop_members(self, room: str, reason: str) -> None:
+        """End the sessions of the room's connections here without a goodbye: their clients
+        reconnect and recover (or are told they cannot)."""
+        for connection in list(self._rooms.get(room, ())):
+            connection.session.drop(reason)
 
     def send_direct(self, connection: SocketConnection, event: str, data: Any) -> None:
         """An event for one connection only (session, auth.expired), queued in order."""
@@ -89,7 +131,8 @@ class SocketFanOut:
             connection.gate = []
 
     def release(
-        self, connection: SocketConnection, first: list[Outbound], positions: dict[str, int]
+        self, connection: SocketConnection, first: list[Outbound],
+        positions: dict[str, tuple[str, int]],
     ) -> None:
         """Send `first` (the replay), then the held events the replay did not already cover."""
         held, connection.gate = connection.gate or [], None
@@ -99,5 +142,10 @@ class SocketFanOut:
         for packet in first:
             session.send(packet)
         for room, offset, packet in held:
-            if offset > positions.get(room, 0):
+            position = positions.get(room)
+            if position is None or offset > position[1]:
                 session.send(packet)
+        for room, (epoch, offset) in positions.items():
+            through = self._through.get(room)
+            if through is None or through[0] != epoch or through[1] < offset:
+                self._floors.setdefault(room, {})[connection] = (epoch, offset)

@@ -56,7 +56,7 @@ class _JoinBatch:
 
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     packets: list[Outbound] = field(default_factory=list)
-    positions: dict[str, int] = field(default_factory=dict)
+    positions: dict[str, tuple[str, int]] = field(default_factory=dict)
 
 
 class _Namespace:
@@ -339,7 +339,8 @@ class SocketGateway:
             if task is not None:
                 result["task"] = task.to_dict()
             batch.results[room] = result
-            batch.positions[room] = replay.position.offset
+            batch.positions[room] = (replay.position.epoch, replay.position.offset)
+            self._notifier.observe(room, replay.position)
             for event in replay.events:
                 batch.packets.append(self._replayed(event))
 

@@ -1,0 +1,289 @@
+"""PostgreSQL store (asyncpg, pooled): inboxes, tasks, idempotency keys and settings shared by
+every service process.
+
+The schema is created or migrated at start, under an advisory lock, so processes starting
+together do it once. Notifications added during one loop iteration go in one INSERT (a batch).
+A lost connection, a server shutting down or out of space makes calls fail with
+STORE_UNAVAILABLE, marks the store failing for /readyz, and the pool reconnects by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import asyncpg
+import orjson
+
+from ..batching import Batcher
+from ..errors import ErrorCode, NotifierError, StartupError
+from ..health import Health
+from ..logs import get_logger
+from ..records import Notification, Task, TaskStatus
+from . import Claim
+
+log = get_logger("notifier.store")
+
+T = TypeVar("T")
+COMPONENT = "store"
+_PROBE_SECONDS = 1.0
+_SCHEMA_LOCK = 7_142_001  # pg_advisory_xact_lock key: one process migrates at a time
+
+_MIGRATIONS = [
+    """
+    CREATE TABLE IF NOT EXISTS notifier_tasks (
+        seq bigserial, id text PRIMARY KEY, project_id text NOT NULL, status text NOT NULL,
+        finished_at bigint, version bigint NOT NULL, body jsonb NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS notifier_tasks_status ON notifier_tasks (status, project_id);
+    CREATE TABLE IF NOT EXISTS notifier_notifications (
+        seq bigserial PRIMARY KEY, id text NOT NULL UNIQUE, user_id text NOT NULL,
+        created_at bigint NOT NULL, read boolean NOT NULL DEFAULT false, body jsonb NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS notifier_notifications_user ON notifier_notifications (user_id, seq);
+    CREATE INDEX IF NOT EXISTS notifier_notifications_unread
+        ON notifier_notifications (user_id) WHERE NOT read;
+    CREATE TABLE IF NOT EXISTS notifier_idempotency (
+        key text PRIMARY KEY, ts bigint NOT NULL, result jsonb
+    );
+    CREATE TABLE IF NOT EXISTS notifier_settings (name text PRIMARY KEY, value text NOT NULL);
+    """,
+]
+
+# SQLSTATE classes that mean "the database cannot serve right now", not "your query is wrong":
+# connection exceptions, insufficient resources (disk full), operator intervention
+# (shutdown), system errors.
+_UNAVAILABLE_CLASSES = ("08", "53", "57", "58")
+
+
+def _unavailable(exc: BaseException) -> bool:
+    if isinstance(exc, (OSError, asyncio.TimeoutError, asyncpg.InterfaceError)):
+        return True
+    sqlstate = getattr(exc, "sqlstate", None) or ""
+    return isinstance(exc, asyncpg.PostgresError) and sqlstate[:2] in _UNAVAILABLE_CLASSES
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec(
+        "jsonb", encoder=lambda value: orjson.dumps(value).decode(), decoder=orjson.loads,
+        schema="pg_catalog",
+    )
+
+
+class PostgresStore:
+    shared = True
+
+    def __init__(self, url: str, health: Health, *, pool_size: int = 10) -> None:
+        self._url = url
+        self._where = _describe(url)
+        self._health = health
+        self._pool_size = pool_size
+        self._pool: asyncpg.Pool | None = None
+        self._probe: asyncio.Task[None] | None = None
+        self._notifications: Batcher[list[Notification], None] = Batcher(self._insert_notifications)
+
+    # Lifecycle
+
+    async def open(self) -> None:
+        try:
+            self._pool = await asyncpg.create_pool(
+                self._url, min_size=1, max_size=self._pool_size, init=_init_connection,
+                command_timeout=10,
+            )
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK)
+                for migration in _MIGRATIONS:
+                    await conn.execute(migration)
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StartupError(f"NOTIFIER_STORE_URL: cannot use PostgreSQL at {self._where}: {exc}") from exc
+
+    async def close(self) -> None:
+        await self._notifications.close()
+        if self._probe is not None:
+            self._probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe
+        if self._pool is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._pool.close(), 5)
+            self._pool = None
+
+    async def _run(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """One unit of work on a pooled connection; an outage becomes STORE_UNAVAILABLE."""
+        if self._pool is None:
+            raise NotifierError(ErrorCode.STORE_UNAVAILABLE, "the store is not open")
+        try:
+            async with self._pool.acquire(timeout=5) as conn:
+                result = await work(conn)
+        except Exception as exc:
+            if not _unavailable(exc):
+                raise
+            self._failing(f"PostgreSQL at {self._where}: {type(exc).__name__}: {exc}")
+            raise NotifierError(
+                ErrorCode.STORE_UNAVAILABLE, "the store cannot be reached right now; retry"
+            ) from exc
+        if self._health.failing(COMPONENT):
+            self._health.recover(COMPONENT)
+        return result
+
+    def _failing(self, detail: str) -> None:
+        self._health.fail(COMPONENT, detail)
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.ensure_future(self._probe_until_recovered())
+
+    async def _probe_until_recovered(self) -> None:
+        """Readiness comes back by itself, even while nobody writes."""
+        while self._health.failing(COMPONENT):
+            await asyncio.sleep(_PROBE_SECONDS)
+            with contextlib.suppress(NotifierError):
+                await self._run(lambda conn: conn.fetchval("SELECT 1"))
+
+    # Tasks
+
+    async def insert_task(self, task: Task) -> bool:
+        row = await self._run(lambda db: db.fetchval(
+            "INSERT INTO notifier_tasks (id, project_id, status, finished_at, version, body) "
+            "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING RETURNING 1",
+            *_task_values(task)))
+        return row is not None
+
+    async def replace_task(self, task: Task, expected_version: int) -> bool:
+        row = await self._run(lambda db: db.fetchval(
+            "UPDATE notifier_tasks SET project_id = $2, status = $3, finished_at = $4, "
+            "version = $5, body = $6 WHERE id = $1 AND version = $7 RETURNING 1",
+            *_task_values(task), expected_version))
+        return row is not None
+
+    async def get_task(self, task_id: str) -> Task | None:
+        body = await self._run(lambda db: db.fetchval(
+            "SELECT body FROM notifier_tasks WHERE id = $1", task_id))
+        return Task.from_dict(body) if body is not None else None
+
+    async def list_tasks(
+        self, statuses: frozenset[TaskStatus] | None, project_ids: frozenset[str] | None
+    ) -> list[Task]:
+        rows = await self._run(lambda db: db.fetch(
+            "SELECT body FROM notifier_tasks WHERE ($1::text[] IS NULL OR status = ANY($1)) "
+            "AND ($2::text[] IS NULL OR project_id = ANY($2)) ORDER BY seq",
+            None if statuses is None else [s.value for s in statuses],
+            None if project_ids is None else sorted(project_ids)))
+        return [Task.from_dict(row["body"]) for row in rows]
+
+    async def delete_tasks_finished_before(self, ts: int) -> int:
+        status = await self._run(lambda db: db.execute(
+            "DELETE FROM notifier_tasks WHERE finished_at IS NOT NULL AND finished_at < $1", ts))
+        return _count(status)
+
+    # Inboxes
+
+    async def add_notifications(self, notifications: list[Notification]) -> None:
+        await self._notifications.submit(notifications)
+
+    async def _insert_notifications(self, batches: list[list[Notification]]) -> list[None]:
+        rows = [n for batch in batches for n in batch]
+        await self._run(lambda db: db.execute(
+            "INSERT INTO notifier_notifications (id, user_id, created_at, read, body) "
+            "SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::boolean[], $5::jsonb[]) "
+            "ON CONFLICT (id) DO NOTHING",
+            [n.id for n in rows], [n.user_id for n in rows], [n.created_at for n in rows],
+            [n.read for n in rows], [n.to_dict() for n in rows]))
+        return [None] * len(batches)
+
+    async def list_notifications(
+        self, user_id: str, limit: int, before: str | None, unread_only: bool
+    ) -> list[Notification]:
+        rows = await self._run(lambda db: db.fetch(
+            "SELECT body, read FROM notifier_notifications WHERE user_id = $1 "
+            "AND ($2::text IS NULL OR seq < COALESCE("
+            "  (SELECT seq FROM notifier_notifications WHERE id = $2), -1)) "
+            "AND (NOT $3 OR NOT read) ORDER BY seq DESC LIMIT $4",
+            user_id, before, unread_only, limit))
+        return [Notification(**{**row["body"], "read": row["read"]}) for row in rows]
+
+    async def mark_read(self, user_id: str, ids: list[str] | None) -> list[str]:
+        rows = await self._run(lambda db: db.fetch(
+            "UPDATE notifier_notifications SET read = true WHERE user_id = $1 AND NOT read "
+            "AND ($2::text[] IS NULL OR id = ANY($2)) RETURNING id", user_id, ids))
+        return [row["id"] for row in rows]
+
+    async def unread_count(self, user_id: str) -> int:
+        return (await self.unread_counts([user_id]))[user_id]
+
+    async def unread_counts(self, user_ids: list[str]) -> dict[str, int]:
+        rows = await self._run(lambda db: db.fetch(
+            "SELECT user_id, count(*) AS unread FROM notifier_notifications "
+            "WHERE user_id = ANY($1) AND NOT read GROUP BY user_id", user_ids))
+        return {**dict.fromkeys(user_ids, 0), **{row["user_id"]: row["unread"] for row in rows}}
+
+    async def trim_notifications(self, older_than_ts: int, max_per_user: int) -> int:
+        async def trim(db: asyncpg.Connection) -> int:
+            removed = _count(await db.execute(
+                "DELETE FROM notifier_notifications WHERE created_at < $1", older_than_ts))
+            removed += _count(await db.execute(
+                "DELETE FROM notifier_notifications WHERE seq IN (SELECT seq FROM ("
+                " SELECT seq, row_number() OVER (PARTITION BY user_id ORDER BY seq DESC) AS rank"
+                " FROM notifier_notifications) ranked WHERE rank > $1)", max_per_user))
+            return removed
+
+        return await self._run(trim)
+
+    # Idempotency
+
+    async def claim_idempotency_key(self, key: str, ts: int, stale_before: int) -> Claim:
+        async def claim(db: asyncpg.Connection) -> Claim:
+            # Insert, or take over a claim whose process died; either way it is ours.
+            taken = await db.fetchval(
+                "INSERT INTO notifier_idempotency (key, ts, result) VALUES ($1, $2, NULL) "
+                "ON CONFLICT (key) DO UPDATE SET ts = EXCLUDED.ts "
+                "WHERE notifier_idempotency.result IS NULL AND notifier_idempotency.ts < $3 "
+                "RETURNING 1", key, ts, stale_before)
+            if taken is not None:
+                return Claim("new")
+            result = await db.fetchval(
+                "SELECT result FROM notifier_idempotency WHERE key = $1", key)
+            return Claim("done", result) if result is not None else Claim("pending")
+
+        return await self._run(claim)
+
+    async def complete_idempotency_key(self, key: str, result: dict[str, Any], ts: int) -> None:
+        await self._run(lambda db: db.execute(
+            "UPDATE notifier_idempotency SET ts = $2, result = $3 WHERE key = $1", key, ts, result))
+
+    async def release_idempotency_key(self, key: str) -> None:
+        await self._run(lambda db: db.execute(
+            "DELETE FROM notifier_idempotency WHERE key = $1 AND result IS NULL", key))
+
+    async def trim_idempotency_keys(self, older_than_ts: int) -> int:
+        return _count(await self._run(lambda db: db.execute(
+            "DELETE FROM notifier_idempotency WHERE ts < $1", older_than_ts)))
+
+    # Settings
+
+    async def load_setting(self, name: str) -> str | None:
+        value = await self._run(lambda db: db.fetchval(
+            "SELECT value FROM notifier_settings WHERE name = $1", name))
+        return None if value is None else str(value)
+
+    async def save_setting(self, name: str, value: str) -> None:
+        await self._run(lambda db: db.execute(
+            "INSERT INTO notifier_settings (name, value) VALUES ($1, $2) "
+            "ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value", name, value))
+
+
+def _task_values(task: Task) -> tuple[Any, ...]:
+    return (task.id, task.project_id, task.status.value, task.finished_at, task.version,
+            task.to_dict())
+
+
+def _count(status: str) -> int:
+    """The row count of a command tag such as 'DELETE 3'."""
+    return int(status.rsplit(" ", 1)[-1]) if status and status[-1].isdigit() else 0
+
+
+def _describe(url: str) -> str:
+    """host:port/database, without the password, for messages and logs."""
+    parts = urlsplit(url)
+    return f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path}"

@@ -1,0 +1,64 @@
+"""Fault injection on real connections: a TCP proxy that can make subscriptions go silent.
+
+A Redis subscription can die quietly: its connection stays open, nothing arrives (a NAT or
+a failover in the middle). `SilencingProxy` forwards a service's connections to Redis and, on
+`silence_subscriptions()`, stops passing data to the connections that subscribed, without
+closing them; everything else keeps working.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+
+class SilencingProxy:
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self._server: asyncio.base_events.Server | None = None
+        self._subscribers: set[asyncio.StreamWriter] = set()
+        self._silenced: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    def silence_subscriptions(self) -> int:
+        """Stop delivering to every connection that has subscribed so far; how many."""
+        self._silenced |= self._subscribers
+        return len(self._subscribers)
+
+    async def _accept(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+
+        async def client_to_redis() -> None:
+            while data := await client_reader.read(65536):
+                if b"SUBSCRIBE" in data.upper():
+                    self._subscribers.add(client_writer)
+                upstream_writer.write(data)
+                await upstream_writer.drain()
+
+        async def redis_to_client() -> None:
+            while data := await upstream_reader.read(65536):
+                if client_writer in self._silenced:
+                    continue  # the connection stays open; nothing more arrives on it
+                client_writer.write(data)
+                await client_writer.drain()
+
+        pumps = [asyncio.ensure_future(client_to_redis()), asyncio.ensure_future(redis_to_client())]
+        with contextlib.suppress(Exception):
+            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        for pump in pumps:
+            pump.cancel()
+        for writer in (client_writer, upstream_writer):
+            writer.close()
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()

@@ -1,0 +1,323 @@
+"""Many nodes, one service: real processes sharing Redis and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from pathlib import Path
+
+import aiohttp
+
+from notifier.auth import Role, issue_token
+from notifier.client import NotifierClientError, Subscriber, Worker
+from tests.cluster import Cluster, PostgresServer, RedisServer, cluster
+from tests.conftest import SECRET, until
+from tests.faults import SilencingProxy
+
+PUBLISHER = issue_token(SECRET, "HS256", "svc", role=Role.PUBLISHER)
+
+
+def token(user: str, projects: list[str] | None = None, role: Role = Role.USER) -> str:
+    return issue_token(SECRET, "HS256", user, role=role, projects=projects or [])
+
+
+async def test_a_subscriber_on_one_node_gets_every_event_published_on_another(tmp_path: Path) -> None:
+    async with cluster(tmp_path, nodes=2) as running:
+        a, b = running.nodes
+        alice = Subscriber(b.url, token("alice", ["p1"]))
+        ticks: list[dict] = []
+        notes: list[dict] = []
+        alice.on("tick", ticks.append)
+        alice.on("notification", notes.append)
+        await alice.connect()
+        await alice.subscribe(["project:p1"])
+        worker = Worker(a.url, token("w", role=Role.PUBLISHER))
+        await worker.connect()
+        try:
+            for n in range(20):
+                await worker.publish("project:p1", "tick", {"n": n})
+            async with aiohttp.ClientSession() as http, http.post(
+                f"{a.url}/api/v1/notifications", json={"user_ids": ["alice"], "title": "hi"},
+                headers={"Authorization": f"Bearer {PUBLISHER}"},
+            ) as response:
+                assert response.status == 201
+            await until(lambda: len(ticks) == 20 and notes, timeout=10)
+            assert [t["data"]["n"] for t in ticks] == list(range(20))
+            assert [t["offset"] for t in ticks] == list(range(1, 21))
+            assert notes[0]["data"]["title"] == "hi"
+            unread = await alice.call("notifications.list", {})
+            assert unread["unread"] == 1
+            async with aiohttp.ClientSession() as http, http.get(f"{b.url}/api/v1/status") as response:
+                status = await response.json()
+            assert status["cluster"]["broker"] == "redis"
+        finally:
+            await worker.close()
+            await alice.close()
+
+
+class Recorder:
+    """A Subscriber that records every tick it is sent (before its own de-duplication) and
+    every room it was told to reload."""
+
+    def __init__(self, url: str, name: str, room: str, **options) -> None:
+        self.name, self.room = name, room
+        self.subscriber = Subscriber(url, lambda: token(name, ["p1"]), reconnection_delay=0.1,
+                                     reconnection_delay_max=0.5, **options)
+        self.raw: list[tuple[str, int]] = []
+        self.resets: list[tuple[str, str]] = []
+        self.ticks: list[dict] = []
+        accept = self.subscriber._accept
+
+        def recording_accept(envelope: dict) -> bool:
+            if envelope.get("type") == "tick":
+                self.raw.append((envelope["epoch"], envelope["offset"]))
+            return accept(envelope)
+
+        self.subscriber._accept = recording_accept
+        self.subscriber.on("tick", self.ticks.append)
+        self.subscriber.on_reset(lambda room, reason: self.resets.append((room, reason)))
+
+    async def start(self) -> None:
+        await self.subscriber.connect()
+        await self.subscriber.subscribe([self.room])
+
+    def offsets(self) -> list[int]:
+        return [offset for _, offset in self.raw]
+
+
+async def publish_many(url: str, count: int, start: int = 0, room: str = "project:p1") -> list[int]:
+    """Publish `count` ticks one after another through `url`; the acknowledged ns."""
+    acked = []
+    worker = Worker(url, token(f"w-{start}", role=Role.PUBLISHER), reconnection_delay=0.1)
+    await worker.connect()
+    try:
+        for n in range(start, start + count):
+            try:
+                await worker.publish(room, "tick", {"n": n})
+                acked.append(n)
+            except Exception:  # an outage answers with a code; go on
+                await asyncio.sleep(0.05)
+    finally:
+        await worker.close()
+    return acked
+
+
+async def test_killed_subscriptions_are_noticed_and_the_gap_filled(tmp_path: Path) -> None:
+    async with cluster(tmp_path, nodes=2) as running:
+        a, b = running.nodes
+        watcher = Recorder(b.url, "alice", "project:p1")
+        await watcher.start()
+        try:
+            publishing = asyncio.create_task(publish_many(a.url, 300))
+            for _ in range(3):
+                await asyncio.sleep(0.15)
+                await running.redis.command("CLIENT", "KILL", "TYPE", "pubsub")
+            acked = await publishing
+            await until(lambda: watcher.offsets()[-1:] == [300], timeout=15)
+            assert len(acked) == 300
+            assert watcher.offsets() == list(range(1, 301)), "lost, duplicated or out of order"
+            assert watcher.resets == []
+        finally:
+            await watcher.subscriber.close()
+
+
+async def test_a_silent_subscription_is_noticed_and_the_gap_filled(tmp_path: Path) -> None:
+    """The subscription's connection stays open but nothing arrives on it any more."""
+    async with cluster(tmp_path, nodes=1) as running:
+        proxy = SilencingProxy(running.redis.port)
+        await proxy.start()
+        # The second node reaches Redis through the proxy; the first directly.
+        b = await running.add_node(NOTIFIER_BROKER_URL=proxy.url)
+        a = running.nodes[0]
+        watcher = Recorder(b.url, "alice", "project:p1")
+        await watcher.start()
+        try:
+            await publish_many(a.url, 20)
+            await until(lambda: len(watcher.raw) == 20, timeout=10)
+            assert proxy.silence_subscriptions() >= 1
+            acked = await publish_many(a.url, 30, start=20)
+            await until(lambda: len(watcher.raw) >= 50, timeout=15)
+            assert len(acked) == 30
+            assert watcher.offsets() == list(range(1, 51)), "lost, duplicated or out of order"
+            assert "went silent" in (tmp_path / "node1.log").read_text()
+        finally:
+            await watcher.subscriber.close()
+            await proxy.stop()
+
+
+async def test_redis_losing_its_data_is_told_never_hidden(tmp_path: Path) -> None:
+    async with cluster(tmp_path, nodes=2) as running:
+        a, b = running.nodes
+        watchers = [Recorder(node.url, f"user{i}", "project:p1") for i, node in enumerate((a, b))]
+        for watcher in watchers:
+            await watcher.start()
+        try:
+            await publish_many(a.url, 10)
+            await until(lambda: all(len(w.raw) == 10 for w in watchers), timeout=10)
+
+            await running.redis.stop()
+            refused = await publish_many(a.url, 3, start=10)
+            await running.redis.start()  # empty: nothing was kept
+            await asyncio.sleep(1.5)
+            acked = await publish_many(a.url, 10, start=100)
+
+            assert refused == [], "nothing was acknowledged while Redis was down"
+            for watcher in watchers:
+                await until(lambda w=watcher: len([t for t in w.ticks if t["data"]["n"] >= 100])
+                            == len(acked), timeout=15)
+                assert ("project:p1", "epoch_changed") in watcher.resets, watcher.name
+                # Within each epoch, consecutive offsets from where the client stood: no gap.
+                for epoch in {epoch for epoch, _ in watcher.raw}:
+                    offsets = [o for e, o in watcher.raw if e == epoch]
+                    assert offsets == list(range(offsets[0], offsets[0] + len(offsets)))
+        finally:
+            for watcher in watchers:
+                await watcher.subscriber.close()
+
+
+async def test_task_progress_through_several_nodes_never_goes_backwards(tmp_path: Path) -> None:
+    async with cluster(tmp_path, nodes=2, NOTIFIER_WORKER_RATE_PER_SECOND="100000",
+                       NOTIFIER_WORKER_RATE_BURST="10000") as running:
+        a, b = running.nodes
+        page = Subscriber(b.url, token("alice", ["p1"]))
+        events: list[dict] = []
+        page.on("*", lambda envelope: events.append(envelope)
+                if envelope["type"].startswith("task.") else None)
+        await page.connect()
+        workers = [Worker(node.url, token(f"w{i}", role=Role.PUBLISHER)) for i, node in enumerate((a, b))]
+        for worker in workers:
+            await worker.connect()
+        try:
+            await workers[0].create_task("p1", id="t")
+            await page.subscribe(["task:t"])
+
+            async def report(worker: Worker, values: range) -> None:
+                for value in values:
+                    with contextlib.suppress(NotifierClientError):  # behind the other: CONFLICT
+                        await worker.task_progress("t", value / 10)
+
+            await asyncio.gather(report(workers[0], range(0, 1000, 2)), report(workers[1], range(1, 1000, 2)))
+            await workers[1].complete_task("t", result="done")
+            await until(lambda: any(e["type"] == "task.completed" for e in events), timeout=10)
+
+            progress = [e["data"]["progress"] for e in events if e["type"] == "task.progress"]
+            assert progress == sorted(progress), "progress went backwards"
+            assert events[-1]["type"] == "task.completed"
+            assert [e["data"]["version"] for e in events] == sorted(e["data"]["version"] for e in events)
+        finally:
+            for worker in workers:
+                await worker.close()
+            await page.close()
+
+
+async def test_refresh_once_per_interval_and_config_everywhere(tmp_path: Path) -> None:
+    async with cluster(tmp_path, nodes=3, NOTIFIER_REFRESH_INTERVAL_SECONDS="0",
+                       NOTIFIER_REFRESH_MIN_INTERVAL_SECONDS="0.5") as running:
+        clients = [Subscriber(node.url, token(f"u{i}")) for i, node in enumerate(running.nodes)]
+        refreshes: list[list[float]] = [[] for _ in clients]
+        updates: list[list[dict]] = [[] for _ in clients]
+        for i, client in enumerate(clients):
+            client.on("refresh", lambda env, i=i: refreshes[i].append(time.monotonic()))
+            client.on("config.updated", lambda env, i=i: updates[i].append(env["data"]))
+            await client.connect()
+        try:
+            admin = Subscriber(running.nodes[0].url, token("root", role=Role.ADMIN))
+            await admin.connect()
+            changed = time.monotonic()
+            assert (await admin.call("config.set_refresh_interval", {"seconds": 1}))["refresh_interval"] == 1
+            await until(lambda: all(updates), timeout=1.0)  # every node within a second
+            await asyncio.sleep(3.6)
+            await admin.close()
+            for i in range(len(clients)):
+                assert updates[i] == [{"refresh_interval": 1.0}], i
+                assert 3 <= len(refreshes[i]) <= 4, (i, [t - changed for t in refreshes[i]])
+            async with aiohttp.ClientSession() as http:
+                for _ in range(30):  # node heartbeats come every second
+                    async with http.get(f"{running.nodes[2].url}/api/v1/status") as response:
+                        status = await response.json()
+                    if status["cluster"]["user_connections"] == 3:
+                        break
+                    await asyncio.sleep(0.2)
+            assert status["refresh_interval"] == 1
+            assert len(status["cluster"]["nodes"]) == 3
+            assert status["cluster"]["user_connections"] == 3
+        finally:
+            for client in clients:
+                await client.close()
+
+
+async def test_a_retry_on_another_node_is_applied_once(tmp_path: Path) -> None:
+    async with cluster(tmp_path, nodes=2) as running:
+        a, b = running.nodes
+        replies = []
+        for node in (a, b):
+            worker = Subscriber(node.url, token("w", role=Role.PUBLISHER))
+            worker.namespace = "/workers"
+            worker.sio.handlers.pop("/", None)
+            await worker.connect()
+            replies.append(await worker.call("notify", {"user_ids": ["alice"], "title": "once",
+                                                        "idempotency_key": "order-77"}))
+            await worker.close()
+        async with aiohttp.ClientSession() as http, http.get(
+            f"{b.url}/api/v1/notifications?user_id=alice",
+            headers={"Authorization": f"Bearer {token('root', role=Role.ADMIN)}"},
+        ) as response:
+            inbox = await response.json()
+        assert replies[1]["duplicate"] is True
+        assert replies[0]["notifications"] == replies[1]["notifications"]
+        assert [n["title"] for n in inbox["notifications"]] == ["once"]
+
+
+async def test_a_postgresql_restart_gives_coded_errors_then_normal_service(tmp_path: Path) -> None:
+    postgres = PostgresServer()
+    await postgres.init()
+    await postgres.start()
+    redis = RedisServer(tmp_path / "redis")
+    await redis.start()
+    running = Cluster(tmp_path, redis, postgres.url)
+    try:
+        node = await running.add_node()
+        alice = Subscriber(node.url, token("alice"))
+        received: list[str] = []
+        alice.on("notification", lambda env: received.append(env["data"]["id"]))
+        await alice.connect()
+        acked, refused = set(), []
+        async with aiohttp.ClientSession() as http:
+
+            async def notify(title: str) -> None:
+                async with http.post(f"{node.url}/api/v1/notifications",
+                                     json={"user_ids": ["alice"], "title": title},
+                                     headers={"Authorization": f"Bearer {PUBLISHER}"}) as response:
+                    body = await response.json()
+                    if response.status == 201:
+                        acked.add(body["notifications"][0]["id"])
+                    else:
+                        refused.append((response.status, body["error"]["code"]))
+
+            for n in range(5):
+                await notify(f"before {n}")
+            await postgres.stop()
+            for n in range(5):
+                await notify(f"during {n}")
+            async with http.get(f"{node.url}/readyz") as response:
+                assert response.status == 503
+            await postgres.start()
+            for _ in range(50):
+                async with http.get(f"{node.url}/readyz") as response:
+                    if response.status == 200:
+                        break
+                await asyncio.sleep(0.1)
+            for n in range(5):
+                await notify(f"after {n}")
+
+        assert refused and set(refused) == {(503, "STORE_UNAVAILABLE")}
+        assert len(acked) == 10
+        await until(lambda: len(received) == 10, timeout=10)
+        assert set(received) == acked, "only what was stored was delivered"
+        await alice.close()
+    finally:
+        await running.stop()
+        await redis.stop()
+        await postgres.stop()
+        postgres.remove()

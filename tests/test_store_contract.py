@@ -1,0 +1,145 @@
+"""One contract, every store backend: memory, an SQLite file, PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from notifier.health import Health
+from notifier.records import Notification, Task, TaskStatus
+from notifier.store import Store, open_store
+from tests.backends import postgres_database
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgresql"])
+async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    if request.param == "memory":
+        yield "memory://"
+    elif request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'contract.db'}"
+    else:
+        async with postgres_database() as url:
+            yield url
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[Store]:
+    opened = open_store(store_url, Health())
+    await opened.open()
+    yield opened
+    await opened.close()
+
+
+def task(task_id: str = "t1", project: str = "p1", **fields) -> Task:
+    return Task(id=task_id, project_id=project, owner=None, title="T", status=TaskStatus.PENDING,
+                progress=0.0, created_at=1, updated_at=1, **fields)
+
+
+def note(note_id: str, user: str = "alice", created_at: int = 1) -> Notification:
+    return Notification(id=note_id, user_id=user, title=note_id, body=None, created_at=created_at)
+
+
+async def test_tasks_are_inserted_once_and_changed_by_compare_and_set(store: Store) -> None:
+    first = task()
+    assert await store.insert_task(first) is True
+    assert await store.insert_task(task()) is False
+
+    running = first.evolve(status=TaskStatus.RUNNING, progress=40.0)
+    assert await store.replace_task(running, expected_version=first.version) is True
+    stale = first.evolve(progress=10.0)
+    assert await store.replace_task(stale, expected_version=first.version) is False
+
+    stored = await store.get_task("t1")
+    assert stored is not None and stored.progress == 40.0 and stored.version == running.version
+    assert await store.get_task("nope") is None
+
+
+async def test_tasks_are_listed_by_status_and_project_and_forgotten_when_old(store: Store) -> None:
+    for task_id, project in (("a", "p1"), ("b", "p1"), ("c", "p2")):
+        await store.insert_task(task(task_id, project))
+    b = await store.get_task("b")
+    assert b is not None
+    await store.replace_task(b.evolve(status=TaskStatus.COMPLETED, finished_at=100), b.version)
+
+    pending = await store.list_tasks(frozenset({TaskStatus.PENDING}), None)
+    in_p1 = await store.list_tasks(None, frozenset({"p1"}))
+    assert [t.id for t in pending] == ["a", "c"]
+    assert [t.id for t in in_p1] == ["a", "b"]
+    assert await store.delete_tasks_finished_before(101) == 1
+    assert await store.get_task("b") is None and await store.get_task("a") is not None
+
+
+async def test_notifications_are_kept_once_listed_newest_first_and_read_by_their_owner(
+    store: Store,
+) -> None:
+    await store.add_notifications([note("n1"), note("n2"), note("b1", user="bob")])
+    await store.add_notifications([note("n1")])  # a retried request: kept once
+    await store.add_notifications([note("n3")])
+
+    listed = await store.list_notifications("alice", 10, None, False)
+    page = await store.list_notifications("alice", 1, "n3", False)
+    assert [n.id for n in listed] == ["n3", "n2", "n1"]
+    assert [n.id for n in page] == ["n2"]
+    assert await store.unread_counts(["alice", "bob", "carol"]) == {"alice": 3, "bob": 1, "carol": 0}
+
+    assert await store.mark_read("alice", ["n1", "b1"]) == ["n1"]
+    assert sorted(await store.mark_read("alice", None)) == ["n2", "n3"]
+    assert await store.unread_count("alice") == 0 and await store.unread_count("bob") == 1
+    assert await store.list_notifications("bob", 10, None, True) == [note("b1", user="bob")]
+
+
+async def test_old_and_surplus_notifications_are_trimmed(store: Store) -> None:
+    await store.add_notifications([note(f"n{i}", created_at=i) for i in range(1, 7)])
+    await store.add_notifications([note("b", user="bob", created_at=10)])
+
+    removed = await store.trim_notifications(older_than_ts=2, max_per_user=3)
+
+    assert removed == 3
+    assert [n.id for n in await store.list_notifications("alice", 10, None, False)] == ["n6", "n5", "n4"]
+    assert len(await store.list_notifications("bob", 10, None, False)) == 1
+
+
+async def test_idempotency_claims_run_a_request_once(store: Store) -> None:
+    assert (await store.claim_idempotency_key("k", ts=100, stale_before=0)).state == "new"
+    assert (await store.claim_idempotency_key("k", ts=101, stale_before=0)).state == "pending"
+
+    await store.complete_idempotency_key("k", {"id": "e1"}, ts=102)
+    done = await store.claim_idempotency_key("k", ts=103, stale_before=0)
+    assert done.state == "done" and done.result == {"id": "e1"}
+
+    # A claim whose holder died is taken over; a released one may run again.
+    await store.claim_idempotency_key("dead", ts=10, stale_before=0)
+    assert (await store.claim_idempotency_key("dead", ts=50, stale_before=20)).state == "new"
+    await store.claim_idempotency_key("failed", ts=10, stale_before=0)
+    await store.release_idempotency_key("failed")
+    assert (await store.claim_idempotency_key("failed", ts=11, stale_before=0)).state == "new"
+
+    assert await store.trim_idempotency_keys(older_than_ts=60) >= 1
+    assert (await store.claim_idempotency_key("dead", ts=70, stale_before=0)).state == "new"
+
+
+async def test_settings_are_kept(store: Store) -> None:
+    assert await store.load_setting("refresh_interval") is None
+    await store.save_setting("refresh_interval", '{"interval": 5}')
+    await store.save_setting("refresh_interval", '{"interval": 6}')
+    assert await store.load_setting("refresh_interval") == '{"interval": 6}'
+
+
+async def test_what_is_stored_survives_a_reopen(store_url: str) -> None:
+    if store_url == "memory://":
+        pytest.skip("memory:// keeps nothing across restarts, by definition")
+    first = open_store(store_url, Health())
+    await first.open()
+    await first.insert_task(task())
+    await first.add_notifications([note("n1")])
+    await first.close()
+
+    again = open_store(store_url, Health())
+    await again.open()
+    try:
+        assert (await again.get_task("t1")) is not None
+        assert await again.unread_count("alice") == 1
+    finally:
+        await again.close()
