@@ -69,11 +69,13 @@ def _free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def run_server(name: str) -> AsyncIterator[Server]:
+async def run_server(name: str, **extra_env: str) -> AsyncIterator[Server]:
+    """A server process; `notifier-redis` is notifier with the Redis broker and PostgreSQL
+    store given in `extra_env` (see `shared_backends`)."""
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER_")}
     with tempfile.TemporaryDirectory() as data_dir:
-        if name in ("notifier", "notifier-inprocess"):
+        if name in ("notifier", "notifier-inprocess", "notifier-redis"):
             command = [sys.executable, "-m", "notifier", "serve"]
             if name == "notifier-inprocess":
                 command = [sys.executable, str(BENCH / "inprocess_server.py")]
@@ -81,7 +83,7 @@ async def run_server(name: str) -> AsyncIterator[Server]:
                        NOTIFIER_DATA_DIR=data_dir, NOTIFIER_LOG_LEVEL="WARNING",
                        NOTIFIER_REFRESH_INTERVAL_SECONDS="0",
                        NOTIFIER_WORKER_RATE_PER_SECOND="1000000",
-                       NOTIFIER_WORKER_RATE_BURST="100000")
+                       NOTIFIER_WORKER_RATE_BURST="100000", **extra_env)
             namespace = "/workers"
             token = issue_token(SECRET, "HS256", "bench", role=Role.PUBLISHER)
         elif name == "python-socketio":
@@ -102,6 +104,23 @@ async def run_server(name: str) -> AsyncIterator[Server]:
         finally:
             process.terminate()
             await process.wait()
+
+
+@contextlib.asynccontextmanager
+async def shared_backends() -> AsyncIterator[dict[str, str]]:
+    """A Redis of the benchmark's own and a fresh PostgreSQL database: the environment of
+    `notifier-redis` servers (the machine's PostgreSQL; scripts/services.sh starts it)."""
+    from tests.backends import postgres_database
+    from tests.cluster import RedisServer
+
+    with tempfile.TemporaryDirectory() as directory:
+        redis = RedisServer(Path(directory) / "redis")
+        await redis.start()
+        try:
+            async with postgres_database() as store_url:
+                yield {"NOTIFIER_BROKER_URL": redis.url, "NOTIFIER_STORE_URL": store_url}
+        finally:
+            await redis.stop()
 
 
 async def _wait_listening(port: int) -> None:
@@ -220,19 +239,26 @@ async def burst_publisher(server: Server, window: int = 8) -> AsyncIterator[Any]
         yield burst
 
 
-async def measure_fanout(name: str, clients: int, messages: int, shards: int) -> dict[str, Any]:
-    async with run_server(name) as server:
-        load = await LoadGenerator.start(server, clients, shards)
-        try:
-            async with burst_publisher(server) as burst:
-                await burst(1)  # warm-up
-                await asyncio.sleep(0.5)
-                await load.command("reset", "reset")
-                started_ms = time.time() * 1000
-                await burst(messages)
-                report = await wait_for_deliveries(load, clients * messages)
-        finally:
-            await load.stop()
+async def measure_fanout(name: str, clients: int, messages: int, shards: int,
+                         **extra_env: str) -> dict[str, Any]:
+    async with run_server(name, **extra_env) as server:
+        return await fanout_between(server, server, name, clients, messages, shards)
+
+
+async def fanout_between(publish_to: Server, clients_on: Server, name: str, clients: int,
+                         messages: int, shards: int) -> dict[str, Any]:
+    """Broadcasts published through `publish_to`, delivered to clients of `clients_on`."""
+    load = await LoadGenerator.start(clients_on, clients, shards)
+    try:
+        async with burst_publisher(publish_to) as burst:
+            await burst(1)  # warm-up
+            await asyncio.sleep(0.5)
+            await load.command("reset", "reset")
+            started_ms = time.time() * 1000
+            await burst(messages)
+            report = await wait_for_deliveries(load, clients * messages)
+    finally:
+        await load.stop()
     seconds = max(report["last"] - started_ms, 1) / 1000
     return {
         "server": name, "clients": clients, "messages": messages,
@@ -246,29 +272,47 @@ async def measure_fanout(name: str, clients: int, messages: int, shards: int) ->
 async def measure_latency(name: str, clients: int, rate: float, seconds: float,
                           shards: int) -> dict[str, Any]:
     async with run_server(name) as server:
-        load = await LoadGenerator.start(server, clients, shards)
-        try:
-            async with publisher(server) as client:
-                await publish(client, server, -1)
-                await asyncio.sleep(0.5)
-                await load.command("reset", "reset")
-                count = int(rate * seconds)
-                started = time.monotonic()
-                calls = []
-                for n in range(count):
-                    await asyncio.sleep(max(0.0, started + n / rate - time.monotonic()))
-                    calls.append(asyncio.ensure_future(publish(client, server, n)))
-                await asyncio.gather(*calls)
-                report = await wait_for_deliveries(load, clients * count)
-        finally:
-            await load.stop()
+        return await latency_between(server, server, name, clients, rate, seconds, shards)
+
+
+async def latency_between(publish_to: Server, clients_on: Server, name: str, clients: int,
+                          rate: float, seconds: float, shards: int) -> dict[str, Any]:
+    load = await LoadGenerator.start(clients_on, clients, shards)
+    try:
+        async with publisher(publish_to) as client:
+            await publish(client, publish_to, -1)
+            await asyncio.sleep(0.5)
+            await load.command("reset", "reset")
+            count = int(rate * seconds)
+            started = time.monotonic()
+            calls = []
+            for n in range(count):
+                await asyncio.sleep(max(0.0, started + n / rate - time.monotonic()))
+                calls.append(asyncio.ensure_future(publish(client, publish_to, n)))
+            await asyncio.gather(*calls)
+            report = await wait_for_deliveries(load, clients * count)
+    finally:
+        await load.stop()
     latencies = sorted(report["latencies"])
     return {
         "server": name, "clients": clients, "rate": rate, "seconds": seconds,
         "delivered": report["delivered"], "expected": clients * count,
         "p50_ms": _percentile(latencies, 50), "p99_ms": _percentile(latencies, 99),
         "max_ms": latencies[-1] if latencies else float("nan"),
+        "loadgen_cores": sum(report["cpuMs"]) / 1000 / seconds,
     }
+
+
+async def acknowledged_rate(server: Server, event: str, count: int, window: int) -> dict[str, Any]:
+    """Operations acknowledged per second through `/workers` (benchmarks/publisher.mjs)."""
+    config = {"url": server.url, "token": server.publisher_token, "event": event,
+              "count": count, "window": window}
+    process = await asyncio.create_subprocess_exec(
+        "node", str(BENCH / "publisher.mjs"), json.dumps(config), cwd=BENCH,
+        stdout=subprocess.PIPE,
+    )
+    stdout, _ = await asyncio.wait_for(process.communicate(), 300)
+    return json.loads(stdout.decode().strip().splitlines()[-1])
 
 
 async def measure_memory(name: str, clients: int, shards: int) -> dict[str, Any]:
@@ -377,6 +421,48 @@ async def hostile_command(args: argparse.Namespace) -> list[dict[str, Any]]:
     return [figures]
 
 
+async def scale_command(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The Redis broker and PostgreSQL store: against the embedded default, and two nodes."""
+    clients, messages, shards = args.clients[0], args.messages, args.shards
+    embedded = await measure_fanout("notifier", clients, messages, shards)
+    async with shared_backends() as env:
+        redis = await measure_fanout("notifier-redis", clients, messages, shards, **env)
+    print(json.dumps(embedded), json.dumps(redis), flush=True)
+    print(f"fan-out, {clients} clients on one node: embedded {embedded['deliveries_per_s']:,.0f}/s, "
+          f"Redis broker {redis['deliveries_per_s']:,.0f}/s = "
+          f"{redis['deliveries_per_s'] / embedded['deliveries_per_s']:.2f}x (target >= 0.7x)")
+
+    async with shared_backends() as env, run_server("notifier-redis", **env) as server:
+        published = await acknowledged_rate(server, "publish", 80_000, 2048)
+        notified = await acknowledged_rate(server, "notify", 20_000, 512)
+    print(json.dumps(published), json.dumps(notified), flush=True)
+    print(f"room publishes acknowledged through /workers (Redis): {published['per_second']:,.0f}/s "
+          f"(target >= 20,000)")
+    print(f"notifications stored in PostgreSQL (notify through /workers): "
+          f"{notified['per_second']:,.0f}/s (target >= 5,000)")
+
+    many = args.scale_clients
+    rows: list[dict[str, Any]] = [embedded, redis, published, notified]
+    async with shared_backends() as env:
+        async with run_server("notifier-redis", **env) as one:
+            single = await fanout_between(one, one, "one node", many, messages, max(shards, 4))
+            single_latency = await latency_between(one, one, "one node", many, args.rate,
+                                                   args.seconds, max(shards, 4))
+        async with run_server("notifier-redis", **env) as a, run_server("notifier-redis", **env) as b:
+            across = await fanout_between(a, b, "two nodes (publisher on A, clients on B)", many,
+                                          messages, max(shards, 4))
+            across_latency = await latency_between(a, b, "two nodes", many, args.rate, args.seconds,
+                                                   max(shards, 4))
+    for row in (single, across, single_latency, across_latency):
+        print(json.dumps(row), flush=True)
+    print(f"{many} clients, Redis broker, {os.cpu_count()} cores shared with the load generator:")
+    for fan, lat in ((single, single_latency), (across, across_latency)):
+        print(f"  {fan['server']:<42} {fan['deliveries_per_s']:>10,.0f} deliveries/s, "
+              f"p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms at {args.rate:g}/s; "
+              f"load generator {fan['loadgen_cores']:.1f} cores")
+    return [*rows, single, across, single_latency, across_latency]
+
+
 async def progress_command(args: argparse.Namespace) -> list[dict[str, Any]]:
     from benchmarks.progress import measure_progress
 
@@ -403,13 +489,16 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command",
-                        choices=["fanout", "latency", "memory", "progress", "hostile", "all"])
+                        choices=["fanout", "latency", "memory", "progress", "hostile", "scale",
+                                 "all"])
     parser.add_argument("--clients", type=int, action="append")
     parser.add_argument("--messages", type=int, default=200)
     parser.add_argument("--rate", type=float, default=20)
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--shards", type=int, default=3)
     parser.add_argument("--updates", type=int, default=200_000)
+    parser.add_argument("--scale-clients", type=int, default=2000,
+                        help="clients for the two-nodes-vs-one figures of `scale`")
     parser.add_argument("--servers", nargs="+", choices=FANOUT_SERVERS,
                         help="which servers to measure (default: all; ratios need notifier)")
     args = parser.parse_args()
@@ -417,11 +506,11 @@ async def main() -> None:
         _install_node_packages()
     commands = {"fanout": fanout_command, "latency": latency_command,
                 "memory": memory_command, "progress": progress_command,
-                "hostile": hostile_command}
+                "hostile": hostile_command, "scale": scale_command}
     if args.command == "all":
         memory_clients = args.clients or [1000, 10000]
         args.clients = [1000]
-        for name in ("fanout", "latency", "progress", "hostile"):
+        for name in ("fanout", "latency", "progress", "hostile", "scale"):
             await commands[name](args)
         args.clients = memory_clients
         await memory_command(args)

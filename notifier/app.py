@@ -69,6 +69,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         allow_query_token=settings.allow_query_token,
     )
     fanout = SocketFanOut()
+    fanout.on_room_empty = notifier.unfollow
     notifier.attach(fanout)
     gateway = SocketGateway(sockets, notifier, verifier, settings, fanout)
 

@@ -109,9 +109,6 @@ class Notifier:
                 self._refresh.set(float(interval), envelope["ts"] / 1000)
         self._transport.deliver(delivery)
 
-    def wanted(self, room: str) -> bool:
-        return self._transport.has_members(room)
-
     def lost(self, room: str, reason: str) -> None:
         log.warning("room_history_lost", room=room, reason=reason,
                     detail="its connections here reconnect and are told recovered: false")
@@ -120,6 +117,14 @@ class Notifier:
     def describe(self) -> dict[str, Any]:
         """What this process tells the cluster about itself (node heartbeats)."""
         return {"user_connections": self._transport.user_connection_count()}
+
+    async def follow(self, room: str) -> None:
+        """A connection here is joining `room` (its first here): before its history is read."""
+        await self.broker.follow(room)
+
+    def unfollow(self, room: str) -> None:
+        """The last connection here left `room`."""
+        self.broker.unfollow(room)
 
     def observe(self, room: str, position: StreamPosition) -> None:
         """A connection here joined `room` at `position`: where delivery must stand."""
@@ -366,8 +371,6 @@ class Transport(Protocol):
 
     def deliver(self, delivery: Delivery) -> None: ...
 
-    def has_members(self, room: str) -> bool: ...
-
     def drop_members(self, room: str, reason: str) -> None: ...
 
     def user_connection_count(self) -> int: ...
@@ -376,9 +379,6 @@ class Transport(Protocol):
 class _NoTransport:
     def deliver(self, delivery: Delivery) -> None:
         pass
-
-    def has_members(self, room: str) -> bool:
-        return False
 
     def drop_members(self, room: str, reason: str) -> None:
         pass

@@ -53,10 +53,6 @@ class Node(Protocol):
     def deliver(self, delivery: Delivery) -> None:
         """Every event, in offset order per room."""
 
-    def wanted(self, room: str) -> bool:
-        """Does a connection here follow the room?"""
-        ...
-
     def lost(self, room: str, reason: str) -> None:
         """The room's history changed or has a gap that cannot be replayed: its connections
         here must recover (they reconnect and are told `recovered: false`)."""
@@ -95,6 +91,13 @@ class Broker(Protocol):
 
     async def start(self, node: Node) -> None:
         """Open the histories; from now on deliver every event to `node`, in offset order."""
+
+    async def follow(self, room: str) -> None:
+        """A connection here is joining the room: deliver its events here from now on (once
+        this returns, before the joining connection reads the room's history)."""
+
+    def unfollow(self, room: str) -> None:
+        """No connection here follows the room any more."""
 
     def observe(self, room: str, position: StreamPosition) -> None:
         """A connection here joined the room at this position (where delivery stands)."""

@@ -175,6 +175,12 @@ class LocalBroker:
 
     # One node
 
+    async def follow(self, room: str) -> None:
+        pass  # every event of the process reaches the process
+
+    def unfollow(self, room: str) -> None:
+        pass
+
     def observe(self, room: str, position: StreamPosition) -> None:
         pass  # delivery here is synchronous with the commit: nothing to catch up with
 

@@ -6,16 +6,20 @@ and an idle room's stream expires). Appending an event (taking the room's next o
 it to the stream, publishing it to every process) is one Lua script, so every process sees a
 room's events in offset order; the appends of one loop iteration are one script call.
 
-Each process subscribes to one channel and delivers the events of the rooms its connections
-follow. It tracks the last offset it delivered per room: a duplicate is dropped, a gap is
-filled from the history before the event that revealed it, and a gap the history cannot fill
-(or a new epoch: Redis lost its data) makes the room's connections here reconnect and recover,
-where they are told `recovered: false`. Nothing is lost silently.
+Each room has a channel; a process subscribes to the rooms its connections follow (before it
+reads a room's history for a joining connection, so nothing falls between the two), and to
+the broadcast room and a control channel always. It tracks the last offset it delivered per
+room: a duplicate is dropped, a gap is filled from the history before the event that revealed
+it, and a gap the history cannot fill (or a new epoch: Redis lost its data) makes the room's
+connections here reconnect and recover, where they are told `recovered: false`. Nothing is
+lost silently.
 
 A subscription can die quietly (python-socketio's Redis manager has that failure): each
-process publishes a heartbeat on the channel every second and must hear its own within
-three; if not, it resubscribes and fills what it missed. The heartbeats also register the
-process (with its connection counts) for `/api/v1/status`.
+process publishes a heartbeat on the control channel every second and must hear its own
+within three; if not, it resubscribes and fills what it missed. The subscription's connection
+has redis-py's transparent retries turned off: a reconnect it made by itself would lose what
+was published meanwhile without telling anyone. The heartbeats also register the process
+(with its connection counts) for `/api/v1/status`.
 
 Not supported: Redis Cluster (a script touches several rooms' keys).
 """
@@ -28,18 +32,21 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from ..batching import Batcher
 from ..errors import ErrorCode, NotifierError, StartupError
 from ..health import Health
 from ..logs import get_logger
 from ..records import Envelope, StreamPosition
+from ..rooms import BROADCAST_ROOM
 from . import Delivery, Guard, NewEvent, Node
 
 log = get_logger("notifier.broker")
@@ -49,6 +56,7 @@ _HEARTBEAT_SECONDS = 1.0
 _SILENCE_SECONDS = 3.0  # no heartbeat of our own heard for this long: the subscription is dead
 _NODE_TTL_SECONDS = 5.0  # a process unheard of for this long is gone
 _META_TTL_SECONDS = 30 * 86400  # a room's epoch and last offset outlive its events
+_POOL_SIZE = 32
 
 _APPEND = """
 local now, new_epoch, max_len = tonumber(ARGV[1]), ARGV[2], ARGV[3]
@@ -70,8 +78,16 @@ for g = 1, groups do
   end
   out[#out + 1] = skip and 0 or 1
   for e = 1, count do
-    local room, kind, id, ts, data = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
-    i = i + 5
+    -- One argument per event: room, type, id, ts and data, separated by \31 (unit separator).
+    local event = ARGV[i]
+    i = i + 1
+    local a = string.find(event, '\\31', 1, true)
+    local b = string.find(event, '\\31', a + 1, true)
+    local c = string.find(event, '\\31', b + 1, true)
+    local d = string.find(event, '\\31', c + 1, true)
+    local room, kind = string.sub(event, 1, a - 1), string.sub(event, a + 1, b - 1)
+    local id, ts = string.sub(event, b + 1, c - 1), string.sub(event, c + 1, d - 1)
+    local data = string.sub(event, d + 1)
     if not skip then
       local meta, log = prefix .. ':meta:' .. room, prefix .. ':log:' .. room
       local epoch = redis.call('HGET', meta, 'e')
@@ -95,7 +111,7 @@ for g = 1, groups do
       redis.call('EXPIRE', log, stream_ttl)
       redis.call('EXPIRE', meta, meta_ttl)
       local header = room .. '\\n' .. offset .. '\\n' .. epoch .. '\\n' .. kind .. '\\n'
-      redis.call('PUBLISH', channel, header .. json)
+      redis.call('PUBLISH', channel .. room, header .. json)
       out[#out + 1] = offset
       out[#out + 1] = epoch
     end
@@ -120,7 +136,8 @@ return {epoch, head, first}
 """
 
 _REDIS_ERRORS = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError,
-                 redis_errors.BusyLoadingError, redis_errors.ReadOnlyError)
+                 redis_errors.BusyLoadingError, redis_errors.ReadOnlyError,
+                 redis_errors.MaxConnectionsError)
 
 
 class RedisBroker:
@@ -135,16 +152,26 @@ class RedisBroker:
         self._max_events = max_events_per_room
         self._max_age = max_age_seconds
         self._prefix = prefix
-        self._channel = f"{prefix}:events"
+        self._control = f"{prefix}:control"
+        self._room_channel = f"{prefix}:room:"
         self.node_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self._redis: aioredis.Redis | None = None
+        self._subscriber: aioredis.Redis | None = None  # the subscription's, without retries
         self._append: Any = None
         self._bounds: Any = None
         self._node: Node | None = None
+        # Two batches in flight: one on its way while the next fills. Each is atomic, and
+        # offsets (not the order batches complete in) order delivery.
         self._appends: Batcher[tuple[Sequence[NewEvent], Guard | None], list[Envelope] | None] = (
-            Batcher(self._append_batch))
-        # Per followed room: (epoch, offset) delivered last by this process.
+            Batcher(self._append_batch, max_in_flight=2))
+        # Rooms followed (subscribed), and per room the (epoch, offset) delivered last here.
+        self._followed: set[str] = {BROADCAST_ROOM}
         self._last: dict[str, tuple[str, int]] = {}
+        # Subscriptions sent and not yet confirmed by Redis, per channel and per room.
+        self._confirming: dict[str, list[asyncio.Future[None]]] = {}
+        self._following: dict[str, asyncio.Future[None]] = {}
+        self._subscribed = asyncio.Event()
+        self._background: set[asyncio.Task[None]] = set()
         self._listener: asyncio.Task[None] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self._pubsub: Any = None
@@ -156,21 +183,31 @@ class RedisBroker:
 
     async def start(self, node: Node) -> None:
         self._node = node
-        self._redis = aioredis.Redis.from_url(
+        # A bounded pool that makes callers wait for a connection (redis-py's default pool
+        # raises once it has none free: a reconnect storm's history reads would fail).
+        pool = aioredis.BlockingConnectionPool.from_url(
             self._url, decode_responses=True, socket_timeout=5, socket_connect_timeout=5,
-            health_check_interval=10,
+            health_check_interval=10, max_connections=_POOL_SIZE, timeout=5,
         )
+        self._redis = aioredis.Redis(connection_pool=pool)
         try:
             await self._redis.ping()
         except (*_REDIS_ERRORS, redis_errors.RedisError) as exc:
             await self._redis.aclose()
             raise StartupError(
                 f"NOTIFIER_BROKER_URL: cannot reach Redis at {_where(self._url)}: {exc}") from exc
+        self._subscriber = aioredis.Redis.from_url(
+            self._url, decode_responses=True, socket_timeout=None, socket_connect_timeout=5,
+            retry=Retry(NoBackoff(), 0),
+        )
         self._append = self._redis.register_script(_APPEND)
         self._bounds = self._redis.register_script(_BOUNDS)
         self._heard_own = time.monotonic()
         self._listener = asyncio.ensure_future(self._listen())
         self._heartbeat = asyncio.ensure_future(self._beat())
+        # Connections may join rooms as soon as this returns: be subscribed by then.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._subscribed.wait(), 10)
 
     async def stop(self) -> None:
         await self._appends.close()
@@ -185,6 +222,9 @@ class RedisBroker:
                 await self._redis.zrem(f"{self._prefix}:alive", self.node_id)
             await self._redis.aclose()
             self._redis = None
+        if self._subscriber is not None:
+            await self._subscriber.aclose()
+            self._subscriber = None
 
     async def _call(self, work: Any) -> Any:
         """A Redis call; an outage becomes STORE_UNAVAILABLE and shows in readiness."""
@@ -198,23 +238,25 @@ class RedisBroker:
 
     # Appending
 
-    async def publish(
+    def publish(
         self, events: Sequence[NewEvent], guard: Guard | None = None
-    ) -> list[Envelope] | None:
-        return await self._appends.submit((events, guard))
+    ) -> Awaitable[list[Envelope] | None]:
+        # The batch's own future, no coroutine around it: this is every event's path.
+        return self._appends.submit((events, guard))
 
     async def _append_batch(
         self, groups: list[tuple[Sequence[NewEvent], Guard | None]]
     ) -> list[list[Envelope] | None]:
         args: list[Any] = [
             int(time.time() * 1000), secrets.token_hex(8), self._max_events,
-            int(self._max_age), _META_TTL_SECONDS, int(self._max_age * 1000), self._channel,
+            int(self._max_age), _META_TTL_SECONDS, int(self._max_age * 1000), self._room_channel,
             self._prefix, len(groups),
         ]
         for events, guard in groups:
             args += [guard.key if guard else "", guard.version if guard else 0, len(events)]
-            for event in events:
-                args += [event.room, event.type, event.id, event.ts, orjson.dumps(event.data)]
+            # One argument per event (the room, type and id never contain \x1f).
+            args += [f"{event.room}\x1f{event.type}\x1f{event.id}\x1f{event.ts}\x1f".encode()
+                     + orjson.dumps(event.data) for event in events]
         out = await self._call(self._append(keys=[], args=args))
         results: list[list[Envelope] | None] = []
         position = 0
@@ -252,6 +294,52 @@ class RedisBroker:
 
     # Delivery
 
+    async def follow(self, room: str) -> None:
+        """Subscribe to the room's channel (a connection here joins it); returns once Redis has
+        confirmed, so that what is appended after a history read afterwards arrives here."""
+        pending = self._following.get(room)
+        if pending is not None:
+            await asyncio.shield(pending)  # a subscription on its way: wait for it too
+            return
+        if room in self._followed:
+            return
+        pubsub = self._pubsub
+        if pubsub is None:
+            raise NotifierError(ErrorCode.STORE_UNAVAILABLE, "the broker is reconnecting; retry")
+        channel = self._room_channel + room
+        confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._following[room] = confirmed
+        self._confirming.setdefault(channel, []).append(confirmed)
+        self._followed.add(room)
+        try:
+            await self._call(pubsub.subscribe(channel))
+            await asyncio.wait_for(asyncio.shield(confirmed), 5)
+        except (TimeoutError, NotifierError) as exc:
+            self._followed.discard(room)
+            if not confirmed.done():
+                confirmed.set_exception(exc)
+                confirmed.exception()
+            raise NotifierError(ErrorCode.STORE_UNAVAILABLE,
+                                "the broker did not confirm the subscription; retry") from exc
+        finally:
+            del self._following[room]
+
+    def unfollow(self, room: str) -> None:
+        """No connection here follows the room any more."""
+        if room == BROADCAST_ROOM or room not in self._followed:
+            return
+        self._followed.discard(room)
+        self._last.pop(room, None)
+        pubsub = self._pubsub
+        if pubsub is not None:
+            task = asyncio.ensure_future(self._unsubscribe(pubsub, self._room_channel + room))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _unsubscribe(self, pubsub: Any, channel: str) -> None:
+        with contextlib.suppress(*_REDIS_ERRORS):
+            await pubsub.unsubscribe(channel)
+
     def observe(self, room: str, position: StreamPosition) -> None:
         # Where delivery stands for a room no event has reached yet: after a lost subscription,
         # what followed this position is filled in.
@@ -259,21 +347,27 @@ class RedisBroker:
 
     async def _listen(self) -> None:
         """Subscribe, fill what was missed, deliver; again whenever the subscription dies."""
-        assert self._redis is not None
+        assert self._subscriber is not None
         backoff = 0.1
         while True:
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-            self._pubsub = pubsub
+            pubsub = self._subscriber.pubsub()
             try:
-                await pubsub.subscribe(self._channel)
+                channels = [self._control, *(self._room_channel + room for room in self._followed)]
+                await pubsub.subscribe(*channels)
+                self._pubsub = pubsub
                 self._heard_own = time.monotonic()
                 await self._catch_up()
                 self._health.recover(COMPONENT)
+                self._subscribed.set()
                 backoff = 0.1
-                while True:
-                    message = await pubsub.get_message(timeout=1.0)
-                    if message is not None and message.get("type") == "message":
+                async for message in pubsub.listen():
+                    kind = message["type"]
+                    if kind == "message":
                         await self._on_message(message["data"])
+                    elif kind == "subscribe":
+                        for waiting in self._confirming.pop(message["channel"], ()):
+                            if not waiting.done():
+                                waiting.set_result(None)
             except asyncio.CancelledError:
                 raise
             except (*_REDIS_ERRORS, NotifierError) as exc:
@@ -281,6 +375,7 @@ class RedisBroker:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
             finally:
+                self._pubsub = None
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
 
@@ -294,11 +389,8 @@ class RedisBroker:
         assert node is not None
         offset = int(offset_text)
         delivery = Delivery(room, offset, epoch, event_type, json)
-        if not node.wanted(room):
-            self._last.pop(room, None)
-            if event_type == "config.updated":
-                node.deliver(delivery)  # every process follows configuration changes
-            return
+        if room not in self._followed:
+            return  # in flight when the room was left
         last = self._last.get(room)
         if last is not None:
             if last[0] != epoch:
@@ -329,7 +421,7 @@ class RedisBroker:
         node = self._node
         assert node is not None
         for room, last in list(self._last.items()):
-            if not node.wanted(room):
+            if room not in self._followed:
                 self._last.pop(room, None)
                 continue
             head, _ = await self.bounds(room)
@@ -352,7 +444,7 @@ class RedisBroker:
                 now = time.time()
                 described = {**self._node.describe(), "seen": int(now * 1000)}
                 pipe = self._redis.pipeline(transaction=False)
-                pipe.publish(self._channel, f"!{self.node_id}")
+                pipe.publish(self._control, f"!{self.node_id}")
                 pipe.hset(nodes, self.node_id, orjson.dumps(described).decode())
                 pipe.zadd(alive, {self.node_id: now})
                 pipe.zremrangebyscore(alive, 0, now - _NODE_TTL_SECONDS)
@@ -373,8 +465,6 @@ class RedisBroker:
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await self._listener
                 self._listener = asyncio.ensure_future(self._listen())
-            for room in [room for room in self._last if not self._node.wanted(room)]:
-                self._last.pop(room, None)
 
     async def claim(self, name: str, ttl_seconds: float) -> bool:
         assert self._redis is not None

@@ -84,6 +84,7 @@ class PostgresStore:
         self._pool: asyncpg.Pool | None = None
         self._probe: asyncio.Task[None] | None = None
         self._notifications: Batcher[list[Notification], None] = Batcher(self._insert_notifications)
+        self._unread: Batcher[list[str], dict[str, int]] = Batcher(self._count_unread)
 
     # Lifecycle
 
@@ -102,6 +103,7 @@ class PostgresStore:
 
     async def close(self) -> None:
         await self._notifications.close()
+        await self._unread.close()
         if self._probe is not None:
             self._probe.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -213,10 +215,16 @@ class PostgresStore:
         return (await self.unread_counts([user_id]))[user_id]
 
     async def unread_counts(self, user_ids: list[str]) -> dict[str, int]:
+        return await self._unread.submit(user_ids)
+
+    async def _count_unread(self, requests: list[list[str]]) -> list[dict[str, int]]:
+        """The counts asked for during one loop iteration, in one query."""
+        users = sorted({user for request in requests for user in request})
         rows = await self._run(lambda db: db.fetch(
             "SELECT user_id, count(*) AS unread FROM notifier_notifications "
-            "WHERE user_id = ANY($1) AND NOT read GROUP BY user_id", user_ids))
-        return {**dict.fromkeys(user_ids, 0), **{row["user_id"]: row["unread"] for row in rows}}
+            "WHERE user_id = ANY($1) AND NOT read GROUP BY user_id", users))
+        counts = {row["user_id"]: int(row["unread"]) for row in rows}
+        return [{user: counts.get(user, 0) for user in request} for request in requests]
 
     async def trim_notifications(self, older_than_ts: int, max_per_user: int) -> int:
         async def trim(db: asyncpg.Connection) -> int:

@@ -10,6 +10,7 @@ replay goes first and nothing is delivered twice or skipped at the seam.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ..broker import Delivery
@@ -34,18 +35,22 @@ class SocketFanOut:
 
     def __init__(self) -> None:
         self._rooms: dict[str, dict[SocketConnection, None]] = {}
+        # Told when the last connection here leaves a room (the broker stops following it).
+        self.on_room_empty: Callable[[str], None] = lambda room: None
         # Per room with members: the (epoch, offset) delivered last, and the floors set.
         self._through: dict[str, tuple[str, int]] = {}
         self._floors: dict[str, dict[SocketConnection, tuple[str, int]]] = {}
 
     # Membership
 
-    def join(self, connection: SocketConnection, room: str) -> None:
+    def join(self, connection: SocketConnection, room: str) -> bool:
+        """Add the connection to the room; True if it is the room's first here."""
         members = self._rooms.get(room)
         if members is None:
             self._rooms[room] = {connection: None}
-        else:
-            members[connection] = None
+            return True
+        members[connection] = None
+        return False
 
     def leave(self, connection: SocketConnection, room: str) -> None:
         members = self._rooms.get(room)
@@ -58,6 +63,7 @@ class SocketFanOut:
                 del self._rooms[room]
                 self._through.pop(room, None)
                 self._floors.pop(room, None)
+                self.on_room_empty(room)
 
     def members(self, room: str) -> list[SocketConnection]:
         return list(self._rooms.get(room, ()))

@@ -324,9 +324,11 @@ class SocketGateway:
                 continue
             joined_at = state.joined.get(room)
             if joined_at is None:
-                # Enter first, then read the history: an event appended after the read is
-                # held by the gate and delivered live; one before it is in the replay.
-                self._fanout.join(connection, room)
+                # Enter first (and have the broker deliver the room here), then read the
+                # history: an event appended after the read is held by the gate and delivered
+                # live; one before it is in the replay.
+                if self._fanout.join(connection, room):
+                    await self._notifier.follow(room)
             replay = await self._notifier.replay(room, since.get(room), up_to=joined_at)
             if joined_at is None:
                 state.joined[room] = replay.position.offset
@@ -427,8 +429,11 @@ class SocketGateway:
 
         async def publish() -> Reply:
             envelope = await self._notifier.publish(request, key)
-            return {name: envelope[name] for name in ("id", "room", "offset", "epoch")}
+            return {"id": envelope["id"], "room": envelope["room"], "offset": envelope["offset"],
+                    "epoch": envelope["epoch"]}
 
+        if key is None:  # the hot path of a busy worker: nothing to remember
+            return await publish()
         return await self._notifier.once(key, publish)
 
     async def _notify(self, connection: SocketConnection, request: NotifyRequest) -> Reply:
