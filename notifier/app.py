@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import socket
 from collections.abc import AsyncIterator
@@ -15,17 +16,19 @@ from .broker import open_broker
 from .clock import Clock, SystemClock
 from .errors import StartupError
 from .health import Health
-from .keys import ENGINE, GATEWAY, HEALTH, NOTIFIER, SETTINGS, VERIFIER
+from .keys import ENGINE, GATEWAY, HEALTH, METRICS, NOTIFIER, SETTINGS, VERIFIER
 from .logs import ClientErrorLog, get_logger
+from .metrics import Metrics
 from .ratelimit import TokenBucket
 from .service import Notifier
 from .settings import Settings
 from .store import open_store
-from .transport import dashboard
+from .transport import dashboard, metrics_view
+from .transport.access_log import AccessLog
 from .transport.aiohttp_adapter import NotifierRunner
 from .transport.engine import EngineServer
 from .transport.fanout import SocketFanOut
-from .transport.http import error_middleware, routes
+from .transport.http import error_middleware, health_routes, routes
 from .transport.socket_server import SocketServer
 from .transport.sockets import SocketGateway
 
@@ -66,12 +69,15 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
             settings.flood_disconnect_seconds, clock,
         ),
         client_errors=client_errors,
-        allow_query_token=settings.allow_query_token,
+        trusted_proxies=frozenset(settings.trusted_proxies),
     )
     fanout = SocketFanOut()
     fanout.on_room_empty = notifier.unfollow
     notifier.attach(fanout)
     gateway = SocketGateway(sockets, notifier, verifier, settings, fanout)
+    metrics = Metrics()
+    metrics_view.read_service(metrics, engine=engine, sockets=sockets, fanout=fanout,
+                              gateway=gateway, notifier=notifier, client_errors=client_errors)
 
     app = web.Application(
         middlewares=[error_middleware], client_max_size=settings.max_payload_bytes
@@ -82,7 +88,10 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     app[GATEWAY] = gateway
     app[ENGINE] = engine
     app[HEALTH] = health
+    app[METRICS] = metrics
     app.router.add_route("*", SOCKETIO_PATH, engine.handle)
+    app.router.add_get("/metrics", metrics_view.public_metrics)
+    app.add_routes(health_routes)
     app.add_routes(routes)
     app.add_routes(dashboard.routes)
 
@@ -90,6 +99,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         await notifier.start()
         engine.start()
         gateway.start()
+        metrics.start()
         if settings.jwt_secret is None and not settings.uses_public_key:
             log.warning(
                 "development_mode",
@@ -98,6 +108,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
             )
         log.info("started", store=settings.resolved_store_url)
         yield
+        await metrics.stop()
         gateway.stop()
         engine.stop()
         await sockets.settle(timeout=2.0)
@@ -118,6 +129,10 @@ def make_runner(app: web.Application, **kwargs: Any) -> web.AppRunner:
     """The runner `serve` uses: JSON answers to malformed HTTP, a header read timeout."""
     settings = app[SETTINGS]
     engine = app[ENGINE]
+    if settings.access_log:
+        kwargs.update(access_log=logging.getLogger("notifier.access"), access_log_class=AccessLog)
+    else:
+        kwargs.setdefault("access_log", None)
     return NotifierRunner(
         app,
         header_timeout=settings.http_header_timeout_seconds,
@@ -126,28 +141,48 @@ def make_runner(app: web.Application, **kwargs: Any) -> web.AppRunner:
     )
 
 
+def _listen(variable: str, host: str, port: int) -> socket.socket:
+    try:
+        return socket.create_server((host, port))
+    except OSError as exc:
+        raise StartupError(f"{variable}: cannot listen on {host}:{port}: {exc.strerror}") from exc
+
+
 async def serve(settings: Settings, host: str, port: int) -> None:
     """Run the service until SIGTERM or SIGINT, then close connections and exit promptly."""
-    try:
-        # Bound before anything starts, so a taken port is the only thing reported.
-        listener = socket.create_server((host, port))
-    except OSError as exc:
-        raise StartupError(f"NOTIFIER_PORT: cannot listen on {host}:{port}: {exc.strerror}") from exc
+    # Bound before anything starts, so a taken port is the only thing reported.
+    listener = _listen("NOTIFIER_PORT", host, port)
+    internal = None
+    if settings.internal_port is not None:
+        internal = _listen("NOTIFIER_INTERNAL_PORT", settings.internal_host, settings.internal_port)
     app = create_app(settings)
-    runner = make_runner(app, access_log=None, shutdown_timeout=5.0)
+    runner = make_runner(app, shutdown_timeout=5.0)
     await runner.setup()
-    site = web.SockSite(runner, listener)
-    await site.start()
+    await web.SockSite(runner, listener).start()
     log.info("listening", url=f"http://{host}:{port}")
+    internal_runner = None
+    if internal is not None:
+        internal_runner = web.AppRunner(metrics_view.internal_app(app[METRICS], app[HEALTH]),
+                                        access_log=None)
+        await internal_runner.setup()
+        await web.SockSite(internal_runner, internal).start()
+        log.info("listening_internal", url=f"http://{settings.internal_host}:{settings.internal_port}",
+                 serves="/metrics /healthz /readyz")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     try:
         await stop.wait()
+        app[HEALTH].draining = True
+        if settings.drain_seconds:
+            log.info("draining", seconds=settings.drain_seconds)
+            await asyncio.sleep(settings.drain_seconds)
     finally:
         # Goodbyes go out while the listener still runs: after aiohttp stops the site, the
         # clients' closing handshakes were measured to hang until the shutdown timeout.
         app[HEALTH].draining = True
         await app[ENGINE].drop_all()
         await runner.cleanup()
+        if internal_runner is not None:
+            await internal_runner.cleanup()

@@ -180,22 +180,30 @@ def issue_token(
 def verification_key(settings: Settings) -> str:
     """The key tokens are checked with: the public key, the secret, or the dev-mode secret."""
     if settings.uses_public_key:
-        assert settings.jwt_public_key is not None
-        return _read_pem(settings.jwt_public_key)
+        if settings.jwt_public_key is None:
+            raise StartupError(
+                "NOTIFIER_JWT_PUBLIC_KEY: required for the RS*/ES* algorithms in NOTIFIER_JWT_ALGORITHMS"
+            )
+        return settings.jwt_public_key  # PEM text: settings loaded and checked it
     if settings.jwt_secret is not None:
         return settings.jwt_secret.get_secret_value()
-    return load_or_create_dev_secret(settings.data_dir)
+    return load_or_create_dev_secret(settings.data_dir)[0]
 
 
 def signing_algorithm(settings: Settings) -> str:
     return settings.jwt_algorithms[0]
 
 
-def load_or_create_dev_secret(data_dir: Path) -> str:
-    """Development mode: a random secret kept (mode 0600) in the data directory."""
-    path = data_dir / DEV_SECRET_FILE
+def dev_secret_path(data_dir: Path) -> Path:
+    return (data_dir / DEV_SECRET_FILE).resolve()
+
+
+def load_or_create_dev_secret(data_dir: Path) -> tuple[str, bool]:
+    """Development mode: a random secret kept (mode 0600) in the data directory; the secret
+    and whether it was created now."""
+    path = dev_secret_path(data_dir)
     if path.exists():
-        return path.read_text().strip()
+        return path.read_text().strip(), False
     data_dir.mkdir(parents=True, exist_ok=True)
     secret = secrets.token_urlsafe(48)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -205,13 +213,4 @@ def load_or_create_dev_secret(data_dir: Path) -> str:
         "dev_mode_secret_created", path=str(path),
         detail="no NOTIFIER_JWT_SECRET or NOTIFIER_JWT_PUBLIC_KEY set; development mode",
     )
-    return secret
-
-
-def _read_pem(value: str) -> str:
-    if value.lstrip().startswith("-----BEGIN"):
-        return value
-    try:
-        return Path(value).read_text()
-    except OSError as exc:
-        raise StartupError(f"NOTIFIER_JWT_PUBLIC_KEY: cannot read {value}: {exc.strerror}") from exc
+    return secret, True

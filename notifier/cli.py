@@ -1,4 +1,5 @@
-"""`notifier serve` runs the service; `notifier token` prints a token it will accept."""
+"""`notifier serve` runs the service; `notifier token` prints a token it will accept;
+`notifier config` prints the effective configuration, secrets masked."""
 
 from __future__ import annotations
 
@@ -9,9 +10,23 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from .auth import Role, issue_token, signing_algorithm, verification_key
+from .auth import (
+    Role,
+    dev_secret_path,
+    issue_token,
+    load_or_create_dev_secret,
+    signing_algorithm,
+    verification_key,
+)
 from .errors import StartupError
-from .settings import Settings, describe_validation_error
+from .keys_pem import private_key_algorithm
+from .settings import (
+    HMAC_ALGORITHMS,
+    Settings,
+    describe_validation_error,
+    described,
+    unknown_variables,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,7 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     token.add_argument("--project", action="append", default=[], help="project id (repeatable)")
     token.add_argument("--role", choices=[r.value for r in Role], default=Role.USER.value)
     token.add_argument("--ttl", type=float, default=3600, help="lifetime in seconds")
-    token.add_argument("--private-key", type=Path, help="PEM private key for RS*/ES* algorithms")
+    token.add_argument("--private-key", type=Path,
+                       help="PEM private key (RSA or EC): signs with its algorithm (RS256, ES256...)")
+    token.add_argument("--aud", help="audience claim (default: NOTIFIER_JWT_AUDIENCE)")
+    token.add_argument("--iss", help="issuer claim (default: NOTIFIER_JWT_ISSUER)")
+
+    commands.add_parser("config", help="print the effective configuration, secrets masked")
 
     args = parser.parse_args(argv)
     try:
@@ -35,16 +55,23 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         print(describe_validation_error(exc), file=sys.stderr)
         return 2
+    except ValueError as exc:  # a settings source's own refusal (a *_FILE variable)
+        print(f"invalid configuration: {exc}", file=sys.stderr)
+        return 2
     if args.command == "serve":
         return _serve(settings, args.host, args.port)
+    if args.command == "config":
+        return _config(settings)
     return _token(settings, args)
 
 
 def _serve(settings: Settings, host: str | None, port: int | None) -> int:
     from .app import serve
-    from .logs import configure_logging
+    from .logs import configure_logging, get_logger
 
     configure_logging(settings.log_level, settings.log_format)
+    for variable in unknown_variables():
+        get_logger("notifier.settings").warning("unknown_setting", variable=variable)
     try:
         import uvloop
     except ImportError:  # the service runs on the default loop where uvloop is unavailable
@@ -59,22 +86,41 @@ def _serve(settings: Settings, host: str | None, port: int | None) -> int:
     return 0
 
 
+def _config(settings: Settings) -> int:
+    for variable, value in described(settings).items():
+        print(f"{variable}={value}")
+    for variable in unknown_variables():
+        print(f"unknown setting: {variable}", file=sys.stderr)
+    return 0
+
+
 def _token(settings: Settings, args: argparse.Namespace) -> int:
-    if settings.uses_public_key:
-        if args.private_key is None:
-            print("--private-key is required for RS*/ES* algorithms", file=sys.stderr)
+    try:
+        if args.private_key is not None:
+            key, algorithm = private_key_algorithm(args.private_key)
+        elif settings.uses_public_key:
+            print("--private-key is required: NOTIFIER_JWT_ALGORITHMS are RS*/ES*", file=sys.stderr)
             return 2
-        key = args.private_key.read_text()
-    else:
-        key = verification_key(settings)
+        elif settings.jwt_secret is not None:
+            key, algorithm = verification_key(settings), signing_algorithm(settings)
+        else:
+            key, created = load_or_create_dev_secret(settings.data_dir)
+            algorithm = next(a for a in settings.jwt_algorithms if a in HMAC_ALGORITHMS)
+            state = "created now" if created else "existing"
+            print(f"signed with the development secret {dev_secret_path(settings.data_dir)} "
+                  f"({state}); a server started from this directory uses the same one",
+                  file=sys.stderr)
+    except (ValueError, StartupError) as exc:
+        print(f"cannot sign: {exc}", file=sys.stderr)
+        return 2
     print(issue_token(
         key,
-        signing_algorithm(settings),
+        algorithm,
         args.sub,
         role=Role(args.role),
         projects=args.project,
         ttl_seconds=args.ttl,
-        audience=settings.jwt_audience,
-        issuer=settings.jwt_issuer,
+        audience=args.aud or settings.jwt_audience,
+        issuer=args.iss or settings.jwt_issuer,
     ))
     return 0

@@ -9,6 +9,7 @@ from aiohttp import web
 if TYPE_CHECKING:
     from .auth import TokenVerifier
     from .health import Health
+    from .metrics import Metrics
     from .service import Notifier
     from .settings import Settings
     from .transport.engine import EngineServer
@@ -20,3 +21,4 @@ VERIFIER: web.AppKey[TokenVerifier] = web.AppKey("verifier")
 GATEWAY: web.AppKey[SocketGateway] = web.AppKey("gateway")
 ENGINE: web.AppKey[EngineServer] = web.AppKey("engine")
 HEALTH: web.AppKey[Health] = web.AppKey("health")
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics")

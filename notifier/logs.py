@@ -129,7 +129,7 @@ class ClientErrorLog:
         self._keys: OrderedDict[tuple[str, str], list[float]] = OrderedDict()
         self.counts: Counter[str] = Counter()
 
-    def note(self, reason: str, detail: str, peer: Any) -> None:
+    def note(self, reason: str, detail: str, peer: Any, **extra: Any) -> None:
         self.counts[reason] += 1
         peer_text = _peer_text(peer)
         key = (peer_text, reason)
@@ -149,7 +149,8 @@ class ClientErrorLog:
             return
         state[0] -= 1.0
         suppressed, state[2] = int(state[2]), 0.0
-        fields: dict[str, Any] = {"reason": reason, "peer": peer_text, "detail": detail[:200]}
+        fields: dict[str, Any] = {"reason": reason, "peer": peer_text, **extra,
+                                  "detail": detail[:200]}
         if suppressed:
             fields["suppressed"] = suppressed
         self._log.info("client_error", **fields)

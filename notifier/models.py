@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    field_validator,
+    model_validator,
+)
 
 Identifier = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@-]+$")]
 RoomName = Annotated[str, Field(min_length=1, max_length=200)]
@@ -51,11 +59,12 @@ class PublishRequest(Idempotent):
     type: EventType
     data: JsonObject = {}
 
-    @model_validator(mode="after")
-    def _not_reserved(self) -> PublishRequest:
-        if self.type in RESERVED_TYPES or self.type.startswith(RESERVED_PREFIXES):
-            raise ValueError(f"type {self.type!r} is reserved for the service")
-        return self
+    @field_validator("type")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        if value in RESERVED_TYPES or value.startswith(RESERVED_PREFIXES):
+            raise ValueError(f"{value!r} is reserved for the service")
+        return value
 
 
 class NotifyRequest(Idempotent):

@@ -19,6 +19,7 @@ from .health import Health
 from .history import Replay, replay_since
 from .inbox import Inbox
 from .logs import get_logger
+from .metrics import Tally
 from .models import (
     MarkRead,
     NotificationsList,
@@ -62,6 +63,8 @@ class Notifier:
         self.health = health
         self.store = store
         self.broker = broker
+        # For the metrics: events appended to room histories by this process, by type.
+        self.published = Tally()
         self.tasks = TaskBook(store, self._announce_task, self._publish_one, self.clock,
                               settings.progress_max_per_second)
         self.inbox = Inbox(store, self._publish, self.clock)
@@ -135,13 +138,19 @@ class Notifier:
     async def _publish(
         self, events: Sequence[NewEvent], guard: Guard | None = None
     ) -> list[Envelope] | None:
-        return await self.broker.publish(events, guard)
+        """Every event the service sends passes here: appended to its room's history."""
+        envelopes = await self.broker.publish(events, guard)
+        if envelopes is not None:  # None: the guard found a newer state sent already
+            published = self.published
+            for event in events:
+                published.add(event.type)
+        return envelopes
 
     async def _publish_one(
         self, room: str, event_type: str, data: dict[str, Any], event_id: str | None = None
     ) -> Envelope:
         event = NewEvent(room, event_type, data, event_id or new_id(), millis(self.clock.now()))
-        envelopes = await self.broker.publish([event])
+        envelopes = await self._publish([event])
         assert envelopes is not None
         return envelopes[0]
 
@@ -150,7 +159,7 @@ class Notifier:
         now, data = millis(self.clock.now()), task.to_dict()
         events = [NewEvent(room_for_task(task.id), event_type, data, new_id(), now),
                   NewEvent(room_for_project(task.project_id), event_type, data, new_id(), now)]
-        await self.broker.publish(events, Guard(f"task:{task.id}", task.version))
+        await self._publish(events, Guard(f"task:{task.id}", task.version))
 
     async def publish(self, request: PublishRequest, key: str | None = None) -> Envelope:
         """Send `{type, data}` to a room (`user:<id>`, `project:<id>`, `task:<id>` or `*`)."""
@@ -286,7 +295,7 @@ class Notifier:
             _REFRESH_SETTING, orjson.dumps({"interval": float(seconds), "anchor": now / 1000}).decode()
         )
         # Every process (this one included) restarts its timer when this event reaches it.
-        await self.broker.publish(
+        await self._publish(
             [NewEvent(BROADCAST_ROOM, "config.updated", {"refresh_interval": float(seconds)},
                       new_id(), now)]
         )

@@ -1,26 +1,80 @@
-"""Configuration: one pydantic-settings model, read from NOTIFIER_* environment variables."""
+"""Configuration: one pydantic-settings model, read from NOTIFIER_* environment variables.
+
+Secrets may also come from files: `NOTIFIER_JWT_SECRET_FILE=/run/secrets/jwt` (and the same
+for the store and broker URLs, which carry passwords). Unknown NOTIFIER_* variables are
+reported at start (`unknown_variables`).
+"""
 
 from __future__ import annotations
 
+import difflib
+import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 PUBLIC_KEY_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "ES256", "ES384", "ES512"})
+# RFC 7518 section 3.2: an HMAC key at least as long as the hash's output (HS256: 32 bytes).
+MIN_HMAC_SECRET_BYTES = 32
+# Settings that may be given as `<NAME>_FILE`: secrets, or values that carry one.
+SECRET_FILE_FIELDS = ("jwt_secret", "store_url", "broker_url")
 
 CommaList = Annotated[list[str], NoDecode]
+ENV_PREFIX = "NOTIFIER_"
+
+
+class _SecretFiles(PydanticBaseSettingsSource):
+    """`NOTIFIER_<NAME>_FILE`: the setting's value is that file's content (trailing newline
+    dropped), so secrets need not sit in the environment."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        variable = f"{ENV_PREFIX}{field_name.upper()}_FILE"
+        path = os.environ.get(variable)
+        if path is None or field_name not in SECRET_FILE_FIELDS:
+            return None, field_name, False
+        if f"{ENV_PREFIX}{field_name.upper()}" in os.environ:
+            raise ValueError(f"set {ENV_PREFIX}{field_name.upper()} or {variable}, not both")
+        try:
+            return Path(path).read_text().rstrip("\r\n"), field_name, False
+        except OSError as exc:
+            raise ValueError(f"{variable}: cannot read {path}: {exc.strerror}") from exc
+
+    def __call__(self) -> dict[str, Any]:
+        values = {}
+        for name, field in self.settings_cls.model_fields.items():
+            value, key, _ = self.get_field_value(field, name)
+            if value is not None:
+                values[key] = value
+        return values
 
 
 class Settings(BaseSettings):
     """Everything the service can be told. Defaults are safe for a single local process."""
 
-    model_config = SettingsConfigDict(env_prefix="NOTIFIER_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
+    # /metrics for Prometheus on a listener of its own (not exposed to the clients' port);
+    # unset: no such listener, and /metrics on the main port answers admin tokens only.
+    internal_host: str = "127.0.0.1"
+    internal_port: int | None = Field(None, ge=0, le=65535)
+    # One log line per HTTP request (method, path, status, duration, peer).
+    access_log: bool = False
+    # Proxies (nginx) whose X-Forwarded-For names the client in logs.
+    trusted_proxies: CommaList = []
+    # After SIGTERM: /readyz answers 503 for this long, while connections are still served,
+    # so that a load balancer stops sending new clients before they are closed.
+    drain_seconds: float = Field(0.0, ge=0, le=300)
     data_dir: Path = Path("notifier-data")
     # memory://, sqlite:///path or postgresql://...; empty means sqlite in data_dir.
     store_url: str = ""
@@ -77,7 +131,7 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
 
-    @field_validator("jwt_algorithms", "cors_origins", mode="before")
+    @field_validator("jwt_algorithms", "cors_origins", "trusted_proxies", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
@@ -95,11 +149,38 @@ class Settings(BaseSettings):
             raise ValueError("do not mix HS* with RS*/ES* algorithms")
         return value
 
-    @model_validator(mode="after")
-    def _key_matches_algorithms(self) -> Settings:
-        if set(self.jwt_algorithms) & PUBLIC_KEY_ALGORITHMS and not self.jwt_public_key:
-            raise ValueError("NOTIFIER_JWT_PUBLIC_KEY is required for RS*/ES* algorithms")
-        return self
+    @field_validator("jwt_secret")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            length = len(value.get_secret_value().encode())
+            if length < MIN_HMAC_SECRET_BYTES:
+                raise ValueError(
+                    f"must be at least {MIN_HMAC_SECRET_BYTES} bytes (RFC 7518 section 3.2); "
+                    f"this one has {length}"
+                )
+        return value
+
+    @field_validator("jwt_public_key")
+    @classmethod
+    def _a_public_key(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from .keys_pem import load_public_key_pem
+
+        return load_public_key_pem(value)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _SecretFiles(settings_cls), dotenv_settings,
+                file_secret_settings)
 
     @property
     def uses_public_key(self) -> bool:
@@ -114,5 +195,45 @@ def describe_validation_error(error: ValidationError) -> str:
     """One line naming the offending NOTIFIER_* variable, for start-up failures."""
     first = error.errors()[0]
     field = ".".join(str(part) for part in first["loc"])
-    name = f"NOTIFIER_{field.upper()}" if field else "configuration"
-    return f"invalid configuration: {name}: {first['msg']}"
+    name = f"{ENV_PREFIX}{field.upper()}" if field else "configuration"
+    message = str(first["msg"]).removeprefix("Value error, ")
+    if message.startswith(ENV_PREFIX):  # the message names its variable itself
+        return f"invalid configuration: {message}"
+    return f"invalid configuration: {name}: {message}"
+
+
+def unknown_variables(environ: dict[str, str] | None = None) -> list[str]:
+    """NOTIFIER_* variables no setting reads, each with the nearest known name, if any."""
+    environ = dict(os.environ) if environ is None else environ
+    known = {f"{ENV_PREFIX}{name.upper()}" for name in Settings.model_fields}
+    known |= {f"{ENV_PREFIX}{name.upper()}_FILE" for name in SECRET_FILE_FIELDS}
+    reports = []
+    for variable in sorted(environ):
+        if variable.startswith(ENV_PREFIX) and variable not in known:
+            near = difflib.get_close_matches(variable, sorted(known), n=1)
+            reports.append(f"{variable} (did you mean {near[0]}?)" if near else variable)
+    return reports
+
+
+def described(settings: Settings) -> dict[str, str]:
+    """The effective configuration, variable by variable, with secrets masked."""
+    from urllib.parse import urlsplit
+
+    lines: dict[str, str] = {}
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if name == "jwt_secret":
+            shown = "(not set: development mode)" if value is None else "*** (set)"
+        elif name in ("store_url", "broker_url") and value:
+            parts = urlsplit(str(value))
+            shown = str(value).replace(parts.password, "***") if parts.password else str(value)
+        elif name == "jwt_public_key" and value:
+            shown = "(a PEM public key)"
+        elif isinstance(value, list):
+            shown = ",".join(value)
+        else:
+            shown = "" if value is None else str(value)
+        lines[f"{ENV_PREFIX}{name.upper()}"] = shown
+    lines[f"{ENV_PREFIX}STORE_URL"] = lines[f"{ENV_PREFIX}STORE_URL"] or (
+        f"(default) {settings.resolved_store_url}")
+    return lines

@@ -100,3 +100,24 @@ async def test_token_expiring_during_a_connection_is_told_and_disconnected(
     assert expired["data"]["code"] == "AUTH_EXPIRED"
     await client.wait_until(lambda: disconnected, what="disconnect")
     assert not client.sio.connected
+
+
+async def test_refusals_explain_themselves_in_plain_words(server: RunningServer) -> None:
+    wrong_key = jwt.encode({"sub": "alice", "exp": int(time.time()) + 60}, "another-secret-" + "q" * 30)
+    with pytest.raises(ConnectRefused) as refused:
+        await server.connect(auth={"token": wrong_key})
+    assert refused.value.data["message"] == "the token's signature does not verify"
+    with pytest.raises(ConnectRefused) as refused:
+        await server.connect(auth={"token": "not.a.jwt"})
+    assert refused.value.data["message"] == "the token is not a well-formed JWT"
+
+
+async def test_a_disabled_query_token_says_so(server: RunningServer) -> None:
+    original_url = server.url
+    server.url = f"{original_url}?token={server.token('alice')}"
+    try:
+        with pytest.raises(ConnectRefused) as refused:
+            await server.connect(auth=None)
+    finally:
+        server.url = original_url
+    assert "query string are disabled" in refused.value.data["message"]

@@ -103,3 +103,12 @@ async def test_notifications_over_rest(server: RunningServer) -> None:
     status, marked = await server.http(
         "POST", "/api/v1/notifications/read", alice_token, {"all": True})
     assert marked["unread"] == 0 and len(marked["marked"]) == 1
+
+
+async def test_a_wrong_method_and_a_reserved_type_are_named(server: RunningServer) -> None:
+    status, error = await server.http("GET", "/api/v1/publish")
+    assert status == 405 and error["error"]["code"] == "METHOD_NOT_ALLOWED"
+    status, error = await server.http(
+        "POST", "/api/v1/publish", server.token("svc", role="publisher"),
+        {"room": "*", "type": "task.progress", "data": {}})
+    assert status == 422 and error["error"]["message"].startswith("type: 'task.progress' is reserved")

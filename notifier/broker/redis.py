@@ -226,14 +226,16 @@ class RedisBroker:
             await self._subscriber.aclose()
             self._subscriber = None
 
-    async def _call(self, work: Any) -> Any:
+    async def _call(self, work: Any, operation: str = "call") -> Any:
         """A Redis call; an outage becomes STORE_UNAVAILABLE and shows in readiness."""
+        started = time.perf_counter()
         try:
             result = await work
         except _REDIS_ERRORS as exc:
             self._health.fail(COMPONENT, f"Redis at {_where(self._url)}: {type(exc).__name__}: {exc}")
             raise NotifierError(ErrorCode.STORE_UNAVAILABLE,
                                 "the broker cannot be reached right now; retry") from exc
+        self._health.timed(COMPONENT, operation, time.perf_counter() - started)
         return result
 
     # Appending
@@ -257,7 +259,7 @@ class RedisBroker:
             # One argument per event (the room, type and id never contain \x1f).
             args += [f"{event.room}\x1f{event.type}\x1f{event.id}\x1f{event.ts}\x1f".encode()
                      + orjson.dumps(event.data) for event in events]
-        out = await self._call(self._append(keys=[], args=args))
+        out = await self._call(self._append(keys=[], args=args), "append")
         results: list[list[Envelope] | None] = []
         position = 0
         for events, _ in groups:

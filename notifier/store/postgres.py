@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -117,6 +118,7 @@ class PostgresStore:
         """One unit of work on a pooled connection; an outage becomes STORE_UNAVAILABLE."""
         if self._pool is None:
             raise NotifierError(ErrorCode.STORE_UNAVAILABLE, "the store is not open")
+        started = time.perf_counter()
         try:
             async with self._pool.acquire(timeout=5) as conn:
                 result = await work(conn)
@@ -127,6 +129,7 @@ class PostgresStore:
             raise NotifierError(
                 ErrorCode.STORE_UNAVAILABLE, "the store cannot be reached right now; retry"
             ) from exc
+        self._health.timed(COMPONENT, "query", time.perf_counter() - started)
         if self._health.failing(COMPONENT):
             self._health.recover(COMPONENT)
         return result

@@ -190,6 +190,7 @@ class SqliteDatabase:
         conn, done = self.connection, self._committed
         assert done is not None
         self._committed = None
+        started = time.perf_counter()
         try:
             for hook in self._before_commit:
                 hook(conn)
@@ -209,6 +210,7 @@ class SqliteDatabase:
                 done.exception()  # retrieved: each waiter re-raises it
             raise error from exc
         self._in_transaction = False
+        self._health.timed(COMPONENT, "commit", time.perf_counter() - started)
         for after in self._after_commit:
             after()
         if not done.done():

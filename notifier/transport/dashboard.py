@@ -1,8 +1,8 @@
 """The dashboard page at `/` and the scripts it loads.
 
-The socket.io client comes from the npm package in `node_modules` (installed by
-scripts/setup.sh), and the client module from `client_examples/`: neither is copied into
-the Python package, so each stays the one maintained copy.
+An installed wheel carries the scripts in the package (`static/vendor/`, copied there by
+setup.py's build step). A checkout serves them from where they are maintained: the npm
+package in `node_modules` (scripts/setup.sh runs `npm ci`) and `client_examples/`.
 """
 
 from __future__ import annotations
@@ -14,13 +14,17 @@ from aiohttp import web
 from ..errors import ErrorCode, NotifierError
 
 _PACKAGE_STATIC = Path(__file__).resolve().parents[1] / "static"
+_VENDORED = _PACKAGE_STATIC / "vendor"
 _CHECKOUT = Path(__file__).resolve().parents[2]
 
 _ASSETS = {
-    "dashboard.js": _PACKAGE_STATIC / "dashboard.js",
-    "notifier-client.mjs": _CHECKOUT / "client_examples" / "notifier-client.mjs",
-    "socket.io.esm.min.js":
+    "dashboard.js": [_PACKAGE_STATIC / "dashboard.js"],
+    "notifier-client.mjs": [_VENDORED / "notifier-client.mjs",
+                            _CHECKOUT / "client_examples" / "notifier-client.mjs"],
+    "socket.io.esm.min.js": [
+        _VENDORED / "socket.io.esm.min.js",
         _CHECKOUT / "node_modules" / "socket.io-client" / "dist" / "socket.io.esm.min.js",
+    ],
 }
 
 routes = web.RouteTableDef()
@@ -33,12 +37,14 @@ async def dashboard(request: web.Request) -> web.FileResponse:
 
 @routes.get("/static/{name}")
 async def asset(request: web.Request) -> web.StreamResponse:
-    path = _ASSETS.get(request.match_info["name"])
-    if path is None:
+    places = _ASSETS.get(request.match_info["name"])
+    if places is None:
         raise NotifierError(ErrorCode.NOT_FOUND, "no such asset")
-    if not path.exists():
+    path = next((place for place in places if place.exists()), None)
+    if path is None:
         raise NotifierError(
-            ErrorCode.NOT_FOUND, f"{path.name} is missing: run scripts/setup.sh (npm ci)"
+            ErrorCode.NOT_FOUND, f"{places[0].name} is missing: install the wheel, or run "
+            "scripts/setup.sh (npm ci) in a checkout"
         )
     response = web.FileResponse(path)
     response.content_type = "text/javascript"

@@ -20,6 +20,7 @@ from aiohttp import web
 
 from ..errors import ErrorCode
 from ..logs import ClientErrorLog
+from ..metrics import Tally
 from ..ratelimit import TokenBucket
 from .engine_session import (
     OPEN,
@@ -71,7 +72,7 @@ class EngineServer:
         cors_origins: list[str],
         new_bucket: BucketFactory,
         client_errors: ClientErrorLog,
-        allow_query_token: bool = False,
+        trusted_proxies: frozenset[str] = frozenset(),
     ) -> None:
         self.handler = handler
         self.ping_interval = ping_interval
@@ -80,12 +81,15 @@ class EngineServer:
         self.max_backlog = max_backlog
         self.connect_timeout = connect_timeout
         self.sessions: dict[str, EngineSession] = {}
+        # For the metrics: sessions ended, by reason; packets refused over a rate limit.
+        self.closes = Tally()
+        self.rate_limited = 0
         self.batcher = WriteBatcher()
         self.draining = False
         self._cors_origins = cors_origins
         self._new_bucket = new_bucket
         self._client_errors = client_errors
-        self._allow_query_token = allow_query_token
+        self._trusted_proxies = trusted_proxies
         self._wheel: TimeWheel[EngineSession] = TimeWheel(_TICK)
         self._polling: set[EngineSession] = set()
         self._ticker: asyncio.TimerHandle | None = None
@@ -153,15 +157,17 @@ class EngineServer:
     def _open(self, request: web.BaseRequest) -> EngineSession:
         sid = secrets.token_urlsafe(15)
         header = request.headers.get("Authorization")
-        query_token = request.query.get("token") if self._allow_query_token else None
+        # Kept even when query tokens are refused: the refusal then says why.
+        query_token = request.query.get("token")
         session = EngineSession(
-            self, sid, peer_of(request), self._new_bucket(), header, query_token
+            self, sid, peer_of(request, self._trusted_proxies), self._new_bucket(), header, query_token
         )
         self.sessions[sid] = session
         self.schedule(session, session.next_deadline())
         return session
 
-    def forget(self, session: EngineSession) -> None:
+    def forget(self, session: EngineSession, reason: str) -> None:
+        self.closes.add(reason)
         self.sessions.pop(session.sid, None)
         self._polling.discard(session)
 
@@ -172,8 +178,8 @@ class EngineServer:
             payload = payload.replace(b'"upgrades":[]', b'"upgrades":["websocket"]', 1)
         return OPEN + payload.decode()
 
-    def client_error(self, reason: str, detail: str, peer: str) -> None:
-        self._client_errors.note(reason, detail, peer)
+    def client_error(self, reason: str, detail: str, peer: str, **extra: Any) -> None:
+        self._client_errors.note(reason, detail, peer, **extra)
 
     # HTTP
 
@@ -187,7 +193,7 @@ class EngineServer:
                 raise TransportError(503, ErrorCode.UNAVAILABLE, "the server is shutting down")
             return await self._route(request)
         except TransportError as exc:
-            self.client_error("bad_transport_request", exc.message, peer_of(request))
+            self.client_error("bad_transport_request", exc.message, peer_of(request, self._trusted_proxies))
             body = orjson.dumps({"error": {"code": exc.code.value, "message": exc.message}})
             response = self._response(request, exc.status, body, "application/json")
             if exc.status == 503:
@@ -298,7 +304,7 @@ class EngineServer:
     def _link(self, request: web.Request, accept: str) -> Any:
         try:
             return open_link(request, accept, self.batcher, self.max_message_bytes,
-                             self.max_backlog, peer_of(request))
+                             self.max_backlog, peer_of(request, self._trusted_proxies))
         except ConnectionResetError:
             raise TransportError(400, ErrorCode.INVALID_PAYLOAD, "the connection closed") from None
 

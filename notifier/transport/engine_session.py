@@ -192,6 +192,7 @@ class EngineSession:
             self.flooding = False
         else:
             self.rejections += 1
+            self.engine.rate_limited += 1
             self.flooding = True
             if verdict is Verdict.DISCONNECT:
                 self.engine.client_error(FLOODING, "over the rate limit for too long", self.peer)
@@ -308,7 +309,7 @@ class EngineSession:
         if self.closed:
             return
         self.closed = True
-        self.engine.forget(self)
+        self.engine.forget(self, reason)
         self.engine.handler.on_close(self, reason)
         # As Engine.IO's reference server: a websocket is simply closed; a long-polling client
         # is told with a CLOSE packet on its pending poll.
@@ -327,7 +328,7 @@ class EngineSession:
         if self.closed:
             return
         self.closed = True
-        self.engine.forget(self)
+        self.engine.forget(self, reason)
         self.engine.handler.on_close(self, reason)
         for link in (self.link, self.probe):
             if link is not None:

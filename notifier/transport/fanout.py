@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..broker import Delivery
+from ..metrics import Tally
 from .engine_session import Outbound
 from .socket_server import SocketConnection, encode_event
 
@@ -40,6 +41,8 @@ class SocketFanOut:
         # Per room with members: the (epoch, offset) delivered last, and the floors set.
         self._through: dict[str, tuple[str, int]] = {}
         self._floors: dict[str, dict[SocketConnection, tuple[str, int]]] = {}
+        # For the metrics: events handed to connections here, by type.
+        self.delivered = Tally()
 
     # Membership
 
@@ -88,6 +91,7 @@ class SocketFanOut:
         packet = Outbound(f'42["{delivery.type}",{delivery.text}]')
         offset = delivery.offset
         self._through[room] = (delivery.epoch, offset)
+        self.delivered.add(delivery.type, len(members))
         floors = self._floors.get(room)
         if floors is not None:
             self._deliver_past_floors(members, floors, delivery, packet)

@@ -30,6 +30,8 @@ log = get_logger("notifier.http")
 M = TypeVar("M", bound=BaseModel)
 
 routes = web.RouteTableDef()
+# Liveness and readiness: on the public port, and on the internal one when it is set.
+health_routes = web.RouteTableDef()
 
 # aiohttp's own errors (unknown route, wrong method, ...) in our codes.
 _CODE_FOR_HTTP_STATUS = {
@@ -101,13 +103,13 @@ def _validate(model: type[M], payload: Any) -> M:
         raise NotifierError(ErrorCode.INVALID_PAYLOAD, validation_message(exc)) from exc
 
 
-@routes.get("/healthz")
+@health_routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
     """Liveness: the process answers."""
     return json_response({"ok": True})
 
 
-@routes.get("/readyz")
+@health_routes.get("/readyz")
 async def readyz(request: web.Request) -> web.Response:
     """Readiness: 503 while the store or broker fails, and from the start of draining."""
     report = request.app[HEALTH].report()

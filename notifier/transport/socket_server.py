@@ -25,6 +25,7 @@ from socketio import packet as sio_packet
 
 from ..errors import ErrorCode, NotifierError, error_body
 from ..logs import get_logger
+from ..metrics import Tally
 from . import jsonlib
 from .engine_session import FLOODING, MESSAGE, TRANSPORT_CLOSE, EngineSession, Outbound
 
@@ -106,6 +107,8 @@ class SocketServer:
         self.max_event_bytes = max_event_bytes
         self.namespaces: dict[str, Namespace] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        # For the metrics: acks sent, by namespace and result (`ok` or the error code).
+        self.acks = Tally()
 
     def register(self, name: str, namespace: Namespace) -> None:
         self.namespaces[name] = namespace
@@ -120,6 +123,11 @@ class SocketServer:
               ack_id: int | None = None) -> None:
         text = MESSAGE + encode(packet_type, namespace, data, ack_id)
         session.send(Outbound(text))
+
+    def _ack(self, session: EngineSession, namespace: str, reply: Any, ack_id: int) -> None:
+        error = reply.get("error") if isinstance(reply, dict) else None
+        self.acks.add((namespace, error.get("code", "?") if isinstance(error, dict) else "ok"))
+        self._send(session, ACK, namespace, [reply], ack_id)
 
     def disconnect(self, connection: SocketConnection) -> None:
         """End the connection to its namespace (the Engine.IO session stays)."""
@@ -156,7 +164,7 @@ class SocketServer:
                 connection = (session.sockets or {}).get(namespace)
                 if connection is not None and connection.connected:
                     reply = error_body(ErrorCode.RATE_LIMITED, "too many events; slow down")
-                    self._send(session, ACK, namespace, [reply], ack_id)
+                    self._ack(session, namespace, reply, ack_id)
 
     def on_flood(self, session: EngineSession) -> None:
         for connection in list((session.sockets or {}).values()):
@@ -211,8 +219,10 @@ class SocketServer:
     ) -> None:
         handler = self.namespaces.get(namespace)
         if handler is None:
-            error = NotifierError(ErrorCode.NOT_FOUND, f"no namespace {namespace!r}; use "
+            error = NotifierError(ErrorCode.NOT_FOUND, f"no namespace {namespace[:64]!r}; use "
                                   + " or ".join(repr(n) for n in self.namespaces))
+            session.engine.client_error("connect_refused", error.message, session.peer,
+                                        namespace=namespace[:64], code=error.code.value)
             self._send(session, CONNECT_ERROR, namespace,
                        {"message": "Invalid namespace", "data": error.to_dict()})
             return
@@ -279,7 +289,7 @@ class SocketServer:
     ) -> None:
         reply = await handling
         if ack_id is not None and connection.state is State.CONNECTED:
-            self._send(connection.session, ACK, connection.namespace, [reply], ack_id)
+            self._ack(connection.session, connection.namespace, reply, ack_id)
 
     def _binary_event(self, connection: SocketConnection, packet: _Packet) -> None:
         # Binary payloads are not part of notifier's protocol (events are JSON): answered, not
@@ -290,7 +300,7 @@ class SocketServer:
             return
         if packet.id is not None:
             reply = error_body(ErrorCode.INVALID_PAYLOAD, "binary payloads are not supported")
-            self._send(connection.session, ACK, connection.namespace, [reply], packet.id)
+            self._ack(connection.session, connection.namespace, reply, packet.id)
         connection.session.attachments_due = count
 
     def _too_large(self, session: EngineSession, data: str) -> None:
@@ -304,7 +314,7 @@ class SocketServer:
         if ack_id is not None and connection is not None and connection.connected:
             reply = error_body(ErrorCode.PAYLOAD_TOO_LARGE,
                                f"event is {len(data)} bytes; the limit is {self.max_event_bytes}")
-            self._send(session, ACK, namespace, [reply], ack_id)
+            self._ack(session, namespace, reply, ack_id)
 
     def _end(self, connection: SocketConnection, reason: str) -> None:
         if connection.state is State.CLOSED:

@@ -16,6 +16,7 @@ from ..auth import Claims, TokenVerifier
 from ..clock import millis
 from ..errors import ErrorCode, NotifierError
 from ..logs import get_logger
+from ..metrics import Tally
 from ..models import (
     MarkRead,
     NotificationsList,
@@ -110,6 +111,8 @@ class SocketGateway:
         self._welcome: dict[SocketConnection, tuple[dict[str, Any], _JoinBatch]] = {}
         self._join_locks: dict[SocketConnection, asyncio.Lock] = {}
         self._counts = {USER_NAMESPACE: 0, WORKER_NAMESPACE: 0}
+        # For the metrics: rooms clients asked to recover, by outcome and reason.
+        self.replays = Tally()
         self._expiries: TimeWheel[SocketConnection] = TimeWheel(_EXPIRY_TICK)
         self._expiry_timer: asyncio.TimerHandle | None = None
         self._register()
@@ -191,10 +194,10 @@ class SocketGateway:
     async def _on_worker_connect(self, connection: SocketConnection, auth: Any) -> None:
         claims = self._authenticate(connection, auth)
         if not claims.can_publish:
-            self._refusal(connection, ErrorCode.FORBIDDEN, claims.sub)
-            raise Refused(NotifierError(
-                ErrorCode.FORBIDDEN, "the /workers namespace needs a publisher or admin token"
-            ))
+            error = NotifierError(
+                ErrorCode.FORBIDDEN, "the /workers namespace needs a publisher or admin token")
+            self._refusal(connection, error, claims.sub)
+            raise Refused(error)
         connection.data = Connection(claims=claims, joined={})
         settings = self._settings
         connection.session.bucket.raise_to(settings.worker_rate_per_second, settings.worker_rate_burst)
@@ -226,12 +229,15 @@ class SocketGateway:
         try:
             return self._verifier.verify(self._token_from(connection, auth))
         except NotifierError as exc:
-            self._refusal(connection, exc.code, None)
+            self._refusal(connection, exc, None)
             raise Refused(exc) from exc
 
-    def _refusal(self, connection: SocketConnection, code: ErrorCode, user: str | None) -> None:
-        log.info("connect_refused", namespace=connection.namespace, code=code.value,
-                 peer=connection.session.peer, user=user)
+    def _refusal(self, connection: SocketConnection, error: NotifierError, user: str | None) -> None:
+        # Anyone can cause these: logged a few times per peer, then counted (ClientErrorLog).
+        session = connection.session
+        session.engine.client_error("connect_refused", error.message, session.peer,
+                                    namespace=connection.namespace, code=error.code.value,
+                                    user=user)
 
     def _token_from(self, connection: SocketConnection, auth: Any) -> object:
         if isinstance(auth, dict) and auth.get("token") is not None:
@@ -239,7 +245,14 @@ class SocketGateway:
         header = connection.session.auth_header or ""
         if header.lower().startswith("bearer "):
             return header[7:].strip()
-        return connection.session.query_token
+        query_token = connection.session.query_token
+        if query_token and not self._settings.allow_query_token:
+            raise NotifierError(
+                ErrorCode.AUTH_REQUIRED,
+                "tokens in the query string are disabled (NOTIFIER_ALLOW_QUERY_TOKEN); send the "
+                "token in the auth payload or an Authorization header",
+            )
+        return query_token
 
     def _positions_from(self, auth: Any) -> dict[str, Position]:
         raw = auth.get("positions") if isinstance(auth, dict) else None
@@ -338,6 +351,8 @@ class SocketGateway:
                 result["replayed"] = len(replay.events)
                 if replay.reason:
                     result["reason"] = replay.reason
+                self.replays.add(("recovered" if replay.recovered else "not_recovered",
+                                  replay.reason or ""))
             if task is not None:
                 result["task"] = task.to_dict()
             batch.results[room] = result

@@ -303,9 +303,17 @@ def open_link(
     return link
 
 
-def peer_of(request: web.BaseRequest) -> str:
-    """The client's address as logs show it (behind a proxy: the proxy's, see deployment)."""
-    return request.remote or "unknown"
+def peer_of(request: web.BaseRequest, trusted_proxies: frozenset[str] = frozenset()) -> str:
+    """The client's address as logs show it. From a trusted proxy (NOTIFIER_TRUSTED_PROXIES),
+    the nearest address in X-Forwarded-For that is not itself a trusted proxy."""
+    remote = request.remote or "unknown"
+    if remote not in trusted_proxies:
+        return remote
+    hops = [hop.strip() for hop in request.headers.get("X-Forwarded-For", "").split(",")]
+    for hop in reversed(hops):
+        if hop and hop not in trusted_proxies:
+            return hop[:64]
+    return remote
 
 
 __all__ = [

@@ -1,0 +1,131 @@
+"""Prometheus metrics (prometheus-client), one registry per service.
+
+Hot paths count into plain dicts (`Tally`), a dictionary update and no lock; the registry
+reads them, and every state (connections, sessions, rooms), when Prometheus scrapes. Latencies
+are histograms observed once per store commit or broker call, which are already batched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+OTHER = "other"
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+_LAG_PERIOD = 0.1
+_LAG_WINDOW = 100  # periods: the max gauge covers the last ten seconds
+
+StateReader = Callable[[], Iterable[Metric]]
+
+
+class Tally(dict[Any, int]):
+    """Counts by label. Labels that clients choose (event types) are bounded: past `limit`
+    distinct ones, the rest count as `other`, so no publisher can grow the registry."""
+
+    __slots__ = ("limit",)
+
+    def __init__(self, limit: int = 200) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def add(self, label: Any, count: int = 1) -> None:
+        if label not in self and len(self) >= self.limit:
+            label = OTHER
+        self[label] = self.get(label, 0) + count
+
+
+class _States:
+    """A collector that reads what the running service holds at scrape time."""
+
+    def __init__(self) -> None:
+        self.readers: list[StateReader] = []
+
+    def collect(self) -> Iterable[Metric]:
+        for read in self.readers:
+            yield from read()
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = registry = CollectorRegistry()
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        GCCollector(registry=registry)
+        self._states = _States()
+        registry.register(self._states)
+        self.store_seconds = Histogram(
+            "notifier_store_seconds", "Store operations: commits (SQLite) and queries (PostgreSQL)",
+            ["operation"], buckets=_LATENCY_BUCKETS, registry=registry)
+        self.broker_seconds = Histogram(
+            "notifier_broker_seconds", "Broker operations (Redis appends: one per batch)",
+            ["operation"], buckets=_LATENCY_BUCKETS, registry=registry)
+        self.loop_lag = Histogram(
+            "notifier_event_loop_lag_seconds",
+            "How late a 100 ms timer fires: what any callback may wait at worst",
+            buckets=_LAG_BUCKETS, registry=registry)
+        self.loop_lag_max = Gauge(
+            "notifier_event_loop_lag_max_seconds",
+            "The largest event-loop lag in the current 10-second window",
+            registry=registry)
+        self._lag_task: asyncio.Task[None] | None = None
+
+    def timed(self, component: str, operation: str, seconds: float) -> None:
+        """A `health.Timing`: the store's and the broker's operations."""
+        histogram = self.store_seconds if component == "store" else self.broker_seconds
+        histogram.labels(operation).observe(seconds)
+
+    def read_at_scrape(self, reader: StateReader) -> None:
+        self._states.readers.append(reader)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+    # Event-loop lag: a timer every 100 ms, and how late it fires.
+
+    def start(self) -> None:
+        self._lag_task = asyncio.get_running_loop().create_task(self._watch_lag(), name="loop-lag")
+
+    async def stop(self) -> None:
+        if self._lag_task is not None:
+            self._lag_task.cancel()
+            await asyncio.gather(self._lag_task, return_exceptions=True)
+            self._lag_task = None
+
+    async def _watch_lag(self) -> None:
+        window_max, ticks = 0.0, 0
+        while True:
+            expected = time.monotonic() + _LAG_PERIOD
+            await asyncio.sleep(_LAG_PERIOD)
+            lag = max(0.0, time.monotonic() - expected)
+            self.loop_lag.observe(lag)
+            window_max, ticks = max(window_max, lag), ticks + 1
+            self.loop_lag_max.set(window_max)
+            if ticks >= _LAG_WINDOW:
+                window_max, ticks = 0.0, 0
+
+
+def counter(name: str, documentation: str, labels: list[str],
+            counts: Mapping[Any, int]) -> CounterMetricFamily:
+    """A counter family from a tally (label tuples, or one label value, to counts)."""
+    family = CounterMetricFamily(name, documentation, labels=labels)
+    for label, count in list(counts.items()):
+        family.add_metric(list(label) if isinstance(label, tuple) else [str(label)], count)
+    return family
+
+
+def gauge(name: str, documentation: str, labels: list[str],
+          values: Mapping[Any, float]) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, documentation, labels=labels)
+    for label, value in values.items():
+        family.add_metric(list(label) if isinstance(label, tuple) else [str(label)], value)
+    return family

@@ -1,0 +1,101 @@
+"""What `/metrics` shows: the service's tallies and states, read at scrape time, and the
+routes that serve it.
+
+`/metrics` is not for the internet. With `NOTIFIER_INTERNAL_PORT` set it is served on that
+listener (bound to `NOTIFIER_INTERNAL_HOST`, loopback by default) without a token, next to
+`/healthz` and `/readyz`; on the public port it answers admin tokens only.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+
+from aiohttp import web
+from prometheus_client.core import Metric
+
+from ..errors import ErrorCode, NotifierError
+from ..health import Health
+from ..keys import HEALTH, METRICS, VERIFIER
+from ..logs import ClientErrorLog
+from ..metrics import CONTENT_TYPE, Metrics, counter, gauge
+from ..service import Notifier
+from .engine import EngineServer
+from .engine_session import SLOW_CONSUMER
+from .fanout import SocketFanOut
+from .http import health_routes
+from .socket_server import SocketServer
+from .sockets import SocketGateway
+
+
+def read_service(
+    metrics: Metrics, *, engine: EngineServer, sockets: SocketServer, fanout: SocketFanOut,
+    gateway: SocketGateway, notifier: Notifier, client_errors: ClientErrorLog,
+) -> None:
+    """Register the readers that turn the service's own counts into metric families."""
+    health = notifier.health
+    health.timed = metrics.timed
+
+    def read() -> Iterable[Metric]:
+        connections: Counter[tuple[str, str]] = Counter()
+        for session in list(engine.sessions.values()):
+            transport = "polling" if session.link is None else "websocket"
+            for namespace, connection in (session.sockets or {}).items():
+                if connection.connected:
+                    connections[(namespace, transport)] += 1
+        yield gauge("notifier_connections", "Socket.IO connections on this process",
+                    ["namespace", "transport"], connections)
+        yield gauge("notifier_sessions", "Engine.IO sessions (connected to a namespace or not)",
+                    [], {(): len(engine.sessions)})
+        yield gauge("notifier_rooms", "Rooms with at least one connection on this process",
+                    [], {(): fanout.room_count()})
+        yield gauge("notifier_ready", "1 while /readyz answers 200", [],
+                    {(): 1.0 if health.ready else 0.0})
+        yield counter("notifier_events_published", "Events appended to room histories here",
+                      ["type"], notifier.published)
+        yield counter("notifier_events_delivered", "Events handed to connections here",
+                      ["type"], fanout.delivered)
+        yield counter("notifier_acks", "Acknowledgements sent, by result (ok or error code)",
+                      ["namespace", "code"], sockets.acks)
+        yield counter("notifier_replays", "Rooms clients asked to recover, by outcome",
+                      ["outcome", "reason"], gateway.replays)
+        yield counter("notifier_sessions_closed", "Engine.IO sessions ended, by reason",
+                      ["reason"], engine.closes)
+        yield counter("notifier_slow_consumer_evictions",
+                      "Sessions ended because their client stopped reading", [],
+                      {(): engine.closes.get(SLOW_CONSUMER, 0)})
+        yield counter("notifier_rate_limited", "Packets refused over a connection's rate limit",
+                      [], {(): engine.rate_limited})
+        yield counter("notifier_client_errors",
+                      "Malformed or abusive client input (each logged a few times per peer)",
+                      ["reason"], client_errors.counts)
+
+    metrics.read_at_scrape(read)
+
+
+def _exposition(metrics: Metrics) -> web.Response:
+    return web.Response(body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})
+
+
+async def public_metrics(request: web.Request) -> web.Response:
+    """`/metrics` on the clients' port: admin tokens only."""
+    header = request.headers.get("Authorization", "")
+    token = header[7:].strip() if header.lower().startswith("bearer ") else None
+    if not request.app[VERIFIER].verify(token).is_admin:
+        raise NotifierError(ErrorCode.FORBIDDEN, "/metrics needs an admin token here; "
+                            "Prometheus should scrape NOTIFIER_INTERNAL_PORT")
+    return _exposition(request.app[METRICS])
+
+
+def internal_app(metrics: Metrics, health: Health) -> web.Application:
+    """The internal listener: /metrics, /healthz and /readyz, no token (keep it private)."""
+    app = web.Application()
+    app[METRICS] = metrics
+    app[HEALTH] = health
+
+    async def scrape(request: web.Request) -> web.Response:
+        return _exposition(metrics)
+
+    app.router.add_get("/metrics", scrape)
+    app.add_routes(health_routes)
+    return app
