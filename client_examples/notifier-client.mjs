@@ -1,7 +1,8 @@
-// A small client for notifier on top of socket.io-client: a fresh token on every (re)connect,
-// acks as promises, typed listeners, connection state, and no event missed or seen twice
-// (positions per room are sent back on reconnect; duplicates are dropped by id and offset).
-// See docs/recovery.md for the protocol it implements.
+// A small client for notifier on top of socket.io-client: a fresh token on every (re)connect
+// and, before it expires, on the same connection (auth.expiring -> auth.refresh); acks as
+// promises, typed listeners, connection state, and no event missed or seen twice (positions
+// per room are sent back on reconnect; duplicates are dropped by id and offset).
+// See docs/recovery.md and docs/protocol.md for the protocol it implements.
 import { io } from "socket.io-client";
 
 const SEEN_IDS = 4096;
@@ -24,6 +25,8 @@ export class NotifierClient {
     this.url = url;
     this.options = options;
     this.positions = {};
+    this.presenceRooms = new Set();
+    this.tokenExpiresAt = null;
     this.session = null;
     this.state = "idle";
     this._seen = new Set();
@@ -36,10 +39,11 @@ export class NotifierClient {
       transports: options.transports,
       reconnectionDelay: options.reconnectionDelay ?? 500,
       reconnectionDelayMax: options.reconnectionDelayMax ?? 5000,
-      // Called on every (re)connect: a fresh token, and where we stand in each room.
+      // Called on every (re)connect: a fresh token, where we stand in each room, and the
+      // rooms whose presence changes we follow.
       auth: (cb) => {
-        Promise.resolve(typeof options.token === "function" ? options.token() : options.token)
-          .then((token) => cb({ token, positions: this.positions }))
+        this._token()
+          .then((token) => cb({ token, positions: this.positions, presence: [...this.presenceRooms] }))
           .catch(() => cb({}));
       },
     });
@@ -56,10 +60,32 @@ export class NotifierClient {
       this._adopt(env.data.rooms ?? {});
       this._dispatch("session", env);
     });
+    this.socket.on("auth.expiring", (env) => {
+      this.tokenExpiresAt = env?.data?.expires_at ?? null;
+      if (typeof options.token === "function") this.renewToken().catch(() => {});
+    });
+    this.socket.on("rooms.revoked", (env) => {
+      for (const room of env?.data?.rooms ?? []) {
+        delete this.positions[room];
+        this.presenceRooms.delete(room);
+      }
+    });
     this.socket.onAny((type, env) => {
       if (type === "session" || !env || typeof env !== "object") return;
       if (this._accept(env)) this._dispatch(type, env);
     });
+  }
+
+  _token() {
+    const { token } = this.options;
+    return Promise.resolve(typeof token === "function" ? token() : token);
+  }
+
+  /** Send a fresh token on this connection; resolves with the new expiry (ms). */
+  async renewToken() {
+    const reply = await this.call("auth.refresh", { token: await this._token() });
+    this.tokenExpiresAt = reply.expires_at;
+    return reply.expires_at;
   }
 
   /** Connect; resolves with the session data, rejects with a NotifierError carrying the code. */
@@ -97,19 +123,30 @@ export class NotifierClient {
     return reply;
   }
 
-  /** Join rooms; resolves with the per-room results (joined, position, task state, error). */
-  async subscribe(rooms) {
+  /**
+   * Join rooms; resolves with the per-room results (joined, position, task state, error).
+   * `{presence: true}` also delivers presence.joined / presence.left for them.
+   */
+  async subscribe(rooms, { presence = false } = {}) {
     const since = {};
     for (const room of rooms) if (this.positions[room]) since[room] = this.positions[room];
-    const payload = Object.keys(since).length ? { rooms, since } : { rooms };
+    const payload = { rooms };
+    if (Object.keys(since).length) payload.since = since;
+    if (presence) payload.presence = true;
     const reply = await this.call("subscribe", payload);
     this._adopt(reply.rooms);
+    if (presence) {
+      for (const [room, result] of Object.entries(reply.rooms)) if (result.joined) this.presenceRooms.add(room);
+    }
     return reply.rooms;
   }
 
   async unsubscribe(rooms) {
     const reply = await this.call("unsubscribe", { rooms });
-    for (const room of rooms) delete this.positions[room];
+    for (const room of rooms) {
+      delete this.positions[room];
+      this.presenceRooms.delete(room);
+    }
     return reply.rooms;
   }
 

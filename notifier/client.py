@@ -1,8 +1,9 @@
 """Python clients for other processes: `Subscriber` (the `/` namespace) and `Worker` (`/workers`).
 
-Both sit on `socketio.AsyncClient`, which already reconnects with backoff; what they add is
-what everyone hand-writes: a fresh token on every reconnect, rejoining rooms from where they
-were, dropping duplicates, and typed errors that carry the server's code.
+Both sit on `socketio.AsyncClient`, which already reconnects with jittered backoff; what they
+add is what everyone hand-writes: a fresh token on every reconnect and, before the token
+expires, in-band on the same connection (when the token is a callable); rejoining rooms from
+where they were; dropping duplicates; and typed errors that carry the server's code.
 """
 
 from __future__ import annotations
@@ -75,7 +76,11 @@ class _Connection:
             **(client_options or {}),
         )
         self._refusal: dict[str, Any] | None = None
+        self._renewal: asyncio.Task[None] | None = None
+        # When the server will end the connection unless the token is renewed (ms), once told.
+        self.token_expires_at: int | None = None
         self.sio.on("connect_error", self._on_connect_error, namespace=self.namespace)
+        self.sio.on("auth.expiring", self._on_expiring, namespace=self.namespace)
 
     async def _auth(self) -> dict[str, Any]:
         return {"token": await _resolve_token(self._token)}
@@ -100,7 +105,30 @@ class _Connection:
             ) from exc
 
     async def close(self) -> None:
+        if self._renewal is not None:
+            self._renewal.cancel()
+            await asyncio.gather(self._renewal, return_exceptions=True)
         await self.sio.disconnect()
+
+    async def _on_expiring(self, envelope: Any = None) -> None:
+        """The token is about to expire: get a new one from the token callable and send it."""
+        if isinstance(envelope, dict):
+            self.token_expires_at = (envelope.get("data") or {}).get("expires_at")
+        if isinstance(self._token, str):
+            log.warning("token_not_renewable", detail="give a callable token to renew in-band")
+            return
+        if self._renewal is None or self._renewal.done():
+            self._renewal = asyncio.ensure_future(self.renew_token())
+
+    async def renew_token(self) -> None:
+        """Send a fresh token on this connection (`auth.refresh`); on failure the connection
+        ends at expiry and the reconnect asks for a token again."""
+        try:
+            reply = await self.call("auth.refresh", {"token": await _resolve_token(self._token)})
+        except (NotifierClientError, socketio.exceptions.SocketIOError) as exc:
+            log.warning("token_renewal_failed", detail=str(exc))
+            return
+        self.token_expires_at = reply["expires_at"]
 
     @property
     def connected(self) -> bool:
@@ -127,6 +155,7 @@ class Subscriber(_Connection):
     def __init__(self, url: str, token: TokenSource, **options: Any) -> None:
         super().__init__(url, token, **options)
         self.positions: dict[str, dict[str, Any]] = {}
+        self.presence_rooms: set[str] = set()  # rooms whose presence changes we follow
         self.session: dict[str, Any] | None = None
         self._handlers: dict[str, list[EventHandler]] = {}
         self._reset_handlers: list[Callable[[str, str], Any]] = []
@@ -137,6 +166,8 @@ class Subscriber(_Connection):
         auth = await super()._auth()
         if self.positions:
             auth["positions"] = {room: dict(pos) for room, pos in self.positions.items()}
+        if self.presence_rooms:
+            auth["presence"] = sorted(self.presence_rooms)
         return auth
 
     def on(self, event_type: str, handler: EventHandler) -> Callable[[], None]:
@@ -148,20 +179,27 @@ class Subscriber(_Connection):
         """`handler(room, reason)` when a room's missed events could not be replayed."""
         self._reset_handlers.append(handler)
 
-    async def subscribe(self, rooms: list[str]) -> dict[str, Any]:
-        """Join rooms; returns the per-room results (joined, position, task state or error)."""
+    async def subscribe(self, rooms: list[str], *, presence: bool = False) -> dict[str, Any]:
+        """Join rooms; returns the per-room results (joined, position, task state or error).
+        `presence`: also receive `presence.joined` / `presence.left` for them."""
         since = {room: self.positions[room] for room in rooms if room in self.positions}
         payload: dict[str, Any] = {"rooms": rooms}
         if since:
             payload["since"] = since
+        if presence:
+            payload["presence"] = True
         reply = await self.call("subscribe", payload)
         await self._apply_room_results(reply["rooms"])
+        if presence:
+            self.presence_rooms.update(
+                room for room, result in reply["rooms"].items() if result.get("joined"))
         return reply["rooms"]
 
     async def unsubscribe(self, rooms: list[str]) -> dict[str, Any]:
         reply = await self.call("unsubscribe", {"rooms": rooms})
         for room in rooms:
             self.positions.pop(room, None)
+            self.presence_rooms.discard(room)
         return reply["rooms"]
 
     async def _apply_room_results(self, results: dict[str, Any]) -> None:
@@ -177,6 +215,10 @@ class Subscriber(_Connection):
             elif known is None or known["epoch"] != server["epoch"]:
                 self.positions[room] = server
 
+    async def _on_expiring(self, envelope: Any = None) -> None:
+        await super()._on_expiring(envelope)
+        await self._on_event("auth.expiring", envelope)  # handlers see it too
+
     async def _on_event(self, event: str, envelope: Any = None) -> None:
         if not isinstance(envelope, dict):
             return
@@ -185,6 +227,10 @@ class Subscriber(_Connection):
             await self._apply_room_results((self.session or {}).get("rooms", {}))
         elif not self._accept(envelope):
             return
+        if event == "rooms.revoked":  # not ours any more: not rejoined on reconnect
+            for room in (envelope.get("data") or {}).get("rooms", []):
+                self.positions.pop(room, None)
+                self.presence_rooms.discard(room)
         for handler in [*self._handlers.get(event, ()), *self._handlers.get("*", ())]:
             try:
                 await _maybe_await(handler(envelope))

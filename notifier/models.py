@@ -23,9 +23,10 @@ JsonObject = dict[str, Any]
 # Event types only the service itself may emit: publishing them by hand would let a worker
 # fake task state or inbox counts that the service keeps authoritative.
 RESERVED_TYPES = frozenset(
-    {"session", "notification", "notifications.unread", "config.updated", "auth.expired"}
+    {"session", "notification", "notifications.unread", "config.updated", "refresh",
+     "connection.closing", "rooms.revoked"}
 )
-RESERVED_PREFIXES = ("task.",)
+RESERVED_PREFIXES = ("task.", "auth.", "presence.")
 
 
 class Payload(BaseModel):
@@ -42,6 +43,8 @@ class Position(Payload):
 class SubscribeRequest(Payload):
     rooms: Annotated[list[RoomName], Field(min_length=1, max_length=100)]
     since: dict[RoomName, Position] = {}
+    # Also receive presence.joined / presence.left for these rooms (project and task rooms).
+    presence: bool = False
 
 
 class UnsubscribeRequest(Payload):
@@ -148,6 +151,16 @@ class MarkRead(Payload):
 
 class RefreshIntervalRequest(Payload):
     seconds: Annotated[Number, Field(ge=0, le=7 * 86400)]
+
+
+class AuthRefresh(Payload):
+    """A new token for the same connection (`auth.refresh`), before the old one expires."""
+
+    token: Annotated[str, Field(min_length=1, max_length=65536)]
+
+
+class PresenceRequest(Payload):
+    room: RoomName
 
 
 class PingRequest(BaseModel):

@@ -43,6 +43,12 @@ def room_for_task(task_id: str) -> str:
     return f"task:{task_id}"
 
 
+def presence_feed(room: str) -> str:
+    """Where a room's presence changes go: connections that asked for them follow it. (No
+    client room name starts with `~`.)"""
+    return f"~{room}"
+
+
 def parse_room(name: str) -> Room:
     """Split `kind:id`; anything else is INVALID_PAYLOAD."""
     if name == BROADCAST_ROOM:

@@ -12,7 +12,7 @@ import orjson
 
 from . import __version__
 from .auth import Claims
-from .broker import Broker, Delivery, Guard, NewEvent
+from .broker import Broker, Delivery, Guard, Member, NewEvent
 from .clock import Clock, SystemClock, millis
 from .errors import ErrorCode, NotifierError
 from .health import Health
@@ -29,9 +29,19 @@ from .models import (
     TaskCreate,
     TaskProgress,
 )
+from .presence import Presence, check_tracked
 from .records import Envelope, Notification, StreamPosition, Task, TaskStatus, derived_id, new_id
 from .refresh import RefreshTimer
-from .rooms import BROADCAST_ROOM, RoomKind, parse_room, room_for_project, room_for_task
+from .revocations import SIGNAL as REVOKE_SIGNAL
+from .revocations import Revocations
+from .rooms import (
+    BROADCAST_ROOM,
+    RoomKind,
+    parse_room,
+    presence_feed,
+    room_for_project,
+    room_for_task,
+)
 from .settings import Settings
 from .store import Store
 from .tasks import TaskBook
@@ -68,11 +78,17 @@ class Notifier:
         self.tasks = TaskBook(store, self._announce_task, self._publish_one, self.clock,
                               settings.progress_max_per_second)
         self.inbox = Inbox(store, self._publish, self.clock)
+        self.presence = Presence(
+            broker.presence(grace_seconds=settings.presence_grace_seconds,
+                            ttl_seconds=settings.presence_ttl_seconds),
+            self._announce_presence, ttl_seconds=settings.presence_ttl_seconds)
+        self.revocations = Revocations(store, broker, self.clock, settings.revocation_seconds)
         self._refresh = RefreshTimer(self.clock, settings.refresh_interval_seconds, self._send_refresh)
         self._transport: Transport = _NoTransport()
         self._maintenance: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._in_flight: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._background: set[asyncio.Task[None]] = set()
         self.started_at = time.time()
 
     def attach(self, transport: Transport) -> None:
@@ -83,6 +99,8 @@ class Notifier:
         self._loop = asyncio.get_running_loop()
         await self.store.open()
         await self.broker.start(self)
+        await self.revocations.load()
+        self.presence.start()
         saved = await self.store.load_setting(_REFRESH_SETTING)
         if saved is not None:
             value = orjson.loads(saved)
@@ -92,6 +110,10 @@ class Notifier:
 
     async def stop(self) -> None:
         await self._refresh.stop()
+        await self.presence.stop()
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         if self._maintenance is not None:
             self._maintenance.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -120,6 +142,21 @@ class Notifier:
     def describe(self) -> dict[str, Any]:
         """What this process tells the cluster about itself (node heartbeats)."""
         return {"user_connections": self._transport.user_connection_count()}
+
+    def signal(self, kind: str, data: dict[str, Any]) -> None:
+        if kind == REVOKE_SIGNAL:
+            self.revocations.received(data)
+
+    def signals_missed(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._reload_revocations())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _reload_revocations(self) -> None:
+        try:
+            await self.revocations.reload()
+        except NotifierError as exc:
+            log.warning("revocations_reload_failed", detail=exc.message)
 
     async def follow(self, room: str) -> None:
         """A connection here is joining `room` (its first here): before its history is read."""
@@ -160,6 +197,14 @@ class Notifier:
         events = [NewEvent(room_for_task(task.id), event_type, data, new_id(), now),
                   NewEvent(room_for_project(task.project_id), event_type, data, new_id(), now)]
         await self._publish(events, Guard(f"task:{task.id}", task.version))
+
+    async def _announce_presence(self, event_type: str, members: Sequence[Member]) -> None:
+        now = millis(self.clock.now())
+        await self.broker.announce([
+            (presence_feed(room), NewEvent(room, event_type, {"user_id": user}, new_id(), now))
+            for room, user in members])
+        for _ in members:
+            self.published.add(event_type)
 
     async def publish(self, request: PublishRequest, key: str | None = None) -> Envelope:
         """Send `{type, data}` to a room (`user:<id>`, `project:<id>`, `task:<id>` or `*`)."""
@@ -324,6 +369,15 @@ class Notifier:
         if room.kind is RoomKind.TASK:
             return await self.get_task(room.id, claims)
         return None
+
+    async def authorize_presence(self, claims: Claims, room_name: str) -> None:
+        """Who is in a room: whoever may join it, and publishers and admins."""
+        check_tracked(room_name)
+        if not claims.can_publish:
+            await self.authorize_room(claims, room_name)
+
+    async def revoke_user(self, user_id: str) -> dict[str, Any]:
+        return await self.revocations.revoke(user_id)
 
     async def replay(self, room: str, since: Position | None, up_to: int | None = None) -> Replay:
         return await replay_since(

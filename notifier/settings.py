@@ -93,6 +93,17 @@ class Settings(BaseSettings):
     jwt_leeway_seconds: float = Field(10.0, ge=0, le=300)
     jwt_max_token_bytes: int = Field(8192, ge=256, le=65536)
     allow_query_token: bool = False
+    # `auth.expiring` is sent this long before a token expires (at half its remaining
+    # lifetime, for shorter tokens), so the client can renew it in-band with `auth.refresh`.
+    token_notice_seconds: float = Field(60.0, ge=0)
+    # After POST /api/v1/users/{id}/disconnect, the user's older tokens are refused this long:
+    # make it at least your tokens' lifetime.
+    revocation_seconds: float = Field(3600.0, gt=0)
+
+    # Presence: a user whose last connection went is still present this long (a reconnect
+    # causes no leave/join); a node that stops renewing its entries loses them after the TTL.
+    presence_grace_seconds: float = Field(5.0, ge=0, le=3600)
+    presence_ttl_seconds: float = Field(15.0, ge=3, le=3600)
 
     # Origins allowed to open a Socket.IO connection (checked on the websocket handshake too).
     # Empty: same origin only. "*": any origin (development only).

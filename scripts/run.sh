@@ -3,5 +3,5 @@
 # ./notifier-data, development-mode JWT secret unless NOTIFIER_JWT_SECRET is set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-NOTIFIER_SKIP_TEST_SERVICES=1 ./scripts/setup.sh  # browser and servers are for tests only
+./scripts/setup.sh run  # only what running needs: no test tools, browser or servers
 exec .venv/bin/notifier serve "$@"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -160,6 +160,18 @@ async def until(condition: Callable[[], Any], timeout: float = 15.0) -> None:
             await asyncio.sleep(0.01)
 
     await asyncio.wait_for(wait(), timeout)
+
+
+async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 15.0) -> Any:
+    """Ask again (bounded) until `check()` answers something true: for state that only a
+    request shows, such as another process's."""
+
+    async def wait() -> Any:
+        while not (answer := await check()):  # noqa: ASYNC110 - nothing to wait on but asking
+            await asyncio.sleep(0.05)
+        return answer
+
+    return await asyncio.wait_for(wait(), timeout)
 
 
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:

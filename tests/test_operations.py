@@ -15,7 +15,16 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from notifier.auth import Role
 
-from .conftest import SECRET, ConnectRefused, RunningServer, make_settings, start_server, stop_server, until
+from .conftest import (
+    SECRET,
+    ConnectRefused,
+    RunningServer,
+    eventually,
+    make_settings,
+    start_server,
+    stop_server,
+    until,
+)
 from .service_process import ServiceProcess, free_port
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -136,7 +145,7 @@ async def test_internal_port_serves_metrics_and_readiness_drains_on_sigterm(
                         statuses[base] = response.status
                 return set(statuses.values()) == {503}
 
-            await until_async(readiness, timeout=2.5)
+            await eventually(readiness, timeout=2.5)
             async with session.get(process.url + "/healthz") as response:
                 assert response.status == 200  # alive, only not ready
             assert time.monotonic() - started < 3  # while the drain period still runs
@@ -144,14 +153,6 @@ async def test_internal_port_serves_metrics_and_readiness_drains_on_sigterm(
         assert code == 0
     finally:
         await process.kill()
-
-
-async def until_async(condition: Any, timeout: float) -> None:
-    async def wait() -> None:
-        while not await condition():  # noqa: ASYNC110 - polling another process over HTTP
-            await asyncio.sleep(0.05)
-
-    await asyncio.wait_for(wait(), timeout)
 
 
 async def test_json_logs_carry_fields_and_refusals_name_peer_namespace_and_code(

@@ -127,6 +127,16 @@ async def test_settings_are_kept(store: Store) -> None:
     assert await store.load_setting("refresh_interval") == '{"interval": 6}'
 
 
+async def test_revocations_last_until_they_end(store: Store) -> None:
+    assert await store.revocations(now=1_000) == {}
+    await store.revoke_user("mallory", revoked_at=1_000, until=5_000)
+    await store.revoke_user("eve", revoked_at=1_500, until=2_000)
+    assert await store.revocations(now=1_600) == {"mallory": 1_000, "eve": 1_500}
+    assert await store.revocations(now=2_000) == {"mallory": 1_000}
+    await store.revoke_user("mallory", revoked_at=3_000, until=9_000)  # revoked again: later
+    assert await store.revocations(now=4_000) == {"mallory": 3_000}
+
+
 async def test_what_is_stored_survives_a_reopen(store_url: str) -> None:
     if store_url == "memory://":
         pytest.skip("memory:// keeps nothing across restarts, by definition")
@@ -134,6 +144,7 @@ async def test_what_is_stored_survives_a_reopen(store_url: str) -> None:
     await first.open()
     await first.insert_task(task())
     await first.add_notifications([note("n1")])
+    await first.revoke_user("mallory", revoked_at=1, until=10**13)
     await first.close()
 
     again = open_store(store_url, Health())
@@ -141,5 +152,6 @@ async def test_what_is_stored_survives_a_reopen(store_url: str) -> None:
     try:
         assert (await again.get_task("t1")) is not None
         assert await again.unread_count("alice") == 1
+        assert await again.revocations(now=2) == {"mallory": 1}
     finally:
         await again.close()

@@ -106,3 +106,32 @@ test("reconnects after the server drops the connection and recovers what it miss
   assert.equal(dave.session.rooms["project:p3"].recovered, true);
   dave.close();
 });
+
+test("renews a short token on the same connection and follows presence when asked", async () => {
+  let issued = 0;
+  const erin = new NotifierClient(service.url, {
+    token: () => { issued += 1; return sign({ sub: "erin", projects: ["p4"], ttl: 4 }); },
+  });
+  const frank = new NotifierClient(service.url, { token: sign({ sub: "frank", projects: ["p4"] }) });
+  try {
+    const states = [];
+    erin.onState((s) => states.push(s));
+    const joined = [];
+    erin.on("presence.joined", (env) => joined.push(env.data.user_id));
+    await erin.connect();
+    await erin.subscribe(["project:p4"], { presence: true });
+    await frank.connect();
+    await frank.subscribe(["project:p4"]);
+    await until(() => joined.includes("frank"), 5000, "presence.joined for frank");
+    const present = await erin.call("presence.get", { room: "project:p4" });
+    assert.deepEqual(present.users.map((u) => u.user_id), ["erin", "frank"]);
+
+    // Two renewals of a 4-second token: the connection outlives it twice over.
+    await until(() => issued >= 3, 12000, "two in-band renewals");
+    await until(() => erin.tokenExpiresAt > Date.now() + 1000, 3000, "a later expiry");
+    assert.deepEqual(states, ["connecting", "connected"]);
+  } finally {
+    erin.close();
+    frank.close();
+  }
+});

@@ -19,6 +19,9 @@ from ..health import Health
 from ..records import Envelope, StreamPosition
 from ..store import Store
 
+# The offset of an event that is delivered but not kept (presence): it is never replayed.
+UNKEPT = -1
+
 
 class Delivery:
     """An event on its way to this process's connections: the envelope as JSON text (encoded
@@ -40,6 +43,17 @@ class Delivery:
         return cls(envelope["room"], envelope["offset"], envelope["epoch"], envelope["type"],
                    orjson.dumps(envelope).decode(), envelope)
 
+    @classmethod
+    def unkept(cls, route: str, event: NewEvent) -> Delivery:
+        """An event delivered to the followers of `route` (the envelope names `event.room`)."""
+        envelope = {"id": event.id, "type": event.type, "room": event.room, "ts": event.ts,
+                    "data": event.data}
+        return cls(route, UNKEPT, "", event.type, orjson.dumps(envelope).decode(), envelope)
+
+    @property
+    def kept(self) -> bool:
+        return self.offset != UNKEPT
+
     @property
     def envelope(self) -> Envelope:
         if self._envelope is None:
@@ -60,6 +74,13 @@ class Node(Protocol):
     def describe(self) -> dict[str, Any]:
         """What this process tells the others about itself (heartbeats)."""
         ...
+
+    def signal(self, kind: str, data: dict[str, Any]) -> None:
+        """A message to every node (this one included), such as a user's revocation."""
+
+    def signals_missed(self) -> None:
+        """Signals may have been missed (the subscription was lost): rebuild what they carry
+        from the store."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +132,11 @@ class Broker(Protocol):
         the guard refused them."""
         ...
 
+    async def announce(self, events: Sequence[tuple[str, NewEvent]]) -> None:
+        """Deliver each event to the connections following its route, on every node, without
+        keeping it: no offset, never replayed, and no room's bounded history is spent on it
+        (presence changes)."""
+
     async def read(self, room: str, after: int, limit: int) -> list[Envelope]:
         """Retained events of `room` with an offset above `after`, oldest first."""
         ...
@@ -128,6 +154,50 @@ class Broker(Protocol):
     def cluster(self) -> dict[str, Any]:
         """The nodes alive and their connections (this node alone for the in-process broker)."""
         ...
+
+    async def signal(self, kind: str, data: dict[str, Any]) -> None:
+        """Tell every node's `Node.signal` (not stored: what must last is in the store)."""
+
+    def presence(self, *, grace_seconds: float, ttl_seconds: float) -> PresenceBackend:
+        """Presence kept where this broker's nodes can all see it."""
+        ...
+
+
+# Presence: (room, user)
+Member = tuple[str, str]
+
+
+class PresenceBackend(Protocol):
+    """Connection counts per room and user, for every node. `now` is wall-clock seconds."""
+
+    async def change(self, deltas: dict[Member, int], now: float) -> list[Member]:
+        """Add each delta to this node's count; the members that were absent until now."""
+        ...
+
+    async def sweep(self, now: float) -> list[Member]:
+        """Members whose grace has run out with no connection left (on any node, dead nodes'
+        entries removed first): they are absent now. Each is returned to one caller only."""
+        ...
+
+    async def members(self, room: str) -> dict[str, int]:
+        """Users present in the room and their connections (0: gone, within the grace)."""
+        ...
+
+    async def heartbeat(self, now: float) -> bool:
+        """Keep this node's entries alive; False if they had been dropped meanwhile."""
+        ...
+
+    async def replace_mine(self, counts: dict[Member, int], now: float) -> list[Member]:
+        """Make this node's entries exactly `counts`; the members that became present."""
+        ...
+
+    async def remove_mine(self, now: float) -> None:
+        """This node stops: its connections leave (their users get the grace)."""
+        ...
+
+
+class EntriesLost(Exception):
+    """The backend dropped this node's entries (thought dead): write them all again."""
 
 
 def open_broker(url: str, store: Store, health: Health, **options: Any) -> Broker:

@@ -13,7 +13,8 @@ import orjson
 
 from ..records import Envelope, StreamPosition, new_id
 from ..store.sqlite_db import SqliteDatabase
-from . import Delivery, Guard, NewEvent, Node
+from . import Delivery, Guard, NewEvent, Node, PresenceBackend
+from .local_presence import LocalPresence
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -189,3 +190,15 @@ class LocalBroker:
 
     def cluster(self) -> dict[str, Any]:
         return {"broker": "local", "nodes": 1}
+
+    async def announce(self, events: Sequence[tuple[str, NewEvent]]) -> None:
+        assert self._node is not None
+        for route, event in events:
+            self._node.deliver(Delivery.unkept(route, event))
+
+    async def signal(self, kind: str, data: dict[str, Any]) -> None:
+        assert self._node is not None
+        self._node.signal(kind, data)
+
+    def presence(self, *, grace_seconds: float, ttl_seconds: float) -> PresenceBackend:
+        return LocalPresence(grace_seconds)

@@ -47,7 +47,8 @@ from ..health import Health
 from ..logs import get_logger
 from ..records import Envelope, StreamPosition
 from ..rooms import BROADCAST_ROOM
-from . import Delivery, Guard, NewEvent, Node
+from . import UNKEPT, Delivery, Guard, NewEvent, Node, PresenceBackend
+from .redis_presence import RedisPresence
 
 log = get_logger("notifier.broker")
 
@@ -151,7 +152,7 @@ class RedisBroker:
         self._health = health
         self._max_events = max_events_per_room
         self._max_age = max_age_seconds
-        self._prefix = prefix
+        self.prefix = prefix
         self._control = f"{prefix}:control"
         self._room_channel = f"{prefix}:room:"
         self.node_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
@@ -218,15 +219,15 @@ class RedisBroker:
                     await task
         if self._redis is not None:
             with contextlib.suppress(*_REDIS_ERRORS):
-                await self._redis.hdel(f"{self._prefix}:nodes", self.node_id)
-                await self._redis.zrem(f"{self._prefix}:alive", self.node_id)
+                await self._redis.hdel(f"{self.prefix}:nodes", self.node_id)
+                await self._redis.zrem(f"{self.prefix}:alive", self.node_id)
             await self._redis.aclose()
             self._redis = None
         if self._subscriber is not None:
             await self._subscriber.aclose()
             self._subscriber = None
 
-    async def _call(self, work: Any, operation: str = "call") -> Any:
+    async def call(self, work: Any, operation: str = "call") -> Any:
         """A Redis call; an outage becomes STORE_UNAVAILABLE and shows in readiness."""
         started = time.perf_counter()
         try:
@@ -252,14 +253,14 @@ class RedisBroker:
         args: list[Any] = [
             int(time.time() * 1000), secrets.token_hex(8), self._max_events,
             int(self._max_age), _META_TTL_SECONDS, int(self._max_age * 1000), self._room_channel,
-            self._prefix, len(groups),
+            self.prefix, len(groups),
         ]
         for events, guard in groups:
             args += [guard.key if guard else "", guard.version if guard else 0, len(events)]
             # One argument per event (the room, type and id never contain \x1f).
             args += [f"{event.room}\x1f{event.type}\x1f{event.id}\x1f{event.ts}\x1f".encode()
                      + orjson.dumps(event.data) for event in events]
-        out = await self._call(self._append(keys=[], args=args), "append")
+        out = await self.call(self._append(keys=[], args=args), "append")
         results: list[list[Envelope] | None] = []
         position = 0
         for events, _ in groups:
@@ -282,13 +283,13 @@ class RedisBroker:
 
     async def read(self, room: str, after: int, limit: int) -> list[Envelope]:
         assert self._redis is not None
-        entries = await self._call(self._redis.xrange(
-            f"{self._prefix}:log:{room}", f"{after + 1}-0", "+", count=limit))
+        entries = await self.call(self._redis.xrange(
+            f"{self.prefix}:log:{room}", f"{after + 1}-0", "+", count=limit))
         return [orjson.loads(fields["d"]) for _, fields in entries]
 
     async def bounds(self, room: str) -> tuple[StreamPosition, int]:
-        epoch, head, first = await self._call(self._bounds(
-            keys=[], args=[self._prefix, room, secrets.token_hex(8), _META_TTL_SECONDS]))
+        epoch, head, first = await self.call(self._bounds(
+            keys=[], args=[self.prefix, room, secrets.token_hex(8), _META_TTL_SECONDS]))
         return StreamPosition(epoch, int(head)), int(first)
 
     async def trim(self, older_than_ts: int, max_per_room: int) -> int:
@@ -314,7 +315,7 @@ class RedisBroker:
         self._confirming.setdefault(channel, []).append(confirmed)
         self._followed.add(room)
         try:
-            await self._call(pubsub.subscribe(channel))
+            await self.call(pubsub.subscribe(channel))
             await asyncio.wait_for(asyncio.shield(confirmed), 5)
         except (TimeoutError, NotifierError) as exc:
             self._followed.discard(room)
@@ -349,7 +350,7 @@ class RedisBroker:
 
     async def _listen(self) -> None:
         """Subscribe, fill what was missed, deliver; again whenever the subscription dies."""
-        assert self._subscriber is not None
+        assert self._subscriber is not None and self._node is not None
         backoff = 0.1
         while True:
             pubsub = self._subscriber.pubsub()
@@ -359,6 +360,8 @@ class RedisBroker:
                 self._pubsub = pubsub
                 self._heard_own = time.monotonic()
                 await self._catch_up()
+                if self._subscribed.is_set():  # a subscription again: signals may be lost
+                    self._node.signals_missed()
                 self._health.recover(COMPONENT)
                 self._subscribed.set()
                 backoff = 0.1
@@ -386,6 +389,11 @@ class RedisBroker:
             if text[1:] == self.node_id:
                 self._heard_own = time.monotonic()
             return
+        if text[:1] == "{":  # a signal to every node
+            message = orjson.loads(text)
+            assert self._node is not None
+            self._node.signal(message["signal"], message["data"])
+            return
         room, offset_text, epoch, event_type, json = text.split("\n", 4)
         node = self._node
         assert node is not None
@@ -393,6 +401,9 @@ class RedisBroker:
         delivery = Delivery(room, offset, epoch, event_type, json)
         if room not in self._followed:
             return  # in flight when the room was left
+        if offset == UNKEPT:
+            node.deliver(delivery)
+            return
         last = self._last.get(room)
         if last is not None:
             if last[0] != epoch:
@@ -439,7 +450,7 @@ class RedisBroker:
 
     async def _beat(self) -> None:
         assert self._redis is not None and self._node is not None
-        nodes, alive = f"{self._prefix}:nodes", f"{self._prefix}:alive"
+        nodes, alive = f"{self.prefix}:nodes", f"{self.prefix}:alive"
         while True:
             await asyncio.sleep(_HEARTBEAT_SECONDS)
             try:
@@ -470,12 +481,32 @@ class RedisBroker:
 
     async def claim(self, name: str, ttl_seconds: float) -> bool:
         assert self._redis is not None
-        won = await self._call(self._redis.set(
-            f"{self._prefix}:claim:{name}", self.node_id, nx=True, px=max(int(ttl_seconds * 1000), 1)))
+        won = await self.call(self._redis.set(
+            f"{self.prefix}:claim:{name}", self.node_id, nx=True, px=max(int(ttl_seconds * 1000), 1)))
         return bool(won)
 
     def cluster(self) -> dict[str, Any]:
         return self._cluster
+
+    @property
+    def redis(self) -> aioredis.Redis:
+        assert self._redis is not None, "the broker is not started"
+        return self._redis
+
+    async def announce(self, events: Sequence[tuple[str, NewEvent]]) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        for route, event in events:
+            delivery = Delivery.unkept(route, event)
+            pipe.publish(self._room_channel + route,
+                         f"{route}\n{UNKEPT}\n\n{event.type}\n{delivery.text}")
+        await self.call(pipe.execute(), "announce")
+
+    async def signal(self, kind: str, data: dict[str, Any]) -> None:
+        message = orjson.dumps({"signal": kind, "data": data}).decode()
+        await self.call(self.redis.publish(self._control, message), "signal")
+
+    def presence(self, *, grace_seconds: float, ttl_seconds: float) -> PresenceBackend:
+        return RedisPresence(self, grace_seconds=grace_seconds, ttl_seconds=ttl_seconds)
 
 
 def _cluster(node_id: str, living: list[str], infos: list[str | None]) -> dict[str, Any]:

@@ -89,6 +89,14 @@ class Store(Protocol):
 
     async def save_setting(self, name: str, value: str) -> None: ...
 
+    # Revocations: tokens of the user issued up to `revoked_at` are refused until `until`.
+    async def revoke_user(self, user_id: str, revoked_at: int, until: int) -> None:
+        """Keep the revocation (times in ms); those that ended are forgotten."""
+
+    async def revocations(self, now: int) -> dict[str, int]:
+        """The revocations still in force: user id -> revoked_at (ms)."""
+        ...
+
 
 def open_store(url: str, health: Health, *, sqlite_synchronous: str = "NORMAL") -> Store:
     """`sqlite:///path/to/file.db`, `memory://` (tests; lost on restart) or `postgresql://...`."""

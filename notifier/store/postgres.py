@@ -52,6 +52,11 @@ _MIGRATIONS = [
     );
     CREATE TABLE IF NOT EXISTS notifier_settings (name text PRIMARY KEY, value text NOT NULL);
     """,
+    """
+    CREATE TABLE IF NOT EXISTS notifier_revocations (
+        user_id text PRIMARY KEY, revoked_at bigint NOT NULL, until bigint NOT NULL
+    );
+    """,
 ]
 
 # SQLSTATE classes that mean "the database cannot serve right now", not "your query is wrong":
@@ -282,6 +287,25 @@ class PostgresStore:
         await self._run(lambda db: db.execute(
             "INSERT INTO notifier_settings (name, value) VALUES ($1, $2) "
             "ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value", name, value))
+
+    # Revocations
+
+    async def revoke_user(self, user_id: str, revoked_at: int, until: int) -> None:
+        async def revoke(db: asyncpg.Connection) -> None:
+            async with db.transaction():
+                await db.execute("DELETE FROM notifier_revocations WHERE until <= $1", revoked_at)
+                await db.execute(
+                    "INSERT INTO notifier_revocations (user_id, revoked_at, until) "
+                    "VALUES ($1, $2, $3) ON CONFLICT (user_id) DO UPDATE SET "
+                    "revoked_at = EXCLUDED.revoked_at, until = EXCLUDED.until",
+                    user_id, revoked_at, until)
+
+        await self._run(revoke)
+
+    async def revocations(self, now: int) -> dict[str, int]:
+        rows = await self._run(lambda db: db.fetch(
+            "SELECT user_id, revoked_at FROM notifier_revocations WHERE until > $1", now))
+        return {row["user_id"]: int(row["revoked_at"]) for row in rows}
 
 
 def _task_values(task: Task) -> tuple[Any, ...]:

@@ -27,6 +27,9 @@ CREATE TABLE IF NOT EXISTS notifications (
 );
 CREATE INDEX IF NOT EXISTS notifications_user ON notifications (user_id, seq);
 CREATE TABLE IF NOT EXISTS idempotency (key TEXT PRIMARY KEY, ts INTEGER NOT NULL, result BLOB);
+CREATE TABLE IF NOT EXISTS revocations (
+    user_id TEXT PRIMARY KEY, revoked_at INTEGER NOT NULL, until INTEGER NOT NULL
+);
 """
 
 _UPSERT_TASK = (
@@ -240,6 +243,23 @@ class SqliteStore:
         await self.db.write(lambda db: db.execute(
             "INSERT INTO meta (key, value) VALUES (?, ?) "
             "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (f"setting:{name}", value)))
+
+    # Revocations
+
+    async def revoke_user(self, user_id: str, revoked_at: int, until: int) -> None:
+        def revoke(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM revocations WHERE until <= ?", (revoked_at,))
+            db.execute(
+                "INSERT INTO revocations (user_id, revoked_at, until) VALUES (?, ?, ?) "
+                "ON CONFLICT (user_id) DO UPDATE SET revoked_at = excluded.revoked_at, "
+                "until = excluded.until", (user_id, revoked_at, until))
+
+        await self.db.write(revoke)
+
+    async def revocations(self, now: int) -> dict[str, int]:
+        rows = self.db.read(lambda db: db.execute(
+            "SELECT user_id, revoked_at FROM revocations WHERE until > ?", (now,)).fetchall())
+        return {str(user): int(at) for user, at in rows}
 
 
 def _migrate_idempotency(db: sqlite3.Connection) -> None:

@@ -26,6 +26,10 @@ class Connection:
     claims: Claims
     # Rooms joined, with the room's head offset at the time of joining.
     joined: dict[str, int]
+    # When to send `auth.expiring` (clock seconds); 0 once sent.
+    notice_at: float = 0.0
+    # The presence feeds followed (rooms whose presence changes this connection asked for).
+    feeds: set[str] | None = None
 
 
 Handler = Callable[[SocketConnection, M], Awaitable[Reply]]

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..broker import Delivery
+from ..broker import UNKEPT, Delivery
 from ..metrics import Tally
 from .engine_session import Outbound
 from .socket_server import SocketConnection, encode_event
@@ -90,8 +90,15 @@ class SocketFanOut:
             return
         packet = Outbound(f'42["{delivery.type}",{delivery.text}]')
         offset = delivery.offset
-        self._through[room] = (delivery.epoch, offset)
         self.delivered.add(delivery.type, len(members))
+        if not delivery.kept:  # not in the history: no seam with a replay to mind
+            for connection in members:
+                if connection.gate is None:
+                    connection.session.send(packet)
+                else:
+                    connection.gate.append((room, offset, packet))
+            return
+        self._through[room] = (delivery.epoch, offset)
         floors = self._floors.get(room)
         if floors is not None:
             self._deliver_past_floors(members, floors, delivery, packet)
@@ -153,7 +160,7 @@ class SocketFanOut:
             session.send(packet)
         for room, offset, packet in held:
             position = positions.get(room)
-            if position is None or offset > position[1]:
+            if position is None or offset > position[1] or offset == UNKEPT:
                 session.send(packet)
         for room, (epoch, offset) in positions.items():
             through = self._through.get(room)

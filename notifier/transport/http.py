@@ -17,6 +17,7 @@ from ..models import (
     MarkRead,
     NotificationsList,
     NotifyRequest,
+    PresenceRequest,
     PublishRequest,
     RefreshIntervalRequest,
     TaskCreate,
@@ -212,6 +213,28 @@ async def update_task(request: web.Request) -> web.Response:
     else:
         task = await notifier.cancel_task(task_id, update.message)
     return json_response({"task": task.to_dict()})
+
+
+@routes.get("/api/v1/presence")
+async def presence(request: web.Request) -> web.Response:
+    """Users present in a project or task room, with their connections."""
+    _publisher_claims(request)
+    query = _validate(PresenceRequest, dict(request.query))
+    presence = request.app[NOTIFIER].presence
+    users = await presence.members(query.room)
+    return json_response({"room": query.room, "users": users, "count": len(users),
+                          "connections": sum(user["connections"] for user in users)})
+
+
+@routes.post("/api/v1/users/{user_id}/disconnect")
+async def disconnect_user(request: web.Request) -> web.Response:
+    """Close the user's connections on every node; their older tokens stop working."""
+    if not _claims(request).is_admin:
+        raise NotifierError(ErrorCode.FORBIDDEN, "only admins may disconnect users")
+    user_id = request.match_info["user_id"]
+    if not 0 < len(user_id) <= 128:
+        raise NotifierError(ErrorCode.INVALID_PAYLOAD, "user_id: 1 to 128 characters")
+    return json_response(await request.app[NOTIFIER].revoke_user(user_id))
 
 
 @routes.put("/api/v1/config/refresh-interval")

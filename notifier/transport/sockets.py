@@ -18,11 +18,13 @@ from ..errors import ErrorCode, NotifierError
 from ..logs import get_logger
 from ..metrics import Tally
 from ..models import (
+    AuthRefresh,
     MarkRead,
     NotificationsList,
     NotifyRequest,
     PingRequest,
     Position,
+    PresenceRequest,
     PublishRequest,
     RefreshIntervalRequest,
     SubscribeRequest,
@@ -34,21 +36,21 @@ from ..models import (
     TaskRef,
     UnsubscribeRequest,
 )
+from ..presence import tracked
 from ..records import new_id
-from ..rooms import BROADCAST_ROOM, room_for_user
+from ..rooms import BROADCAST_ROOM, presence_feed, room_for_user
 from ..service import Notifier
 from ..settings import Settings
 from .acks import Connection, EventHandler, Handler, Reply, acked, unknown_event
+from .credentials import Credentials
 from .engine_session import Outbound
 from .fanout import USER_NAMESPACE, SocketFanOut
 from .socket_server import Refused, SocketConnection, SocketServer, encode_event
-from .timewheel import TimeWheel
 
 log = get_logger("notifier.sockets")
 
 WORKER_NAMESPACE = "/workers"
 _POSITIONS = TypeAdapter(dict[str, Position])
-_EXPIRY_TICK = 1.0
 
 
 @dataclass
@@ -111,10 +113,12 @@ class SocketGateway:
         self._welcome: dict[SocketConnection, tuple[dict[str, Any], _JoinBatch]] = {}
         self._join_locks: dict[SocketConnection, asyncio.Lock] = {}
         self._counts = {USER_NAMESPACE: 0, WORKER_NAMESPACE: 0}
+        self._workers: set[SocketConnection] = set()
         # For the metrics: rooms clients asked to recover, by outcome and reason.
         self.replays = Tally()
-        self._expiries: TimeWheel[SocketConnection] = TimeWheel(_EXPIRY_TICK)
-        self._expiry_timer: asyncio.TimerHandle | None = None
+        self._credentials = Credentials(notifier, verifier, settings, close=self._close,
+                                        send=self._send_direct, revoke_rooms=self._revoke_rooms)
+        notifier.revocations.on_revoked = self._user_revoked
         self._register()
 
     # Registration
@@ -128,6 +132,9 @@ class SocketGateway:
             "notifications.list": (NotificationsList, self._notifications_list),
             "notifications.mark_read": (MarkRead, self._notifications_mark_read),
             "config.set_refresh_interval": (RefreshIntervalRequest, self._set_refresh_interval),
+            "auth.refresh": (AuthRefresh, self._auth_refresh),
+            "presence.get": (PresenceRequest, self._presence_get),
+            "presence.stats": (PresenceRequest, self._presence_stats),
         }
         worker_events: dict[str, tuple[type[BaseModel], Handler[Any]]] = {
             "publish": (PublishRequest, self._publish),
@@ -139,6 +146,9 @@ class SocketGateway:
             "task.cancel": (TaskCancel, self._task_cancel),
             "task.get": (TaskRef, self._task_get),
             "ping": (PingRequest, self._ping),
+            "auth.refresh": (AuthRefresh, self._auth_refresh),
+            "presence.get": (PresenceRequest, self._presence_get),
+            "presence.stats": (PresenceRequest, self._presence_stats),
         }
         for name, connect, events in (
             (USER_NAMESPACE, self._on_user_connect, user_events),
@@ -149,12 +159,10 @@ class SocketGateway:
             self._server.register(name, _Namespace(self, connect, handlers))
 
     def start(self) -> None:
-        self._expiry_timer = asyncio.get_running_loop().call_later(_EXPIRY_TICK, self._sweep_expiries)
+        self._credentials.start()
 
     def stop(self) -> None:
-        if self._expiry_timer is not None:
-            self._expiry_timer.cancel()
-            self._expiry_timer = None
+        self._credentials.stop()
 
     # Connecting
 
@@ -167,7 +175,7 @@ class SocketGateway:
         self._fanout.hold(connection)
         try:
             batch = _JoinBatch()
-            await self._join(connection, rooms, positions, batch)
+            await self._join(connection, rooms, positions, batch, _presence_from(auth))
             unread = await self._notifier.unread_count(claims.sub)
         except NotifierError as exc:  # the store failing: no traceback, the client retries
             self._leave_all(connection)
@@ -202,12 +210,13 @@ class SocketGateway:
         settings = self._settings
         connection.session.bucket.raise_to(settings.worker_rate_per_second, settings.worker_rate_burst)
         self._counts[WORKER_NAMESPACE] += 1
+        self._workers.add(connection)
         log.info("connected", namespace=WORKER_NAMESPACE, sid=connection.sid, user=claims.sub,
                  peer=connection.session.peer)
 
     def on_connected(self, connection: SocketConnection) -> None:
         """The CONNECT packet is queued: send the session and the replay, then live events."""
-        self._schedule_expiry(connection)
+        self._credentials.watch(connection)
         welcome = self._welcome.pop(connection, None)
         if welcome is None:
             return
@@ -218,6 +227,7 @@ class SocketGateway:
     def on_disconnect(self, connection: SocketConnection, reason: str) -> None:
         self._welcome.pop(connection, None)
         self._join_locks.pop(connection, None)
+        self._workers.discard(connection)
         self._leave_all(connection)
         state: Connection | None = connection.data
         if state is not None:
@@ -227,7 +237,7 @@ class SocketGateway:
 
     def _authenticate(self, connection: SocketConnection, auth: Any) -> Claims:
         try:
-            return self._verifier.verify(self._token_from(connection, auth))
+            return self._credentials.verify(self._token_from(connection, auth))
         except NotifierError as exc:
             self._refusal(connection, exc, None)
             raise Refused(exc) from exc
@@ -264,31 +274,7 @@ class SocketGateway:
             log.info("invalid_positions_ignored")
             return {}
 
-    # Expiry and forced disconnects
-
-    def _schedule_expiry(self, connection: SocketConnection) -> None:
-        state: Connection = connection.data
-        loop = asyncio.get_running_loop()
-        remaining = state.claims.expires_at + self._settings.jwt_leeway_seconds - self._notifier.clock.now()
-        self._expiries.add(connection, loop.time() + max(remaining, 0.0))
-
-    def _sweep_expiries(self) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            self._expiries.sweep(loop.time(), self._expire_if_due)
-        finally:
-            self._expiry_timer = loop.call_later(_EXPIRY_TICK, self._sweep_expiries)
-
-    def _expire_if_due(self, connection: SocketConnection) -> None:
-        state: Connection | None = connection.data
-        if not connection.connected or state is None:
-            return
-        remaining = state.claims.expires_at + self._settings.jwt_leeway_seconds - self._notifier.clock.now()
-        if remaining > 0:  # renewed in the meantime
-            self._expiries.add(connection, asyncio.get_running_loop().time() + remaining)
-            return
-        self._close(connection, "auth.expired",
-                    NotifierError(ErrorCode.AUTH_EXPIRED, "your token expired; reconnect with a new one"))
+    # Forced disconnects
 
     def tell_closing(self, connection: SocketConnection, reason: NotifierError) -> None:
         """Tell the client why it is being disconnected (before the DISCONNECT packet)."""
@@ -298,6 +284,14 @@ class SocketGateway:
         self._fanout.send_direct(
             connection, "connection.closing", self._direct_envelope("connection.closing", reason.to_dict())
         )
+
+    def _send_direct(self, connection: SocketConnection, event: str, data: dict[str, Any]) -> None:
+        self._fanout.send_direct(connection, event, self._direct_envelope(event, data))
+
+    def _user_revoked(self, user_id: str) -> None:
+        connections = self._fanout.members(room_for_user(user_id))
+        connections += [w for w in self._workers if _claims(w).sub == user_id]
+        self._credentials.revoked(connections)
 
     def _close(self, connection: SocketConnection, event: str, reason: NotifierError) -> None:
         state: Connection | None = connection.data
@@ -327,7 +321,10 @@ class SocketGateway:
         rooms: list[str],
         since: dict[str, Position],
         batch: _JoinBatch,
+        presence: frozenset[str] = frozenset(),
     ) -> None:
+        """Join the rooms (with the presence feeds of those in `presence`), replaying what
+        `since` asks for into `batch`."""
         state: Connection = connection.data
         for room in dict.fromkeys(rooms):
             try:
@@ -345,6 +342,9 @@ class SocketGateway:
             replay = await self._notifier.replay(room, since.get(room), up_to=joined_at)
             if joined_at is None:
                 state.joined[room] = replay.position.offset
+                self._entered(connection, room)
+            if room in presence and tracked(room):
+                await self._follow_feed(connection, room)
             result: dict[str, Any] = {"joined": True, **replay.position.to_dict()}
             if replay.recovered is not None:
                 result["recovered"] = replay.recovered
@@ -370,7 +370,50 @@ class SocketGateway:
             return
         for room in state.joined:
             self._fanout.leave(connection, room)
+            self._exited(connection, room)
         state.joined.clear()
+        for feed in state.feeds or ():
+            self._fanout.leave(connection, feed)
+        state.feeds = None
+
+    async def _follow_feed(self, connection: SocketConnection, room: str) -> None:
+        state: Connection = connection.data
+        feed = presence_feed(room)
+        if state.feeds is None:
+            state.feeds = set()
+        if feed not in state.feeds:
+            state.feeds.add(feed)
+            if self._fanout.join(connection, feed):
+                await self._notifier.follow(feed)
+
+    def _leave(self, connection: SocketConnection, room: str) -> bool:
+        """Leave a room (and its presence feed); False if the connection was not in it."""
+        state: Connection = connection.data
+        if state.joined.pop(room, None) is None:
+            return False
+        self._fanout.leave(connection, room)
+        self._exited(connection, room)
+        feed = presence_feed(room)
+        if state.feeds and feed in state.feeds:
+            state.feeds.discard(feed)
+            self._fanout.leave(connection, feed)
+        return True
+
+    def _entered(self, connection: SocketConnection, room: str) -> None:
+        if connection.namespace == USER_NAMESPACE and tracked(room):
+            self._notifier.presence.enter(room, _claims(connection).sub)
+
+    def _exited(self, connection: SocketConnection, room: str) -> None:
+        if connection.namespace == USER_NAMESPACE and tracked(room):
+            self._notifier.presence.exit(room, _claims(connection).sub)
+
+    def _revoke_rooms(self, connection: SocketConnection, rooms: list[str]) -> None:
+        """A renewed token no longer allows these rooms: leave them and say so."""
+        for room in rooms:
+            self._leave(connection, room)
+        self._send_direct(connection, "rooms.revoked", {
+            "rooms": rooms, "reason": {"code": ErrorCode.FORBIDDEN.value,
+                                       "message": "your renewed token does not allow these rooms"}})
 
     def _join_lock(self, connection: SocketConnection) -> asyncio.Lock:
         return self._join_locks.setdefault(connection, asyncio.Lock())
@@ -380,7 +423,8 @@ class SocketGateway:
         async with self._join_lock(connection):
             self._fanout.hold(connection)
             try:
-                await self._join(connection, request.rooms, request.since, batch)
+                presence = frozenset(request.rooms) if request.presence else frozenset()
+                await self._join(connection, request.rooms, request.since, batch, presence)
             finally:
                 self._fanout.release(connection, batch.packets, batch.positions)
         return {"rooms": batch.results}
@@ -394,13 +438,26 @@ class SocketGateway:
                 if room in personal:
                     error = NotifierError(ErrorCode.FORBIDDEN, "your own rooms cannot be left")
                     results[room] = {"left": False, "error": error.to_dict()}
-                elif state.joined.pop(room, None) is not None:
-                    self._fanout.leave(connection, room)
+                elif self._leave(connection, room):
                     results[room] = {"left": True}
                 else:
                     results[room] = {"left": False, "error": {
                         "code": ErrorCode.NOT_FOUND.value, "message": "not subscribed"}}
         return {"rooms": results}
+
+    # Both namespaces
+
+    async def _auth_refresh(self, connection: SocketConnection, request: AuthRefresh) -> Reply:
+        async with self._join_lock(connection):  # no subscribe halfway through a renewal
+            return await self._credentials.refresh(connection, request.token)
+
+    async def _presence_get(self, connection: SocketConnection, request: PresenceRequest) -> Reply:
+        await self._notifier.authorize_presence(_claims(connection), request.room)
+        return {"room": request.room, "users": await self._notifier.presence.members(request.room)}
+
+    async def _presence_stats(self, connection: SocketConnection, request: PresenceRequest) -> Reply:
+        await self._notifier.authorize_presence(_claims(connection), request.room)
+        return {"room": request.room, **await self._notifier.presence.stats(request.room)}
 
     # End-user events
 
@@ -497,6 +554,14 @@ class SocketGateway:
 
     def room_count(self) -> int:
         return self._fanout.room_count()
+
+
+def _presence_from(auth: Any) -> frozenset[str]:
+    """Rooms whose presence feeds a reconnecting client had (`auth.presence`)."""
+    raw = auth.get("presence") if isinstance(auth, dict) else None
+    if not isinstance(raw, list):
+        return frozenset()
+    return frozenset(room for room in raw[:100] if isinstance(room, str))
 
 
 def _scoped(connection: SocketConnection, key: str | None) -> str | None:

@@ -1,0 +1,142 @@
+"""A connection's token over its lifetime: renewal in-band, expiry, and revocation.
+
+Before a token expires the client is told (`auth.expiring`) and may send a new one
+(`auth.refresh`) on the same connection: no reconnect, no replay. The new token must name the
+same user; what it no longer allows (a project dropped) is left at once (`rooms.revoked`).
+A token that runs out ends the connection (`auth.expired`); a user disconnected on demand
+gets `auth.revoked` on every node.
+
+Deadlines live in one time wheel with a one-second tick, not a timer per connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from ..auth import Claims, TokenVerifier
+from ..clock import millis
+from ..errors import ErrorCode, NotifierError
+from ..logs import get_logger
+from ..service import Notifier
+from ..settings import Settings
+from .acks import Connection, Reply
+from .socket_server import SocketConnection
+from .timewheel import TimeWheel
+
+log = get_logger("notifier.credentials")
+
+_TICK = 1.0
+
+CloseConnection = Callable[[SocketConnection, str, NotifierError], None]
+SendEvent = Callable[[SocketConnection, str, dict[str, Any]], None]
+# (connection, rooms the new claims no longer allow) -> left them
+RevokeRooms = Callable[[SocketConnection, list[str]], None]
+
+
+class Credentials:
+    def __init__(
+        self, notifier: Notifier, verifier: TokenVerifier, settings: Settings, *,
+        close: CloseConnection, send: SendEvent, revoke_rooms: RevokeRooms,
+    ) -> None:
+        self._notifier = notifier
+        self._verifier = verifier
+        self._leeway = settings.jwt_leeway_seconds
+        self._notice = settings.token_notice_seconds
+        self._close = close
+        self._send = send
+        self._revoke_rooms = revoke_rooms
+        self._wheel: TimeWheel[SocketConnection] = TimeWheel(_TICK)
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        self._timer = asyncio.get_running_loop().call_later(_TICK, self._sweep)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def verify(self, token: object) -> Claims:
+        """A token's claims, if it is valid and not revoked."""
+        claims = self._verifier.verify(token)
+        self._notifier.revocations.check(claims)
+        return claims
+
+    # Deadlines: the notice, then the expiry
+
+    def watch(self, connection: SocketConnection) -> None:
+        """The connection is established, or its token renewed: when to tell, when to end."""
+        state: Connection = connection.data
+        now = self._notifier.clock.now()
+        expires = state.claims.expires_at  # the leeway is for clock skew, not for renewing late
+        # At most `notice` before the end, and never in the first half of what is left: a
+        # short token is not told to renew the moment it arrives.
+        state.notice_at = max(expires - min(self._notice, max(expires - now, 0.0) / 2), now)
+        self._schedule(connection, now)
+
+    def _schedule(self, connection: SocketConnection, now: float) -> None:
+        state: Connection = connection.data
+        due = state.notice_at or state.claims.expires_at + self._leeway
+        self._wheel.add(connection, asyncio.get_running_loop().time() + max(due - now, 0.0))
+
+    def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            self._wheel.sweep(loop.time(), self._check)
+        finally:
+            self._timer = loop.call_later(_TICK, self._sweep)
+
+    def _check(self, connection: SocketConnection) -> None:
+        state: Connection | None = connection.data
+        if not connection.connected or state is None:
+            return
+        now = self._notifier.clock.now()
+        expires = state.claims.expires_at + self._leeway
+        if now >= expires:
+            self._close(connection, "auth.expired", NotifierError(
+                ErrorCode.AUTH_EXPIRED, "your token expired; reconnect with a new one"))
+            return
+        if state.notice_at and now >= state.notice_at:
+            state.notice_at = 0.0
+            self._send(connection, "auth.expiring",
+                       {"expires_at": millis(state.claims.expires_at)})
+        # The next deadline (entries left from before a renewal land here too).
+        self._schedule(connection, now)
+
+    # Renewal
+
+    async def refresh(self, connection: SocketConnection, token: str) -> Reply:
+        state: Connection = connection.data
+        claims = self.verify(token)
+        if claims.sub != state.claims.sub:
+            raise NotifierError(ErrorCode.FORBIDDEN, f"the new token is for {claims.sub!r}, not "
+                                f"{state.claims.sub!r}; connect again to change users")
+        if connection.namespace != "/" and not claims.can_publish:
+            raise NotifierError(ErrorCode.FORBIDDEN, "this namespace needs a publisher or admin token")
+        lost = []
+        for room in list(state.joined):
+            try:
+                await self._notifier.authorize_room(claims, room)
+            except NotifierError as exc:
+                if exc.code is not ErrorCode.FORBIDDEN:
+                    raise
+                lost.append(room)
+        state.claims = claims
+        self.watch(connection)
+        if lost:
+            self._revoke_rooms(connection, lost)
+        log.info("token_renewed", sid=connection.sid, user=claims.sub, rooms_revoked=len(lost))
+        return {"expires_at": millis(claims.expires_at), "rooms_revoked": lost}
+
+    # Revocation
+
+    def revoked(self, connections: list[SocketConnection]) -> None:
+        """Some of these connections' user was revoked: close those whose token is older."""
+        for connection in connections:
+            state: Connection | None = connection.data
+            if connection.connected and state is not None and \
+                    self._notifier.revocations.revoked(state.claims):
+                self._close(connection, "auth.revoked", NotifierError(
+                    ErrorCode.AUTH_REVOKED, "you were disconnected by an administrator"))
