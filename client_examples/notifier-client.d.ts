@@ -2,9 +2,10 @@
 import type { Socket } from "socket.io-client";
 
 export type ErrorCode =
-  | "AUTH_REQUIRED" | "AUTH_INVALID" | "AUTH_EXPIRED" | "FORBIDDEN" | "NOT_FOUND"
-  | "INVALID_PAYLOAD" | "UNKNOWN_EVENT" | "CONFLICT" | "RATE_LIMITED" | "PAYLOAD_TOO_LARGE"
-  | "UNAVAILABLE" | "INTERNAL";
+  | "AUTH_REQUIRED" | "AUTH_INVALID" | "AUTH_EXPIRED" | "AUTH_REVOKED" | "FORBIDDEN"
+  | "NOT_FOUND" | "INVALID_PAYLOAD" | "UNKNOWN_EVENT" | "CONFLICT" | "RATE_LIMITED"
+  | "PAYLOAD_TOO_LARGE" | "METHOD_NOT_ALLOWED" | "TIMEOUT" | "UNAVAILABLE"
+  | "STORE_UNAVAILABLE" | "INTERNAL";
 
 export interface ErrorBody { code: ErrorCode; message: string }
 
@@ -39,6 +40,8 @@ export interface Task {
   created_at: number;
   updated_at: number;
   finished_at: number | null;
+  /** Grows with every change of the task. */
+  version: number;
 }
 
 export interface Notification {
@@ -53,6 +56,8 @@ export interface Notification {
 
 export interface RoomResult extends Partial<Position> {
   joined: boolean;
+  /** project:* (every project, for `*` tokens): live events only, no position. */
+  live_only?: boolean;
   error?: ErrorBody;
   task?: Task;
   recovered?: boolean;
@@ -70,6 +75,12 @@ export interface Session {
   rooms: Record<string, RoomResult>;
 }
 
+export interface PresentUser {
+  user_id: string;
+  /** 0 while within the grace period after the user's last connection went. */
+  connections: number;
+}
+
 export interface EventMap {
   session: Envelope<Session, "session">;
   notification: Envelope<Notification, "notification">;
@@ -84,7 +95,12 @@ export interface EventMap {
     "refresh"
   >;
   "config.updated": Envelope<{ refresh_interval: number }, "config.updated">;
+  "auth.expiring": Envelope<{ expires_at: number }, "auth.expiring">;
   "auth.expired": Envelope<ErrorBody, "auth.expired">;
+  "auth.revoked": Envelope<ErrorBody, "auth.revoked">;
+  "rooms.revoked": Envelope<{ rooms: string[]; reason: ErrorBody }, "rooms.revoked">;
+  "presence.joined": Envelope<{ user_id: string }, "presence.joined">;
+  "presence.left": Envelope<{ user_id: string }, "presence.left">;
   "connection.closing": Envelope<ErrorBody, "connection.closing">;
 }
 
@@ -96,25 +112,34 @@ export interface Acks {
   "notifications.list": { ok: true; notifications: Notification[]; unread: number };
   "notifications.mark_read": { ok: true; marked: string[]; unchanged: string[]; unread: number };
   "config.set_refresh_interval": { ok: true; refresh_interval: number };
+  "auth.refresh": { ok: true; expires_at: number; rooms_revoked: string[] };
+  "presence.get": { ok: true; room: string; users: PresentUser[] };
+  "presence.stats": { ok: true; room: string; users: number; connections: number };
 }
 
 export interface Requests {
-  subscribe: { rooms: string[]; since?: Record<string, Position> };
+  subscribe: { rooms: string[]; since?: Record<string, Position>; presence?: boolean };
   unsubscribe: { rooms: string[] };
   ping: Record<string, unknown>;
   "task.get": { task_id: string };
   "notifications.list": { limit?: number; before?: string; unread_only?: boolean };
   "notifications.mark_read": { ids: string[] } | { all: true };
   "config.set_refresh_interval": { seconds: number };
+  "auth.refresh": { token: string };
+  "presence.get": { room: string };
+  "presence.stats": { room: string };
 }
 
 export type ConnectionState =
   | "idle" | "connecting" | "connected" | "disconnected" | "refused" | "closed";
 
 export interface NotifierClientOptions {
-  /** A token, or a function returning one (called on every reconnect, so it may refresh). */
+  /** A token, or a function returning one: called on every reconnect and, when the server
+   *  sends `auth.expiring`, to renew the token on the same connection (`auth.refresh`). */
   token: string | (() => string | Promise<string>);
   transports?: ("polling" | "websocket")[];
+  /** The Socket.IO path, when the service is behind a path prefix: "/prefix/socket.io/". */
+  path?: string;
   reconnectionDelay?: number;
   reconnectionDelayMax?: number;
 }
@@ -127,13 +152,20 @@ export declare class NotifierError extends Error {
 export declare class NotifierClient {
   constructor(url: string, options: NotifierClientOptions);
   readonly socket: Socket;
-  readonly positions: Record<string, Position>;
+  /** Each room followed and the last position seen (null: a live-only room, project:*). */
+  readonly positions: Record<string, Position | null>;
+  /** Rooms whose presence.joined / presence.left this client follows (kept on reconnect). */
+  readonly presenceRooms: Set<string>;
+  /** When the server ends the connection unless the token is renewed (ms), once told. */
+  readonly tokenExpiresAt: number | null;
   readonly session: Session | null;
   readonly state: ConnectionState;
   connect(): Promise<Session>;
   close(): void;
   call<E extends keyof Acks>(event: E, payload: Requests[E], timeoutMs?: number): Promise<Acks[E]>;
-  subscribe(rooms: string[]): Promise<Record<string, RoomResult>>;
+  subscribe(rooms: string[], options?: { presence?: boolean }): Promise<Record<string, RoomResult>>;
+  /** Send a fresh token (from the token function) on this connection; the new expiry (ms). */
+  renewToken(): Promise<number>;
   unsubscribe(rooms: string[]): Promise<Acks["unsubscribe"]["rooms"]>;
   on<T extends keyof EventMap>(type: T, handler: (envelope: EventMap[T], type: T) => void): () => void;
   on(type: string, handler: (envelope: Envelope, type: string) => void): () => void;

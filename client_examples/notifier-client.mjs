@@ -36,6 +36,7 @@ export class NotifierClient {
     this._closed = false;
     this.socket = io(url, {
       autoConnect: false,
+      path: options.path,  // behind a path prefix: "/prefix/socket.io/"
       transports: options.transports,
       reconnectionDelay: options.reconnectionDelay ?? 500,
       reconnectionDelayMax: options.reconnectionDelayMax ?? 5000,
@@ -186,9 +187,10 @@ export class NotifierClient {
       this._seen.add(env.id);
       if (this._seen.size > SEEN_IDS) this._seen.delete(this._seen.values().next().value);
     }
-    if (env.room == null || env.offset == null) return true;
+    // Not kept, or a room seen through project:* (ids deduplicate those).
+    if (env.room == null || env.offset == null || !this.positions[env.room]) return true;
     const known = this.positions[env.room];
-    if (known && known.epoch === env.epoch && env.offset <= known.offset) return false;
+    if (known.epoch === env.epoch && env.offset <= known.offset) return false;
     this.positions[env.room] = { epoch: env.epoch, offset: env.offset };
     return true;
   }
@@ -196,6 +198,7 @@ export class NotifierClient {
   _adopt(rooms) {
     for (const [room, result] of Object.entries(rooms)) {
       if (!result.joined) continue;
+      if (result.live_only) { this.positions[room] = null; continue; }  // rejoined, never replayed
       const known = this.positions[room];
       if (result.recovered === false) {
         this.positions[room] = { epoch: result.epoch, offset: result.offset };

@@ -154,7 +154,8 @@ class Subscriber(_Connection):
 
     def __init__(self, url: str, token: TokenSource, **options: Any) -> None:
         super().__init__(url, token, **options)
-        self.positions: dict[str, dict[str, Any]] = {}
+        # Each room followed, with the last position seen (None: a live-only room).
+        self.positions: dict[str, dict[str, Any] | None] = {}
         self.presence_rooms: set[str] = set()  # rooms whose presence changes we follow
         self.session: dict[str, Any] | None = None
         self._handlers: dict[str, list[EventHandler]] = {}
@@ -165,7 +166,8 @@ class Subscriber(_Connection):
     async def _auth(self) -> dict[str, Any]:
         auth = await super()._auth()
         if self.positions:
-            auth["positions"] = {room: dict(pos) for room, pos in self.positions.items()}
+            auth["positions"] = {room: dict(pos) if pos else None
+                                 for room, pos in self.positions.items()}
         if self.presence_rooms:
             auth["presence"] = sorted(self.presence_rooms)
         return auth
@@ -182,7 +184,7 @@ class Subscriber(_Connection):
     async def subscribe(self, rooms: list[str], *, presence: bool = False) -> dict[str, Any]:
         """Join rooms; returns the per-room results (joined, position, task state or error).
         `presence`: also receive `presence.joined` / `presence.left` for them."""
-        since = {room: self.positions[room] for room in rooms if room in self.positions}
+        since = {room: self.positions[room] for room in rooms if self.positions.get(room)}
         payload: dict[str, Any] = {"rooms": rooms}
         if since:
             payload["since"] = since
@@ -205,6 +207,9 @@ class Subscriber(_Connection):
     async def _apply_room_results(self, results: dict[str, Any]) -> None:
         for room, result in results.items():
             if not result.get("joined"):
+                continue
+            if result.get("live_only"):
+                self.positions[room] = None
                 continue
             known = self.positions.get(room)
             server = {"epoch": result["epoch"], "offset": result["offset"]}
@@ -247,12 +252,11 @@ class Subscriber(_Connection):
             if len(self._seen) > _SEEN_IDS:
                 self._seen.popitem(last=False)
         room, offset = envelope.get("room"), envelope.get("offset")
-        if room is None or offset is None:
-            return True
-        known = self.positions.get(room)
-        if known is not None and known["epoch"] == envelope.get("epoch"):
-            if offset <= known["offset"]:
-                return False
+        if room is None or offset is None or not self.positions.get(room):
+            return True  # not kept, or a room seen through project:* (ids deduplicate)
+        known = self.positions[room]
+        if known["epoch"] == envelope.get("epoch") and offset <= known["offset"]:
+            return False
         self.positions[room] = {"epoch": envelope["epoch"], "offset": offset}
         return True
 

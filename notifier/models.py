@@ -28,6 +28,14 @@ RESERVED_TYPES = frozenset(
 )
 RESERVED_PREFIXES = ("task.", "auth.", "presence.")
 
+# Every event type the service itself sends to end users (docs/protocol.md lists them all).
+SERVICE_EVENTS = frozenset({
+    "session", "notification", "notifications.unread", "task.created", "task.progress",
+    "task.completed", "task.failed", "task.cancelled", "refresh", "config.updated",
+    "auth.expiring", "auth.expired", "auth.revoked", "rooms.revoked", "presence.joined",
+    "presence.left", "connection.closing",
+})
+
 
 class Payload(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)

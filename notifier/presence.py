@@ -23,7 +23,7 @@ from typing import Any
 from .broker import EntriesLost, Member, PresenceBackend
 from .errors import ErrorCode, NotifierError
 from .logs import get_logger
-from .rooms import RoomKind, parse_room
+from .rooms import ALL_PROJECTS_ROOM, RoomKind, parse_room
 
 log = get_logger("notifier.presence")
 
@@ -32,8 +32,8 @@ Announce = Callable[[str, Sequence[Member]], Awaitable[None]]
 
 
 def tracked(room: str) -> bool:
-    """Presence is kept for project and task rooms."""
-    return parse_room(room).kind in PRESENCE_KINDS
+    """Presence is kept for project and task rooms (not the all-projects feed)."""
+    return room != ALL_PROJECTS_ROOM and parse_room(room).kind in PRESENCE_KINDS
 
 
 def check_tracked(room: str) -> None:

@@ -9,6 +9,8 @@ from enum import StrEnum
 from .errors import ErrorCode, NotifierError
 
 BROADCAST_ROOM = "*"
+# Every project's events, live (no history, no replay): for tokens with `projects: "*"`.
+ALL_PROJECTS_ROOM = "project:*"
 _ID = re.compile(r"^[A-Za-z0-9_.:@-]{1,128}$")
 
 
@@ -53,6 +55,8 @@ def parse_room(name: str) -> Room:
     """Split `kind:id`; anything else is INVALID_PAYLOAD."""
     if name == BROADCAST_ROOM:
         return Room(RoomKind.BROADCAST, "")
+    if name == ALL_PROJECTS_ROOM:
+        return Room(RoomKind.PROJECT, "*")
     kind, sep, ident = name.partition(":")
     if not sep or kind not in {"user", "project", "task"} or not _ID.match(ident):
         raise NotifierError(

@@ -35,6 +35,7 @@ from .refresh import RefreshTimer
 from .revocations import SIGNAL as REVOKE_SIGNAL
 from .revocations import Revocations
 from .rooms import (
+    ALL_PROJECTS_ROOM,
     BROADCAST_ROOM,
     RoomKind,
     parse_room,
@@ -209,6 +210,9 @@ class Notifier:
     async def publish(self, request: PublishRequest, key: str | None = None) -> Envelope:
         """Send `{type, data}` to a room (`user:<id>`, `project:<id>`, `task:<id>` or `*`)."""
         parse_room(request.room)
+        if request.room == ALL_PROJECTS_ROOM:
+            raise NotifierError(ErrorCode.INVALID_PAYLOAD, "room: project:* follows every project; "
+                                "publish to one project's room")
         event_id = None if key is None else _derived_event_id(key)
         return await self._publish_one(request.room, request.type, dict(request.data), event_id)
 

@@ -18,6 +18,9 @@ from notifier.app import make_runner
 from notifier.auth import Role, issue_token
 
 SECRET = "test-secret-" + "x" * 40
+# Headers for admin-only endpoints (status, metrics), valid for a day.
+ADMIN = {"Authorization": "Bearer " + issue_token(SECRET, "HS256", "ops", role=Role.ADMIN,
+                                                  ttl_seconds=86400)}
 WAIT = 5.0
 
 

@@ -12,7 +12,7 @@ import aiohttp
 from notifier.auth import Role, issue_token
 from notifier.client import NotifierClientError, Subscriber, Worker
 from tests.cluster import Cluster, PostgresServer, RedisServer, cluster
-from tests.conftest import SECRET, until
+from tests.conftest import ADMIN, SECRET, until
 from tests.faults import SilencingProxy
 
 PUBLISHER = issue_token(SECRET, "HS256", "svc", role=Role.PUBLISHER)
@@ -48,12 +48,33 @@ async def test_a_subscriber_on_one_node_gets_every_event_published_on_another(tm
             assert notes[0]["data"]["title"] == "hi"
             unread = await alice.call("notifications.list", {})
             assert unread["unread"] == 1
-            async with aiohttp.ClientSession() as http, http.get(f"{b.url}/api/v1/status") as response:
+            async with aiohttp.ClientSession() as http, http.get(
+                f"{b.url}/api/v1/status", headers=ADMIN
+            ) as response:
                 status = await response.json()
             assert status["cluster"]["broker"] == "redis"
         finally:
             await worker.close()
             await alice.close()
+
+
+async def test_the_all_projects_feed_reaches_across_nodes(tmp_path: Path) -> None:
+    async with cluster(tmp_path, nodes=2) as running:
+        a, b = running.nodes
+        ops = Subscriber(b.url, token("ops", ["*"]))
+        created: list[str] = []
+        ops.on("task.created", lambda event: created.append(event["data"]["project_id"]))
+        worker = Worker(a.url, token("w", role=Role.PUBLISHER))
+        try:
+            await ops.connect()
+            await ops.subscribe(["project:*"])
+            await worker.connect()
+            for project in ("p1", "p2", "p3"):  # rooms no connection on B follows
+                await worker.create_task(project)
+            await until(lambda: sorted(created) == ["p1", "p2", "p3"], timeout=10)
+        finally:
+            await worker.close()
+            await ops.close()
 
 
 class Recorder:
@@ -234,7 +255,7 @@ async def test_refresh_once_per_interval_and_config_everywhere(tmp_path: Path) -
                 assert 3 <= len(refreshes[i]) <= 4, (i, [t - changed for t in refreshes[i]])
             async with aiohttp.ClientSession() as http:
                 for _ in range(30):  # node heartbeats come every second
-                    async with http.get(f"{running.nodes[2].url}/api/v1/status") as response:
+                    async with http.get(f"{running.nodes[2].url}/api/v1/status", headers=ADMIN) as response:
                         status = await response.json()
                     if status["cluster"]["user_connections"] == 3:
                         break

@@ -77,7 +77,8 @@ async def connections_per_node(running: Cluster) -> list[int]:
             if node.process is None or node.process.returncode is not None:
                 counts.append(0)
                 continue
-            async with http.get(f"{node.url}/api/v1/status") as response:
+            async with http.get(f"{node.url}/api/v1/status",
+                                headers={"Authorization": f"Bearer {ADMIN}"}) as response:
                 counts.append((await response.json())["connections"]["/"])
     return counts
 

@@ -21,7 +21,7 @@ import socketio
 
 from benchmarks import hostile
 from notifier.auth import Role, issue_token
-from tests.conftest import SECRET, ConnectRefused, RunningServer
+from tests.conftest import ADMIN, SECRET, ConnectRefused, RunningServer
 from tests.service_process import ServiceProcess
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,7 +114,7 @@ async def test_unexpected_polling_posts_are_answered_and_abandoned_polls_let_go(
     async with aiohttp.ClientSession() as http:
         # Sessions that only sent a NOOP are closed by the connect timeout (1 s here).
         for _ in range(50):
-            async with http.get(service.url + "/api/v1/status") as response:
+            async with http.get(service.url + "/api/v1/status", headers=ADMIN) as response:
                 sessions = (await response.json())["sessions"]
             if sessions["polling"] == 0:
                 break
@@ -149,7 +149,8 @@ async def test_http_limits_answer_json_and_log_no_traceback(service: ServiceProc
 async def test_overflowing_time_claims_are_refused(server: RunningServer, claims: dict) -> None:
     payload = {"sub": "mallory", "exp": int(time.time()) + 60, **claims}
     forged = jwt.encode(payload, SECRET, algorithm="HS256")
-    rooms_before = (await server.http("GET", "/api/v1/status"))[1]["rooms"]
+    admin = server.token("ops", role=Role.ADMIN)
+    rooms_before = (await server.http("GET", "/api/v1/status", admin))[1]["rooms"]
 
     with pytest.raises(ConnectRefused) as refused:
         await server.connect(auth={"token": forged})
@@ -157,4 +158,4 @@ async def test_overflowing_time_claims_are_refused(server: RunningServer, claims
 
     assert refused.value.code in ("AUTH_INVALID", "AUTH_EXPIRED")
     assert status == 401 and body["error"]["code"] in ("AUTH_INVALID", "AUTH_EXPIRED")
-    assert (await server.http("GET", "/api/v1/status"))[1]["rooms"] == rooms_before
+    assert (await server.http("GET", "/api/v1/status", admin))[1]["rooms"] == rooms_before

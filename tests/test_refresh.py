@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from notifier import Settings
+from notifier.auth import Role
 from tests.conftest import RunningServer, make_settings
 
 
@@ -27,7 +28,7 @@ async def test_admin_changes_the_interval_and_everyone_is_told(server: RunningSe
     assert update["data"] == {"refresh_interval": 0.1}
     refresh = await alice.next_event("refresh", count=2)
     assert refresh["data"] == {"reason": "interval", "interval": 0.1}
-    _, body = await server.http("GET", "/api/v1/status")
+    _, body = await server.http("GET", "/api/v1/status", server.token("ops", role=Role.ADMIN))
     assert body["refresh_interval"] == 0.1
     late = await server.connect("bob")
     assert (await late.next_event("session"))["data"]["refresh_interval"] == 0.1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from notifier.auth import Role
 from tests.conftest import RunningServer
 
 
@@ -11,7 +12,7 @@ async def test_health_and_status(server: RunningServer) -> None:
     await server.worker()
 
     assert await server.http("GET", "/healthz") == (200, {"ok": True})
-    status, body = await server.http("GET", "/api/v1/status")
+    status, body = await server.http("GET", "/api/v1/status", server.token("ops", role=Role.ADMIN))
 
     assert status == 200
     assert body["connections"] == {"/": 1, "/workers": 1}

@@ -84,3 +84,23 @@ async def test_unsubscribe_stops_delivery(server: RunningServer) -> None:
     assert left["rooms"]["user:alice"]["error"]["code"] == "FORBIDDEN"
     await alice.next_event("marker")
     assert alice.of_type("deploy") == []
+
+
+async def test_a_wildcard_token_follows_every_project_live(server: RunningServer) -> None:
+    ops = await server.connect("ops", projects=["*"])
+    ack = await ops.call("subscribe", {"rooms": ["project:*", "project:p1"]})
+    assert ack["rooms"]["project:*"] == {"joined": True, "live_only": True}
+    worker = await server.worker()
+    for project in ("p1", "p2", "brand-new"):
+        await worker.call("task.create", {"id": f"t-{project}", "project_id": project})
+    await ops.wait_until(lambda: len(ops.of_type("task.created")) >= 3)
+    created = ops.of_type("task.created")
+    # Once each, also for p1, which it follows twice (by name and through project:*).
+    assert sorted(event["data"]["id"] for event in created) == ["t-brand-new", "t-p1", "t-p2"]
+
+    alice = await server.connect("alice", projects=["p1"])
+    denied = await alice.call("subscribe", {"rooms": ["project:*"]})
+    assert denied["rooms"]["project:*"]["error"]["code"] == "FORBIDDEN"
+    refused = await worker.call("publish", {"room": "project:*", "type": "x"})
+    assert refused["error"]["code"] == "INVALID_PAYLOAD"
+    assert (await ops.call("unsubscribe", {"rooms": ["project:*"]}))["rooms"]["project:*"]["left"]

@@ -46,7 +46,7 @@ from ..errors import ErrorCode, NotifierError, StartupError
 from ..health import Health
 from ..logs import get_logger
 from ..records import Envelope, StreamPosition
-from ..rooms import BROADCAST_ROOM
+from ..rooms import ALL_PROJECTS_ROOM, BROADCAST_ROOM
 from . import UNKEPT, Delivery, Guard, NewEvent, Node, PresenceBackend
 from .redis_presence import RedisPresence
 
@@ -309,13 +309,13 @@ class RedisBroker:
         pubsub = self._pubsub
         if pubsub is None:
             raise NotifierError(ErrorCode.STORE_UNAVAILABLE, "the broker is reconnecting; retry")
-        channel = self._room_channel + room
+        channel = self._channel_of(room)
         confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._following[room] = confirmed
         self._confirming.setdefault(channel, []).append(confirmed)
         self._followed.add(room)
         try:
-            await self.call(pubsub.subscribe(channel))
+            await self.call(self._subscribe(pubsub, room))
             await asyncio.wait_for(asyncio.shield(confirmed), 5)
         except (TimeoutError, NotifierError) as exc:
             self._followed.discard(room)
@@ -335,13 +335,25 @@ class RedisBroker:
         self._last.pop(room, None)
         pubsub = self._pubsub
         if pubsub is not None:
-            task = asyncio.ensure_future(self._unsubscribe(pubsub, self._room_channel + room))
+            task = asyncio.ensure_future(self._unsubscribe(pubsub, room))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
-    async def _unsubscribe(self, pubsub: Any, channel: str) -> None:
+    def _channel_of(self, room: str) -> str:
+        """A room's channel; for the all-projects feed, the pattern of every project's."""
+        return self._room_channel + room  # "project:*" is that pattern, as it is
+
+    def _subscribe(self, pubsub: Any, room: str) -> Awaitable[Any]:
+        if room == ALL_PROJECTS_ROOM:
+            return pubsub.psubscribe(self._channel_of(room))
+        return pubsub.subscribe(self._channel_of(room))
+
+    async def _unsubscribe(self, pubsub: Any, room: str) -> None:
         with contextlib.suppress(*_REDIS_ERRORS):
-            await pubsub.unsubscribe(channel)
+            if room == ALL_PROJECTS_ROOM:
+                await pubsub.punsubscribe(self._channel_of(room))
+            else:
+                await pubsub.unsubscribe(self._channel_of(room))
 
     def observe(self, room: str, position: StreamPosition) -> None:
         # Where delivery stands for a room no event has reached yet: after a lost subscription,
@@ -355,8 +367,11 @@ class RedisBroker:
         while True:
             pubsub = self._subscriber.pubsub()
             try:
-                channels = [self._control, *(self._room_channel + room for room in self._followed)]
+                channels = [self._control, *(self._channel_of(room) for room in self._followed
+                                             if room != ALL_PROJECTS_ROOM)]
                 await pubsub.subscribe(*channels)
+                if ALL_PROJECTS_ROOM in self._followed:
+                    await pubsub.psubscribe(self._channel_of(ALL_PROJECTS_ROOM))
                 self._pubsub = pubsub
                 self._heard_own = time.monotonic()
                 await self._catch_up()
@@ -369,7 +384,9 @@ class RedisBroker:
                     kind = message["type"]
                     if kind == "message":
                         await self._on_message(message["data"])
-                    elif kind == "subscribe":
+                    elif kind == "pmessage":
+                        self._on_any_project(message["data"])
+                    elif kind in ("subscribe", "psubscribe"):
                         for waiting in self._confirming.pop(message["channel"], ()):
                             if not waiting.done():
                                 waiting.set_result(None)
@@ -414,6 +431,13 @@ class RedisBroker:
                 node.lost(room, "history_truncated")
         self._last[room] = (epoch, offset)
         node.deliver(delivery)
+
+    def _on_any_project(self, text: str) -> None:
+        """An event of some project's room, for the all-projects feed: live, no gap filling.
+        A room followed here as well comes through its own channel too, and is taken there."""
+        room, offset, epoch, event_type, json = text.split("\n", 4)
+        if room not in self._followed and self._node is not None:
+            self._node.deliver(Delivery(room, int(offset), epoch, event_type, json))
 
     async def _fill(self, room: str, last: tuple[str, int], until: int) -> bool:
         """Deliver the events after `last` up to `until` from the history; False if it no

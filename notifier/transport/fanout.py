@@ -15,11 +15,11 @@ from typing import Any
 
 from ..broker import UNKEPT, Delivery
 from ..metrics import Tally
+from ..rooms import ALL_PROJECTS_ROOM, BROADCAST_ROOM
 from .engine_session import Outbound
 from .socket_server import SocketConnection, encode_event
 
 USER_NAMESPACE = "/"
-BROADCAST_ROOM = "*"
 
 # A held delivery: the room, the event's offset there, and the encoded packet.
 Held = tuple[str, int, Outbound]
@@ -86,6 +86,8 @@ class SocketFanOut:
         """Send an event to every connection in its room on this node."""
         room = delivery.room
         members = self._rooms.get(room)
+        if room[:8] == "project:" and ALL_PROJECTS_ROOM in self._rooms:
+            self._deliver_to_all_projects(delivery, members)
         if not members:
             return
         packet = Outbound(f'42["{delivery.type}",{delivery.text}]')
@@ -110,6 +112,19 @@ class SocketFanOut:
                 connection.session.send(packet)
             else:
                 gate.append((room, offset, packet))
+
+    def _deliver_to_all_projects(
+        self, delivery: Delivery, members: dict[SocketConnection, None] | None,
+    ) -> None:
+        """The all-projects feed: live only, and once for a connection also in the room."""
+        packet = Outbound(f'42["{delivery.type}",{delivery.text}]')
+        for connection in self._rooms[ALL_PROJECTS_ROOM]:
+            if members is not None and connection in members:
+                continue
+            if connection.gate is None:
+                connection.session.send(packet)
+            else:
+                connection.gate.append((delivery.room, UNKEPT, packet))
 
     def _deliver_past_floors(
         self, members: dict[SocketConnection, None],

@@ -25,9 +25,11 @@ from ..models import (
     TaskUpdate,
 )
 from ..records import TaskStatus
+from . import openapi
 from .acks import validation_message
 
 log = get_logger("notifier.http")
+_OPENAPI = orjson.dumps(openapi.document())
 M = TypeVar("M", bound=BaseModel)
 
 routes = web.RouteTableDef()
@@ -117,8 +119,16 @@ async def readyz(request: web.Request) -> web.Response:
     return json_response({"ok": report["ready"], **report}, 200 if report["ready"] else 503)
 
 
+@routes.get("/api/v1/openapi.json")
+async def openapi_document(request: web.Request) -> web.Response:
+    """This API described in OpenAPI 3.1 (built once, from the models)."""
+    return web.Response(body=_OPENAPI, content_type="application/json")
+
+
 @routes.get("/api/v1/status")
 async def status(request: web.Request) -> web.Response:
+    if not _claims(request).is_admin:
+        raise NotifierError(ErrorCode.FORBIDDEN, "the status is for admin tokens")
     gateway = request.app[GATEWAY]
     return json_response({
         **request.app[NOTIFIER].status(),

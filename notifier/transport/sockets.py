@@ -6,7 +6,7 @@ Handlers are thin: they authenticate, validate (through `acked`) and call the se
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +38,7 @@ from ..models import (
 )
 from ..presence import tracked
 from ..records import new_id
-from ..rooms import BROADCAST_ROOM, presence_feed, room_for_user
+from ..rooms import ALL_PROJECTS_ROOM, BROADCAST_ROOM, presence_feed, room_for_user
 from ..service import Notifier
 from ..settings import Settings
 from .acks import Connection, EventHandler, Handler, Reply, acked, unknown_event
@@ -50,7 +50,38 @@ from .socket_server import Refused, SocketConnection, SocketServer, encode_event
 log = get_logger("notifier.sockets")
 
 WORKER_NAMESPACE = "/workers"
-_POSITIONS = TypeAdapter(dict[str, Position])
+# A reconnecting client's rooms, with where it stands (null: join without recovery).
+_POSITIONS = TypeAdapter(dict[str, Position | None])
+
+# Each namespace's events and the models their payloads are validated with.
+EVENT_MODELS: dict[str, dict[str, type[BaseModel]]] = {
+    USER_NAMESPACE: {
+        "subscribe": SubscribeRequest,
+        "unsubscribe": UnsubscribeRequest,
+        "ping": PingRequest,
+        "task.get": TaskRef,
+        "notifications.list": NotificationsList,
+        "notifications.mark_read": MarkRead,
+        "config.set_refresh_interval": RefreshIntervalRequest,
+        "auth.refresh": AuthRefresh,
+        "presence.get": PresenceRequest,
+        "presence.stats": PresenceRequest,
+    },
+    WORKER_NAMESPACE: {
+        "publish": PublishRequest,
+        "notify": NotifyRequest,
+        "task.create": TaskCreate,
+        "task.progress": TaskProgress,
+        "task.complete": TaskComplete,
+        "task.fail": TaskFail,
+        "task.cancel": TaskCancel,
+        "task.get": TaskRef,
+        "ping": PingRequest,
+        "auth.refresh": AuthRefresh,
+        "presence.get": PresenceRequest,
+        "presence.stats": PresenceRequest,
+    },
+}
 
 
 @dataclass
@@ -124,39 +155,39 @@ class SocketGateway:
     # Registration
 
     def _register(self) -> None:
-        user_events: dict[str, tuple[type[BaseModel], Handler[Any]]] = {
-            "subscribe": (SubscribeRequest, self._subscribe),
-            "unsubscribe": (UnsubscribeRequest, self._unsubscribe),
-            "ping": (PingRequest, self._ping),
-            "task.get": (TaskRef, self._task_get),
-            "notifications.list": (NotificationsList, self._notifications_list),
-            "notifications.mark_read": (MarkRead, self._notifications_mark_read),
-            "config.set_refresh_interval": (RefreshIntervalRequest, self._set_refresh_interval),
-            "auth.refresh": (AuthRefresh, self._auth_refresh),
-            "presence.get": (PresenceRequest, self._presence_get),
-            "presence.stats": (PresenceRequest, self._presence_stats),
+        handlers: dict[str, dict[str, Handler[Any]]] = {
+            USER_NAMESPACE: {
+                "subscribe": self._subscribe,
+                "unsubscribe": self._unsubscribe,
+                "ping": self._ping,
+                "task.get": self._task_get,
+                "notifications.list": self._notifications_list,
+                "notifications.mark_read": self._notifications_mark_read,
+                "config.set_refresh_interval": self._set_refresh_interval,
+                "auth.refresh": self._auth_refresh,
+                "presence.get": self._presence_get,
+                "presence.stats": self._presence_stats,
+            },
+            WORKER_NAMESPACE: {
+                "publish": self._publish,
+                "notify": self._notify,
+                "task.create": self._task_create,
+                "task.progress": self._task_progress,
+                "task.complete": self._task_complete,
+                "task.fail": self._task_fail,
+                "task.cancel": self._task_cancel,
+                "task.get": self._task_get,
+                "ping": self._ping,
+                "auth.refresh": self._auth_refresh,
+                "presence.get": self._presence_get,
+                "presence.stats": self._presence_stats,
+            },
         }
-        worker_events: dict[str, tuple[type[BaseModel], Handler[Any]]] = {
-            "publish": (PublishRequest, self._publish),
-            "notify": (NotifyRequest, self._notify),
-            "task.create": (TaskCreate, self._task_create),
-            "task.progress": (TaskProgress, self._task_progress),
-            "task.complete": (TaskComplete, self._task_complete),
-            "task.fail": (TaskFail, self._task_fail),
-            "task.cancel": (TaskCancel, self._task_cancel),
-            "task.get": (TaskRef, self._task_get),
-            "ping": (PingRequest, self._ping),
-            "auth.refresh": (AuthRefresh, self._auth_refresh),
-            "presence.get": (PresenceRequest, self._presence_get),
-            "presence.stats": (PresenceRequest, self._presence_stats),
-        }
-        for name, connect, events in (
-            (USER_NAMESPACE, self._on_user_connect, user_events),
-            (WORKER_NAMESPACE, self._on_worker_connect, worker_events),
-        ):
-            handlers = {event: acked(event, model, handler)
-                        for event, (model, handler) in events.items()}
-            self._server.register(name, _Namespace(self, connect, handlers))
+        connects = {USER_NAMESPACE: self._on_user_connect, WORKER_NAMESPACE: self._on_worker_connect}
+        for namespace, models in EVENT_MODELS.items():
+            events = {event: acked(event, model, handlers[namespace][event])
+                      for event, model in models.items()}
+            self._server.register(namespace, _Namespace(self, connects[namespace], events))
 
     def start(self) -> None:
         self._credentials.start()
@@ -264,7 +295,7 @@ class SocketGateway:
             )
         return query_token
 
-    def _positions_from(self, auth: Any) -> dict[str, Position]:
+    def _positions_from(self, auth: Any) -> dict[str, Position | None]:
         raw = auth.get("positions") if isinstance(auth, dict) else None
         if not raw:
             return {}
@@ -319,7 +350,7 @@ class SocketGateway:
         self,
         connection: SocketConnection,
         rooms: list[str],
-        since: dict[str, Position],
+        since: Mapping[str, Position | None],
         batch: _JoinBatch,
         presence: frozenset[str] = frozenset(),
     ) -> None:
@@ -333,6 +364,13 @@ class SocketGateway:
                 batch.results[room] = {"joined": False, "error": exc.to_dict()}
                 continue
             joined_at = state.joined.get(room)
+            if room == ALL_PROJECTS_ROOM:  # live only: nothing to replay
+                if joined_at is None:
+                    state.joined[room] = 0
+                    if self._fanout.join(connection, room):
+                        await self._notifier.follow(room)
+                batch.results[room] = {"joined": True, "live_only": True}
+                continue
             if joined_at is None:
                 # Enter first (and have the broker deliver the room here), then read the
                 # history: an event appended after the read is held by the gate and delivered
