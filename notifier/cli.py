@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     serve = commands.add_parser("serve", help="run the service")
     serve.add_argument("--host", help="overrides NOTIFIER_HOST")
     serve.add_argument("--port", type=int, help="overrides NOTIFIER_PORT")
+    serve.add_argument("--internal-port", type=int, help="overrides NOTIFIER_INTERNAL_PORT")
 
     token = commands.add_parser("token", help="print a signed token for a user")
     token.add_argument("--sub", required=True, help="user id")
@@ -59,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"invalid configuration: {exc}", file=sys.stderr)
         return 2
     if args.command == "serve":
+        if args.internal_port is not None:
+            settings = settings.model_copy(update={"internal_port": args.internal_port})
         return _serve(settings, args.host, args.port)
     if args.command == "config":
         return _config(settings)
