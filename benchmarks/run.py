@@ -5,6 +5,9 @@
     .venv/bin/python -m benchmarks.run latency --clients 1000 --rate 20 --seconds 10
     .venv/bin/python -m benchmarks.run memory --clients 1000 --clients 10000
     .venv/bin/python -m benchmarks.run progress
+    .venv/bin/python -m benchmarks.run connect --clients 10000      # set-up rate, JWT checked
+    .venv/bin/python -m benchmarks.run hold --clients 19000 --seconds 120
+    .venv/bin/python -m benchmarks.run storm --clients 10000        # restart, and a killed node
 
 Servers under test, each in its own process on 127.0.0.1: notifier (`python -m notifier serve`,
 SQLite store, publishing through `/workers` `publish`), notifier-inprocess (fan-out only: the
@@ -93,7 +96,8 @@ async def run_server(name: str, **extra_env: str) -> AsyncIterator[Server]:
         else:
             command = ["node", str(BENCH / "ref_node_server.mjs")]
             env["PORT"] = str(port)
-            namespace, token = "/", None
+            env["JWT_SECRET"] = SECRET  # tokens checked as notifier checks them
+            namespace, token = "/", issue_token(SECRET, "HS256", "bench", role=Role.PUBLISHER)
         process = await asyncio.create_subprocess_exec(
             *command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
@@ -140,7 +144,7 @@ class LoadGenerator:
 
     @classmethod
     async def start(cls, server: Server, clients: int, shards: int) -> LoadGenerator:
-        token = issue_token(SECRET, "HS256", "viewer") if server.name.startswith("notifier") else None
+        token = issue_token(SECRET, "HS256", "viewer")  # python-socketio's reference ignores it
         config = {"url": server.url, "count": clients, "token": token, "shards": shards}
         process = await asyncio.create_subprocess_exec(
             "node", str(BENCH / "loadgen.mjs"), json.dumps(config), cwd=BENCH,
@@ -463,6 +467,63 @@ async def scale_command(args: argparse.Namespace) -> list[dict[str, Any]]:
     return [*rows, single, across, single_latency, across_latency]
 
 
+async def connect_command(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """New authenticated websocket connections per second (each with its own JWT)."""
+    from benchmarks.connections import measure_connect_rate
+
+    rows = []
+    for name in args.servers or ("notifier", "node"):
+        async with run_server(name) as server:
+            row = await measure_connect_rate(server, SECRET, args.clients[0], args.window,
+                                             max(args.shards, 4))
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    print(f"authenticated websocket connections set up per second ({args.clients[0]}, "
+          f"{args.window} handshakes in flight; target >= 5,000/s):")
+    _ratio_table(rows, "per_second", True)
+    return rows
+
+
+async def hold_command(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Many idle connections held by one process, answering heartbeats."""
+    from benchmarks.connections import measure_hold
+
+    rows = []
+    for name in args.servers or ("notifier",):
+        async with run_server(name) as server:
+            row = await measure_hold(server, SECRET, args.clients[0], args.seconds, args.connect_rate,
+                                     max(args.shards, 4))
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        projected = row["rss_before_kb"] + row["kb_per_connection"] * 100_000
+        print(f"{row['server']}: {row['connections']} connections held {row['held_seconds']:.0f} s; "
+              f"{row['still_open']} still open, {row['ping_timeouts']:.0f} ping timeouts, "
+              f"{row['kb_per_connection']:.1f} KB each; 100,000 would take about "
+              f"{projected / 1024 / 1024:.1f} GB")
+    return rows
+
+
+async def storm_command(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """A reconnect storm: the server restarted, then (Redis broker) the clients' node killed."""
+    from benchmarks.connections import measure_storm
+
+    rows = [await measure_storm(SECRET, args.clients[0], 50, max(args.shards, 4), args.rate,
+                                kill=False, backends=None)]
+    print(json.dumps(rows[-1]), flush=True)
+    async with shared_backends() as env:
+        rows.append(await measure_storm(SECRET, args.clients[0], 50, max(args.shards, 4), args.rate,
+                                        kill=True, backends=env))
+    print(json.dumps(rows[-1]), flush=True)
+    print("reconnect storm (targets: all recovered < 30 s, 0 lost, 0 duplicated, loop lag < 250 ms, "
+          "bystander p99 < 100 ms):")
+    for row in rows:
+        print(f"  {row['variant']}: {row['clients']} clients, all recovered within "
+              f"{row['all_recovered_within_s']} s, lost {row['lost']}, duplicated "
+              f"{row['duplicates']}, behind at the end {row['behind_at_end']}, max loop lag "
+              f"{row['max_loop_lag_ms']:.0f} ms, bystander p99 {row['bystander_p99_ms']} ms")
+    return rows
+
+
 async def progress_command(args: argparse.Namespace) -> list[dict[str, Any]]:
     from benchmarks.progress import measure_progress
 
@@ -490,7 +551,7 @@ async def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command",
                         choices=["fanout", "latency", "memory", "progress", "hostile", "scale",
-                                 "all"])
+                                 "connect", "hold", "storm", "all"])
     parser.add_argument("--clients", type=int, action="append")
     parser.add_argument("--messages", type=int, default=200)
     parser.add_argument("--rate", type=float, default=20)
@@ -499,6 +560,10 @@ async def main() -> None:
     parser.add_argument("--updates", type=int, default=200_000)
     parser.add_argument("--scale-clients", type=int, default=2000,
                         help="clients for the two-nodes-vs-one figures of `scale`")
+    parser.add_argument("--window", type=int, default=400,
+                        help="handshakes in flight for `connect`")
+    parser.add_argument("--connect-rate", type=float, default=2000,
+                        help="connections opened per second for `hold`")
     parser.add_argument("--servers", nargs="+", choices=FANOUT_SERVERS,
                         help="which servers to measure (default: all; ratios need notifier)")
     args = parser.parse_args()
@@ -506,7 +571,8 @@ async def main() -> None:
         _install_node_packages()
     commands = {"fanout": fanout_command, "latency": latency_command,
                 "memory": memory_command, "progress": progress_command,
-                "hostile": hostile_command, "scale": scale_command}
+                "hostile": hostile_command, "scale": scale_command,
+                "connect": connect_command, "hold": hold_command, "storm": storm_command}
     if args.command == "all":
         memory_clients = args.clients or [1000, 10000]
         args.clients = [1000]

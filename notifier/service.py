@@ -16,7 +16,7 @@ from .broker import Broker, Delivery, Guard, Member, NewEvent
 from .clock import Clock, SystemClock, millis
 from .errors import ErrorCode, NotifierError
 from .health import Health
-from .history import Replay, replay_since
+from .history import Replay, SharedReplays
 from .inbox import Inbox
 from .logs import get_logger
 from .metrics import Tally
@@ -84,6 +84,7 @@ class Notifier:
                             ttl_seconds=settings.presence_ttl_seconds),
             self._announce_presence, ttl_seconds=settings.presence_ttl_seconds)
         self.revocations = Revocations(store, broker, self.clock, settings.revocation_seconds)
+        self._replays = SharedReplays(broker, settings.history_max_events)
         self._refresh = RefreshTimer(self.clock, settings.refresh_interval_seconds, self._send_refresh)
         self._transport: Transport = _NoTransport()
         self._maintenance: asyncio.Task[None] | None = None
@@ -384,9 +385,7 @@ class Notifier:
         return await self.revocations.revoke(user_id)
 
     async def replay(self, room: str, since: Position | None, up_to: int | None = None) -> Replay:
-        return await replay_since(
-            self.broker, room, since, up_to, limit=self.settings.history_max_events
-        )
+        return await self._replays.replay(room, since, up_to)
 
     def status(self) -> dict[str, Any]:
         return {

@@ -65,10 +65,11 @@ async def test_the_installed_wheel_serves_the_dashboard_without_node(
     env = runtime_env(installed, NOTIFIER_PORT=str(free_port()), NOTIFIER_JWT_SECRET=SECRET,
                       NOTIFIER_DATA_DIR=str(tmp_path / "data"))
     assert shutil.which("node", path=env["PATH"]) is None
-    where = subprocess.run([str(installed / "bin" / "python"), "-c",
-                            "import notifier; print(notifier.__file__)"],
-                           cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
-    package = Path(where.stdout.strip()).parent
+    where = await asyncio.create_subprocess_exec(
+        str(installed / "bin" / "python"), "-c", "import notifier; print(notifier.__file__)",
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE)
+    out, _ = await asyncio.wait_for(where.communicate(), 30)
+    package = Path(out.decode().strip()).parent
     assert str(installed) in str(package), "the installed package, not the checkout"
 
     url = f"http://127.0.0.1:{env['NOTIFIER_PORT']}"

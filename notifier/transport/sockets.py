@@ -6,6 +6,7 @@ Handlers are thin: they authenticate, validate (through `acked`) and call the se
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,6 +53,8 @@ log = get_logger("notifier.sockets")
 WORKER_NAMESPACE = "/workers"
 # A reconnecting client's rooms, with where it stands (null: join without recovery).
 _POSITIONS = TypeAdapter(dict[str, Position | None])
+# Replayed packets kept for reuse: the newest events of the rooms being recovered.
+_REPLAY_PACKETS = 20_000
 
 # Each namespace's events and the models their payloads are validated with.
 EVENT_MODELS: dict[str, dict[str, type[BaseModel]]] = {
@@ -145,6 +148,7 @@ class SocketGateway:
         self._join_locks: dict[SocketConnection, asyncio.Lock] = {}
         self._counts = {USER_NAMESPACE: 0, WORKER_NAMESPACE: 0}
         self._workers: set[SocketConnection] = set()
+        self._replay_packets: OrderedDict[tuple[str, int, str], Outbound] = OrderedDict()
         # For the metrics: rooms clients asked to recover, by outcome and reason.
         self.replays = Tally()
         self._credentials = Credentials(notifier, verifier, settings, close=self._close,
@@ -400,7 +404,16 @@ class SocketGateway:
                 batch.packets.append(self._replayed(event))
 
     def _replayed(self, event: dict[str, Any]) -> Outbound:
-        return encode_event(event["type"], {**event, "replayed": True})
+        """The packet of a replayed event, encoded once for every client that recovers it (a
+        reconnect storm replays the same events to many)."""
+        key = (event["room"], event["offset"], event["epoch"])
+        packet = self._replay_packets.get(key)
+        if packet is None:
+            packet = encode_event(event["type"], {**event, "replayed": True})
+            self._replay_packets[key] = packet
+            if len(self._replay_packets) > _REPLAY_PACKETS:
+                self._replay_packets.popitem(last=False)
+        return packet
 
     def _leave_all(self, connection: SocketConnection) -> None:
         state: Connection | None = connection.data
