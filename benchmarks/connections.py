@@ -37,10 +37,14 @@ class Clients:
         self.started = started
 
     @classmethod
-    async def start(cls, config: dict[str, Any], timeout: float) -> Clients:
+    async def start(cls, config: dict[str, Any], timeout: float,
+                    cpus: set[int] | None = None) -> Clients:
+        """`cpus`: the cores the generator's processes may use (the server keeps the rest)."""
+        command = ["node", str(BENCH / "wsclients.mjs"), json.dumps(config)]
+        if cpus:
+            command = ["taskset", "-c", ",".join(map(str, sorted(cpus))), *command]
         process = await asyncio.create_subprocess_exec(
-            "node", str(BENCH / "wsclients.mjs"), json.dumps(config), cwd=BENCH,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, limit=2**24,
+            *command, cwd=BENCH, stdin=subprocess.PIPE, stdout=subprocess.PIPE, limit=2**24,
         )
         clients = cls(process, {})
         clients.started = await clients._read("connected", timeout)
@@ -86,16 +90,40 @@ async def scrape(url: str, token: str) -> dict[tuple[str, tuple[tuple[str, str],
 # Connection set-up rate
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def split_cores(pid: int) -> set[int] | None:
+    """Give the server process core 0 and return the others, for the load generator: each
+    side then measures without the other taking its CPU (None on a single core)."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        return None
+    os.sched_setaffinity(pid, {cores[0]})
+    return set(cores[1:])
+
+
 async def measure_connect_rate(server: Any, secret: str, count: int, window: int,
                                shards: int) -> dict[str, Any]:
+    """Connections set up per second (the server on one core, the generator on the others),
+    and the server's CPU time per connection."""
     config = {"mode": "connect", "url": server.url, "count": count, "window": window,
               "shards": shards, "rooms": 50, "secret": secret}
-    clients = await Clients.start(config, timeout=120)
+    cpus = split_cores(server.process.pid)
+    cpu_before = cpu_seconds(server.process.pid)
+    clients = await Clients.start(config, timeout=120, cpus=cpus)
+    cpu_used = cpu_seconds(server.process.pid) - cpu_before
     await clients.stop()
     figures = clients.started
+    per_connection = cpu_used / max(figures["connected"], 1)
     return {"server": server.name, "connections": figures["connected"], "refused": figures["refused"],
             "seconds": figures["seconds"],
-            "per_second": figures["connected"] / max(figures["seconds"], 1e-9)}
+            "per_second": figures["connected"] / max(figures["seconds"], 1e-9),
+            "server_cpu_us_per_connection": per_connection * 1e6,
+            "per_server_core_second": 1 / per_connection if per_connection else float("inf")}
 
 
 # Many connections held

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import logging
+import resource
 import signal
 import socket
 from collections.abc import AsyncIterator
@@ -39,6 +42,11 @@ SOCKETIO_PATH = "/socket.io/"
 # How much bigger than the largest event one Engine.IO message may be: events between the two
 # get a PAYLOAD_TOO_LARGE ack (read from their header alone); bigger ones close the session.
 _MESSAGE_SLACK = 4
+# Allocations (net) between two collections of the youngest generation.
+_GC_THRESHOLD = 20_000
+# Connections waiting to be accepted (the kernel caps it at net.core.somaxconn): a burst of
+# reconnecting clients beyond the default 128 would see dropped SYNs and retry a second later.
+_LISTEN_BACKLOG = 4096
 
 
 def create_app(settings: Settings | None = None, *, clock: Clock | None = None) -> web.Application:
@@ -141,9 +149,27 @@ def make_runner(app: web.Application, **kwargs: Any) -> web.AppRunner:
     )
 
 
+def tune_garbage_collector() -> None:
+    """Fewer cyclic collections. Every connection allocates hundreds of objects, and at the
+    default threshold (700) a burst of connections triggered collections that scan every live
+    connection's objects again and again: measured at 9% of the CPU of set-ups. What exists
+    at start is frozen (never scanned); collections run a fraction as often."""
+    gc.freeze()
+    gc.set_threshold(_GC_THRESHOLD, 20, 20)
+
+
+def raise_open_files_limit() -> None:
+    """Every connection is a file: the soft limit is raised to the hard one (as systemd's
+    LimitNOFILE would set both)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def _listen(variable: str, host: str, port: int) -> socket.socket:
     try:
-        return socket.create_server((host, port))
+        return socket.create_server((host, port), backlog=_LISTEN_BACKLOG)
     except OSError as exc:
         raise StartupError(f"{variable}: cannot listen on {host}:{port}: {exc.strerror}") from exc
 
@@ -158,7 +184,9 @@ async def serve(settings: Settings, host: str, port: int) -> None:
     app = create_app(settings)
     runner = make_runner(app, shutdown_timeout=5.0)
     await runner.setup()
-    await web.SockSite(runner, listener).start()
+    tune_garbage_collector()
+    raise_open_files_limit()
+    await web.SockSite(runner, listener, backlog=_LISTEN_BACKLOG).start()
     log.info("listening", url=f"http://{host}:{port}")
     internal_runner = None
     if internal is not None:

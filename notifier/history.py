@@ -45,6 +45,10 @@ class SharedReplays:
         self._reading: set[asyncio.Task[None]] = set()
 
     async def replay(self, room: str, since: Position | None, up_to: int | None) -> Replay:
+        if since is None and not self._broker.shared:
+            # Only the head, which the in-process broker has in memory: nothing to share.
+            head, _ = await self._broker.bounds(room)
+            return Replay(position=head)
         loop = asyncio.get_running_loop()
         request = _Request(since, up_to, loop.create_future())
         waiting = self._waiting.get(room)

@@ -20,7 +20,7 @@ def test_the_private_attributes_we_use_still_exist() -> None:
     for cls in web_protocol.RequestHandler.__mro__:
         slots.update(getattr(cls, "__slots__", ()))
     for name in ("_message_tail", "_manager", "_request_count", "_request_in_progress",
-                 "_keepalive_handle", "transport"):
+                 "_keepalive_handle", "transport", "_loop"):
         assert name in slots, f"aiohttp's RequestHandler no longer has {name}"
     for method in ("keep_alive", "force_close", "handle_error", "connection_made", "data_received"):
         assert callable(getattr(web_protocol.RequestHandler, method)), method

@@ -31,6 +31,9 @@ _TRIM_EVERY = 64
 # Guards remembered (one per task with recent events); one process is the only writer, so a
 # forgotten guard only ever lets through what it would have let through anyway.
 _MAX_GUARDS = 100_000
+# Rooms whose committed bounds (head, first retained offset) are kept in memory: every
+# connection asks for those of its own rooms, and this process is the only writer.
+_MAX_BOUNDS = 100_000
 
 
 class LocalBroker:
@@ -48,6 +51,7 @@ class LocalBroker:
         self._trims: list[tuple[str, int]] = []
         self._appended: list[Envelope] = []
         self._guards: OrderedDict[str, int] = OrderedDict()
+        self._bounds: OrderedDict[str, tuple[int, int]] = OrderedDict()
         db.add_schema(_SCHEMA)
         db.on_before_commit(self._write)
         db.on_after_commit(self._committed)
@@ -73,6 +77,7 @@ class LocalBroker:
             return value
 
         self._forget()
+        self._bounds.clear()
         self.epoch = self.db.read(epoch)
 
     # Appending
@@ -97,8 +102,12 @@ class LocalBroker:
         room = event.room
         head = self._heads.get(room)
         if head is None:
-            row = db.execute("SELECT head FROM room_heads WHERE room = ?", (room,)).fetchone()
-            head = int(row[0]) if row else 0
+            known = self._bounds.get(room)
+            if known is not None:
+                head = known[0]
+            else:
+                row = db.execute("SELECT head FROM room_heads WHERE room = ?", (room,)).fetchone()
+                head = int(row[0]) if row else 0
         offset = head + 1
         self._heads[room] = offset
         data = encoded.get(id(event.data))
@@ -130,6 +139,15 @@ class LocalBroker:
 
     def _committed(self) -> None:
         appended = self._appended
+        bounds = self._bounds
+        for room, head in self._heads.items():
+            known = bounds.get(room)
+            if known is not None:  # (an empty room's first offset is its head + 1 already)
+                bounds[room] = (head, known[1])
+        for room, cutoff in self._trims:
+            known = bounds.get(room)
+            if known is not None:
+                bounds[room] = (known[0], max(known[1], cutoff + 1))
         self._rows, self._heads, self._trims, self._appended = [], {}, [], []
         node = self._node
         if node is not None:
@@ -155,13 +173,16 @@ class LocalBroker:
         ]
 
     async def bounds(self, room: str) -> tuple[StreamPosition, int]:
-        def bounds(db: sqlite3.Connection) -> tuple[int, int | None]:
-            head = db.execute("SELECT head FROM room_heads WHERE room = ?", (room,)).fetchone()
-            first = db.execute("SELECT MIN(offset) FROM events WHERE room = ?", (room,)).fetchone()
-            return (int(head[0]) if head else 0), (first[0] if first else None)
-
-        head, first = self.db.read(bounds)
-        return StreamPosition(self.epoch, head), (int(first) if first is not None else head + 1)
+        """The committed bounds (appends not yet committed are delivered live later)."""
+        known = self._bounds.get(room)
+        if known is None:
+            known = self.db.read(lambda db: _bounds(db, room))
+            self._bounds[room] = known
+            if len(self._bounds) > _MAX_BOUNDS:
+                self._bounds.popitem(last=False)
+        else:
+            self._bounds.move_to_end(room)
+        return StreamPosition(self.epoch, known[0]), known[1]
 
     async def trim(self, older_than_ts: int, max_per_room: int) -> int:
         def trim(db: sqlite3.Connection) -> int:
@@ -172,7 +193,9 @@ class LocalBroker:
                 " WHERE e.offset <= h.head - ?)", (max_per_room,)).rowcount
             return int(removed)
 
-        return await self.db.write(trim)
+        removed = await self.db.write(trim)
+        self._bounds.clear()  # first offsets moved, in any room
+        return removed
 
     # One node
 
@@ -202,3 +225,12 @@ class LocalBroker:
 
     def presence(self, *, grace_seconds: float, ttl_seconds: float) -> PresenceBackend:
         return LocalPresence(grace_seconds)
+
+
+def _bounds(db: sqlite3.Connection, room: str) -> tuple[int, int]:
+    """A room's head and its first retained offset (head + 1 when it has none)."""
+    head, first = db.execute(
+        "SELECT (SELECT head FROM room_heads WHERE room = ?1), "
+        "(SELECT MIN(offset) FROM events WHERE room = ?1)", (room,)).fetchone()
+    head = int(head) if head is not None else 0
+    return head, int(first) if first is not None else head + 1

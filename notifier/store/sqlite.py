@@ -6,6 +6,7 @@ iteration however many updates it had (the commit every writer then waits for)."
 from __future__ import annotations
 
 import sqlite3
+from collections import OrderedDict
 from typing import Any
 
 import orjson
@@ -32,6 +33,8 @@ CREATE TABLE IF NOT EXISTS revocations (
 );
 """
 
+_MAX_UNREAD_COUNTS = 100_000
+
 _UPSERT_TASK = (
     "INSERT INTO tasks (id, project_id, status, finished_at, body) VALUES (?, ?, ?, ?, ?) "
     "ON CONFLICT (id) DO UPDATE SET status = excluded.status, "
@@ -57,6 +60,8 @@ class SqliteStore:
         db.on_reopen(self._load_tasks)
         # Unfinished tasks, the newest state of each; finished ones are read from the table.
         self._live: dict[str, Task] = {}
+        # Unread counts of recent users (committed data; see unread_counts).
+        self._unread: OrderedDict[str, int] = OrderedDict()
         # Tasks changed in the open transaction, and what each was before it (to roll back).
         self._dirty: dict[str, Task] = {}
         self._before: dict[str, Task | None] = {}
@@ -76,6 +81,7 @@ class SqliteStore:
             f"SELECT body FROM tasks WHERE status IN ({','.join('?' * len(unfinished))})",
             unfinished).fetchall())
         self._live = {task.id: task for task in (_task(body) for (body,) in rows)}
+        self._unread.clear()  # a reopened file may hold other data
 
     def _stage(self, task: Task, previous: Task | None) -> None:
         self._before.setdefault(task.id, previous)
@@ -151,6 +157,8 @@ class SqliteStore:
     async def add_notifications(self, notifications: list[Notification]) -> None:
         rows = [(n.id, n.user_id, n.created_at, int(n.read), orjson.dumps(n.to_dict()))
                 for n in notifications]
+        for notification in notifications:
+            self._unread.pop(notification.user_id, None)
         await self.db.write(lambda db: db.executemany(
             "INSERT OR IGNORE INTO notifications (id, user_id, created_at, read, body) "
             "VALUES (?, ?, ?, ?, ?)", rows))
@@ -177,6 +185,7 @@ class SqliteStore:
             sql = (f"UPDATE notifications SET read = 1 WHERE user_id = ? AND read = 0 "
                    f"AND id IN ({','.join('?' * len(ids))}) RETURNING id")
             params = (user_id, *ids)
+        self._unread.pop(user_id, None)
         rows = await self.db.write(lambda db: db.execute(sql, params).fetchall())
         return [row[0] for row in rows]
 
@@ -184,12 +193,20 @@ class SqliteStore:
         return (await self.unread_counts([user_id]))[user_id]
 
     async def unread_counts(self, user_ids: list[str]) -> dict[str, int]:
-        counts = dict.fromkeys(user_ids, 0)
-        rows = self.db.read(lambda db: db.execute(
-            f"SELECT user_id, COUNT(*) FROM notifications WHERE read = 0 AND user_id IN "
-            f"({','.join('?' * len(user_ids))}) GROUP BY user_id", user_ids).fetchall())
-        counts.update({user: int(count) for user, count in rows})
-        return counts
+        """Counts of committed data; kept in memory (this process is the only writer, and
+        every write that changes a user's count forgets it), since every connection asks."""
+        cache = self._unread
+        missing = [user for user in user_ids if user not in cache]
+        if missing:
+            counts = dict.fromkeys(missing, 0)
+            rows = self.db.read(lambda db: db.execute(
+                f"SELECT user_id, COUNT(*) FROM notifications WHERE read = 0 AND user_id IN "
+                f"({','.join('?' * len(missing))}) GROUP BY user_id", missing).fetchall())
+            counts.update({user: int(count) for user, count in rows})
+            cache.update(counts)
+            while len(cache) > _MAX_UNREAD_COUNTS:
+                cache.popitem(last=False)
+        return {user: cache[user] for user in user_ids}
 
     async def trim_notifications(self, older_than_ts: int, max_per_user: int) -> int:
         def trim(db: sqlite3.Connection) -> int:
@@ -201,7 +218,9 @@ class SqliteStore:
                 " FROM notifications) WHERE rank > ?)", (max_per_user,)).rowcount
             return int(removed)
 
-        return await self.db.write(trim)
+        removed = await self.db.write(trim)
+        self._unread.clear()
+        return removed
 
     # Idempotency
 

@@ -83,11 +83,12 @@ _OWNER = _Owner()
 
 
 def new_frame_reader(
-    on_message: MessageHandler, on_failure: FailureHandler, max_message_bytes: int
+    on_message: MessageHandler, on_failure: FailureHandler, max_message_bytes: int,
+    loop: asyncio.AbstractEventLoop | None = None,
 ) -> WebSocketReader:
     """A websocket frame reader: `feed_data(bytes)` calls `on_message` for every complete
     message (text as str, binary as bytes, close/ping/pong) or `on_failure` once."""
-    sink = _MessageSink(_OWNER, max_message_bytes, loop=asyncio.get_running_loop())
+    sink = _MessageSink(_OWNER, max_message_bytes, loop=loop or asyncio.get_running_loop())
     sink._on_message = on_message
     sink._on_failure = on_failure
     return WebSocketReader(sink, max_message_bytes, False, True)
@@ -138,8 +139,7 @@ class _NotifierRequestHandler(web_protocol.RequestHandler):
         super().connection_lost(exc)
 
     def _start_header_timer(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._header_timer = loop.call_later(
+        self._header_timer = self._loop.call_later(
             self._settings.header_timeout, self._headers_too_slow
         )
 

@@ -49,9 +49,11 @@ class Credentials:
         self._revoke_rooms = revoke_rooms
         self._wheel: TimeWheel[SocketConnection] = TimeWheel(_TICK)
         self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # start() keeps it
 
     def start(self) -> None:
-        self._timer = asyncio.get_running_loop().call_later(_TICK, self._sweep)
+        self._loop = asyncio.get_running_loop()
+        self._timer = self._loop.call_later(_TICK, self._sweep)
 
     def stop(self) -> None:
         if self._timer is not None:
@@ -79,7 +81,9 @@ class Credentials:
     def _schedule(self, connection: SocketConnection, now: float) -> None:
         state: Connection = connection.data
         due = state.notice_at or state.claims.expires_at + self._leeway
-        self._wheel.add(connection, asyncio.get_running_loop().time() + max(due - now, 0.0))
+        loop = self._loop
+        assert loop is not None, "start() first"
+        self._wheel.add(connection, loop.time() + max(due - now, 0.0))
 
     def _sweep(self) -> None:
         loop = asyncio.get_running_loop()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +30,7 @@ from .engine_session import (
     EngineSession,
     SessionHandler,
 )
+from .session_ids import new_sid
 from .timewheel import TimeWheel
 from .websocket import (
     HandshakeError,
@@ -155,7 +155,7 @@ class EngineServer:
     # Sessions
 
     def _open(self, request: web.BaseRequest) -> EngineSession:
-        sid = secrets.token_urlsafe(15)
+        sid = new_sid()
         header = request.headers.get("Authorization")
         # Kept even when query tokens are refused: the refusal then says why.
         query_token = request.query.get("token")
@@ -295,16 +295,16 @@ class EngineServer:
             session.start_probe(link)
         else:
             session = self._open(request)
-            link = self._link(request, accept)
+            # The OPEN packet goes out with the handshake's answer, in one write.
+            link = self._link(request, accept, text_frame(self.open_packet(session.sid, [])))
             session.attach(link)
-            link.queue(text_frame(self.open_packet(session.sid, [])))
         # The connection is ours now; aiohttp's request loop ends with this (unsent) answer.
         return web.Response(status=101)
 
-    def _link(self, request: web.Request, accept: str) -> Any:
+    def _link(self, request: web.Request, accept: str, first: bytes = b"") -> Any:
         try:
             return open_link(request, accept, self.batcher, self.max_message_bytes,
-                             self.max_backlog, peer_of(request, self._trusted_proxies))
+                             self.max_backlog, peer_of(request, self._trusted_proxies), first)
         except ConnectionResetError:
             raise TransportError(400, ErrorCode.INVALID_PAYLOAD, "the connection closed") from None
 

@@ -15,7 +15,6 @@ payload, or None when there is nothing to answer.
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import Awaitable, Coroutine
 from enum import Enum
 from typing import Any, Protocol
@@ -28,6 +27,7 @@ from ..logs import get_logger
 from ..metrics import Tally
 from . import jsonlib
 from .engine_session import FLOODING, MESSAGE, TRANSPORT_CLOSE, EngineSession, Outbound
+from .session_ids import new_sid
 
 log = get_logger("notifier.sockets")
 
@@ -66,7 +66,7 @@ class SocketConnection:
     __slots__ = ("data", "gate", "namespace", "session", "sid", "state", "waiting")
 
     def __init__(self, session: EngineSession, namespace: str) -> None:
-        self.sid = secrets.token_urlsafe(15)
+        self.sid = new_sid()
         self.session = session
         self.namespace = namespace
         self.state = State.CONNECTING
@@ -107,6 +107,7 @@ class SocketServer:
         self.max_event_bytes = max_event_bytes
         self.namespaces: dict[str, Namespace] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
         # For the metrics: acks sent, by namespace and result (`ok` or the error code).
         self.acks = Tally()
 
@@ -331,7 +332,10 @@ class SocketServer:
             self.namespaces[connection.namespace].disconnected(connection, reason)
 
     def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
-        task = asyncio.get_running_loop().create_task(work)
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        task = loop.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

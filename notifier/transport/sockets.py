@@ -361,9 +361,10 @@ class SocketGateway:
         """Join the rooms (with the presence feeds of those in `presence`), replaying what
         `since` asks for into `batch`."""
         state: Connection = connection.data
+        own = (BROADCAST_ROOM, room_for_user(state.claims.sub))  # everyone's, and the user's
         for room in dict.fromkeys(rooms):
             try:
-                task = await self._notifier.authorize_room(state.claims, room)
+                task = None if room in own else await self._notifier.authorize_room(state.claims, room)
             except NotifierError as exc:
                 batch.results[room] = {"joined": False, "error": exc.to_dict()}
                 continue

@@ -92,10 +92,14 @@ class WriteBatcher:
 
     def __init__(self) -> None:
         self._due: list[WebSocketLink] = []
+        # Kept: asyncio.get_running_loop() costs a getpid() system call each time.
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     def schedule(self, link: WebSocketLink) -> None:
         if not self._due:
-            asyncio.get_running_loop().call_soon(self._write_due)
+            if self.loop is None:
+                self.loop = asyncio.get_running_loop()
+            self.loop.call_soon(self._write_due)
         self._due.append(link)
 
     def _write_due(self) -> None:
@@ -132,7 +136,10 @@ class WebSocketLink(asyncio.Protocol):
         self._writing_paused = False
         self._stash: bytes | None = None  # input held back while the client is throttled
         self._resume: asyncio.TimerHandle | None = None
-        self._reader = new_frame_reader(self._on_message, self._on_failure, max_message_bytes)
+        if batcher.loop is None:
+            batcher.loop = asyncio.get_running_loop()
+        self._reader = new_frame_reader(self._on_message, self._on_failure, max_message_bytes,
+                                        batcher.loop)
 
     # Reading
 
@@ -285,14 +292,16 @@ def open_link(
     max_message_bytes: int,
     max_backlog: int,
     peer: str,
+    first: bytes = b"",
 ) -> WebSocketLink:
-    """Answer the handshake (101), take the connection from aiohttp and serve it here."""
+    """Answer the handshake (101), take the connection from aiohttp and serve it here.
+    `first`: frames to send with the answer, in the same write."""
     transport, tail = take_transport(request)
     transport.write(
         (
             "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             f"Sec-WebSocket-Accept: {accept}\r\n\r\n"
-        ).encode()
+        ).encode() + first
     )
     link = WebSocketLink(transport, batcher, max_message_bytes, max_backlog, peer)
     transport.set_protocol(link)
