@@ -63,6 +63,8 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     verifier = TokenVerifier(settings, verification_key(settings))
     client_errors = ClientErrorLog(get_logger("notifier.clients"))
 
+    metrics = Metrics()
+    max_lag = settings.admission_max_lag_ms / 1000
     sockets = SocketServer(max_event_bytes=settings.max_payload_bytes)
     engine = EngineServer(
         sockets,
@@ -78,12 +80,14 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         ),
         client_errors=client_errors,
         trusted_proxies=frozenset(settings.trusted_proxies),
+        # New sessions wait (503, the client retries) while the event loop is late: a
+        # reconnect storm must not hold up the connections already here.
+        admit=lambda: metrics.latest_lag <= max_lag,
     )
     fanout = SocketFanOut()
     fanout.on_room_empty = notifier.unfollow
     notifier.attach(fanout)
     gateway = SocketGateway(sockets, notifier, verifier, settings, fanout)
-    metrics = Metrics()
     metrics_view.read_service(metrics, engine=engine, sockets=sockets, fanout=fanout,
                               gateway=gateway, notifier=notifier, client_errors=client_errors)
 

@@ -78,6 +78,8 @@ class Metrics:
             "The largest event-loop lag in the current 10-second window",
             registry=registry)
         self._lag_task: asyncio.Task[None] | None = None
+        # The lag of the last tick: admission of new sessions looks at it.
+        self.latest_lag = 0.0
 
     def timed(self, component: str, operation: str, seconds: float) -> None:
         """A `health.Timing`: the store's and the broker's operations."""
@@ -107,6 +109,7 @@ class Metrics:
             expected = time.monotonic() + _LAG_PERIOD
             await asyncio.sleep(_LAG_PERIOD)
             lag = max(0.0, time.monotonic() - expected)
+            self.latest_lag = lag
             self.loop_lag.observe(lag)
             window_max, ticks = max(window_max, lag), ticks + 1
             self.loop_lag_max.set(window_max)

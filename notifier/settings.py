@@ -119,6 +119,9 @@ class Settings(BaseSettings):
     connect_timeout_seconds: float = Field(10.0, gt=0, le=300)
     # Request headers that have not all arrived by then get 408 and the connection closes.
     http_header_timeout_seconds: float = Field(10.0, gt=0, le=300)
+    # New Engine.IO sessions are refused (503, retried by clients) while the event loop runs
+    # later than this: set-ups of a reconnect storm wait, the connections already here don't.
+    admission_max_lag_ms: float = Field(200.0, ge=0)
 
     user_rate_per_second: float = Field(100.0, gt=0)
     user_rate_burst: int = Field(50, ge=1)

@@ -259,3 +259,34 @@ def test_start_up_failures_are_one_line_and_exit_2(tmp_path: Path, case: str) ->
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2, result.stderr
     assert len(lines) == 1 and expected in lines[0], result.stderr
+
+
+async def test_reads_between_writes_commit_each_transaction_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A read commits the open transaction first (it must see only what is committed); the
+    commit that transaction had scheduled then finds nothing to do, whatever opened since."""
+    from notifier.health import Health
+    from notifier.store import open_store
+
+    store = open_store(f"sqlite:///{tmp_path / 'interleaved.db'}", Health())
+    await store.open()
+    try:
+        from notifier.records import Notification
+
+        def note(n: int) -> Notification:
+            return Notification(id=f"n{n}", user_id="alice", title="t", body=None, created_at=n)
+
+        # Each round: a write opens a transaction, the read commits it, the next write opens
+        # another, all within one loop iteration.
+        writes, counts = [], []
+        for n in range(20):
+            writes.append(asyncio.ensure_future(store.add_notifications([note(n)])))
+            await asyncio.sleep(0)  # the write has run its statements
+            counts.append(await store.unread_count("alice"))
+        await asyncio.gather(*writes)
+        assert counts == list(range(1, 21))
+        assert await store.unread_count("alice") == 20
+    finally:
+        await store.close()
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text

@@ -21,7 +21,7 @@ import socketio
 
 from benchmarks import hostile
 from notifier.auth import Role, issue_token
-from tests.conftest import ADMIN, SECRET, ConnectRefused, RunningServer
+from tests.conftest import ADMIN, SECRET, ConnectRefused, RunningServer, until
 from tests.service_process import ServiceProcess
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -159,3 +159,35 @@ async def test_overflowing_time_claims_are_refused(server: RunningServer, claims
     assert refused.value.code in ("AUTH_INVALID", "AUTH_EXPIRED")
     assert status == 401 and body["error"]["code"] in ("AUTH_INVALID", "AUTH_EXPIRED")
     assert (await server.http("GET", "/api/v1/status", admin))[1]["rooms"] == rooms_before
+
+
+async def test_new_sessions_wait_while_the_event_loop_is_late(server: RunningServer) -> None:
+    """Admission: while the loop runs late (a reconnect storm, a burst of work), new sessions
+    get 503 UNAVAILABLE, which clients retry after their backoff; connections already there
+    go on. Here the loop is really held up, by blocking it, as heavy work would."""
+    from notifier.keys import METRICS
+
+    metrics = server.app[METRICS]
+    bystander = await server.connect("bob")
+    blocking = True
+
+    async def hold_the_loop_up() -> None:
+        while blocking:
+            time.sleep(0.3)  # noqa: ASYNC251 - the point: the loop is held up
+            await asyncio.sleep(0.02)
+
+    blocker = asyncio.ensure_future(hold_the_loop_up())
+    try:
+        await until(lambda: metrics.latest_lag > 0.2, timeout=5)
+        async with aiohttp.ClientSession() as http, http.get(
+            server.url + "/socket.io/?EIO=4&transport=polling"
+        ) as response:
+            assert response.status == 503
+            assert (await response.json())["error"]["code"] == "UNAVAILABLE"
+        assert (await bystander.call("ping", timeout=10))["ok"]
+    finally:
+        blocking = False
+        await blocker
+    await until(lambda: metrics.latest_lag < 0.05, timeout=5)
+    await server.connect("carol")  # admitted again
+    assert server.app[METRICS].exposition().count(b"notifier_handshakes_refused_busy_total 1.0") == 1

@@ -183,8 +183,11 @@ class SqliteDatabase:
             self._commit()
 
     def _commit_quietly(self) -> None:
-        with contextlib.suppress(NotifierError):
-            self._commit()
+        # A read may have committed the transaction already (commit_now), and another one
+        # opened since is committed by whichever of the scheduled calls comes first.
+        if self._in_transaction:
+            with contextlib.suppress(NotifierError):
+                self._commit()
 
     def _commit(self) -> None:
         conn, done = self.connection, self._committed

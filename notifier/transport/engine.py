@@ -73,6 +73,7 @@ class EngineServer:
         new_bucket: BucketFactory,
         client_errors: ClientErrorLog,
         trusted_proxies: frozenset[str] = frozenset(),
+        admit: Callable[[], bool] = lambda: True,
     ) -> None:
         self.handler = handler
         self.ping_interval = ping_interval
@@ -90,6 +91,9 @@ class EngineServer:
         self._new_bucket = new_bucket
         self._client_errors = client_errors
         self._trusted_proxies = trusted_proxies
+        # Asked before each new session: False while the process is overloaded.
+        self._admit = admit
+        self.refused_busy = 0
         self._wheel: TimeWheel[EngineSession] = TimeWheel(_TICK)
         self._polling: set[EngineSession] = set()
         self._ticker: asyncio.TimerHandle | None = None
@@ -155,6 +159,10 @@ class EngineServer:
     # Sessions
 
     def _open(self, request: web.BaseRequest) -> EngineSession:
+        if not self._admit():
+            # Cheaper than a whole set-up: the client retries after its (jittered) backoff.
+            self.refused_busy += 1
+            raise TransportError(503, ErrorCode.UNAVAILABLE, "the server is busy; retry shortly")
         sid = new_sid()
         header = request.headers.get("Authorization")
         # Kept even when query tokens are refused: the refusal then says why.

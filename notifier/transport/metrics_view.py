@@ -66,6 +66,9 @@ def read_service(
                       {(): engine.closes.get(SLOW_CONSUMER, 0)})
         yield counter("notifier_rate_limited", "Packets refused over a connection's rate limit",
                       [], {(): engine.rate_limited})
+        yield counter("notifier_handshakes_refused_busy",
+                      "New sessions refused while the event loop was late (admission)",
+                      [], {(): engine.refused_busy})
         yield counter("notifier_client_errors",
                       "Malformed or abusive client input (each logged a few times per peer)",
                       ["reason"], client_errors.counts)
