@@ -1,6 +1,6 @@
 """notifier's benchmarks, with references measured in the same run.
 
-    .venv/bin/python -m benchmarks.run all                 # everything (a few minutes)
+    .venv/bin/python -m benchmarks.run all                 # everything (about 20 minutes)
     .venv/bin/python -m benchmarks.run fanout --clients 1000
     .venv/bin/python -m benchmarks.run latency --clients 1000 --rate 20 --seconds 10
     .venv/bin/python -m benchmarks.run memory --clients 1000 --clients 10000
@@ -510,11 +510,12 @@ async def storm_command(args: argparse.Namespace) -> list[dict[str, Any]]:
     """A reconnect storm: the server restarted, then (Redis broker) the clients' node killed."""
     from benchmarks.connections import measure_storm
 
-    rows = [await measure_storm(SECRET, args.clients[0], 50, max(args.shards, 4), args.rate,
+    rate = args.storm_publish_rate
+    rows = [await measure_storm(SECRET, args.clients[0], 50, max(args.shards, 4), rate,
                                 kill=False, backends=None)]
     print(json.dumps(rows[-1]), flush=True)
     async with shared_backends() as env:
-        rows.append(await measure_storm(SECRET, args.clients[0], 50, max(args.shards, 4), args.rate,
+        rows.append(await measure_storm(SECRET, args.clients[0], 50, max(args.shards, 4), rate,
                                         kill=True, backends=env))
     print(json.dumps(rows[-1]), flush=True)
     print("reconnect storm (targets: all recovered < 30 s, 0 lost, 0 duplicated, loop lag < 250 ms, "
@@ -563,6 +564,8 @@ async def main() -> None:
     parser.add_argument("--updates", type=int, default=200_000)
     parser.add_argument("--scale-clients", type=int, default=2000,
                         help="clients for the two-nodes-vs-one figures of `scale`")
+    parser.add_argument("--storm-publish-rate", type=float, default=50,
+                        help="events published per second during `storm` (over its 50 rooms)")
     parser.add_argument("--window", type=int, default=400,
                         help="handshakes in flight for `connect`")
     parser.add_argument("--connect-rate", type=float, default=2000,
@@ -583,6 +586,11 @@ async def main() -> None:
             await commands[name](args)
         args.clients = memory_clients
         await memory_command(args)
+        args.clients = [10_000]
+        await connect_command(args)
+        await storm_command(args)
+        args.clients, args.seconds = [19_000], 120
+        await hold_command(args)
     else:
         args.clients = args.clients or [1000]
         await commands[args.command](args)
