@@ -43,7 +43,10 @@ class Client {
 
   open(url) {
     return new Promise((resolve) => {
-      const socket = new WebSocket(wsUrl(url), { perMessageDeflate: false });
+      // A handshake that has not completed in 20 s is given up and retried after the backoff,
+      // as socket.io-client's `timeout` does: a SYN dropped by a full accept queue would
+      // otherwise wait for the kernel's retransmissions (1, 3, 7, 15, 31, 63 s).
+      const socket = new WebSocket(wsUrl(url), { perMessageDeflate: false, handshakeTimeout: 20000 });
       this.socket = socket;
       let settled = false;
       const settle = (ok) => { if (!settled) { settled = true; resolve(ok); } };
@@ -145,15 +148,20 @@ async function runShard(config) {
       let behind = 0;
       let recoveredAt = 0;
       let notRecovered = 0;
+      const stuck = {};
       for (const client of clients) {
         const head = heads[client.room];
         if (head !== undefined && (client.position?.offset ?? 0) < head) behind += 1;
         if (client.connects > 1) recoveredAt = Math.max(recoveredAt, client.recoveredAt);
-        else if (config.mode === "storm") notRecovered += 1;
+        else if (config.mode === "storm") {
+          notRecovered += 1;
+          const state = `attempt ${client.attempt}, socket ${client.socket?.readyState}`;
+          stuck[state] = (stuck[state] ?? 0) + 1;
+        }
       }
       process.send({ kind: "report", refused: shard.refused, dropped: shard.dropped,
         failed: shard.failed, lost: shard.lost, duplicates: shard.duplicates,
-        unrecovered: shard.unrecovered, behind, recoveredAt, notReconnected: notRecovered,
+        unrecovered: shard.unrecovered, behind, recoveredAt, notReconnected: notRecovered, stuck,
         open: clients.filter((c) => c.socket?.readyState === WebSocket.OPEN).length });
     }
     if (command.kind === "quit") {
@@ -209,7 +217,11 @@ if (SHARD) {
       say({ kind: "report", refused: sum("refused"), dropped: sum("dropped"), failed: sum("failed"),
         lost: sum("lost"), duplicates: sum("duplicates"), unrecovered: sum("unrecovered"),
         behind: sum("behind"), open: sum("open"), notReconnected: sum("notReconnected"),
-        recoveredAt: Math.max(...reports.map((r) => r.recoveredAt)) });
+        recoveredAt: Math.max(...reports.map((r) => r.recoveredAt)),
+        stuck: reports.reduce((all, r) => {
+          for (const [state, n] of Object.entries(r.stuck)) all[state] = (all[state] ?? 0) + n;
+          return all;
+        }, {}) });
     } else if (word === "quit") {
       children.forEach((c) => c.send({ kind: "quit" }));
       break;

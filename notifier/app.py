@@ -44,9 +44,10 @@ SOCKETIO_PATH = "/socket.io/"
 _MESSAGE_SLACK = 4
 # Allocations (net) between two collections of the youngest generation.
 _GC_THRESHOLD = 20_000
-# Connections waiting to be accepted (the kernel caps it at net.core.somaxconn): a burst of
-# reconnecting clients beyond the default 128 would see dropped SYNs and retry a second later.
-_LISTEN_BACKLOG = 4096
+# Connections waiting to be accepted. The kernel caps it at net.core.somaxconn, so asking for
+# the most lets a host that raises that sysctl get a longer queue. Beyond the queue, SYNs of a
+# reconnect burst are dropped and retried by the client's kernel 1, 3, 7... seconds later.
+_LISTEN_BACKLOG = 65535
 
 
 def create_app(settings: Settings | None = None, *, clock: Clock | None = None) -> web.Application:
@@ -82,7 +83,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         trusted_proxies=frozenset(settings.trusted_proxies),
         # New sessions wait (503, the client retries) while the event loop is late: a
         # reconnect storm must not hold up the connections already here.
-        admit=lambda: metrics.latest_lag <= max_lag,
+        admit=(lambda: metrics.latest_lag <= max_lag) if max_lag else (lambda: True),
     )
     fanout = SocketFanOut()
     fanout.on_room_empty = notifier.unfollow

@@ -121,6 +121,7 @@ class Settings(BaseSettings):
     http_header_timeout_seconds: float = Field(10.0, gt=0, le=300)
     # New Engine.IO sessions are refused (503, retried by clients) while the event loop runs
     # later than this: set-ups of a reconnect storm wait, the connections already here don't.
+    # 0 admits every session.
     admission_max_lag_ms: float = Field(200.0, ge=0)
 
     user_rate_per_second: float = Field(100.0, gt=0)

@@ -7,10 +7,12 @@ process of its own; `benchmarks.run hostile` measures the same attacks at full s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -21,7 +23,16 @@ import socketio
 
 from benchmarks import hostile
 from notifier.auth import Role, issue_token
-from tests.conftest import ADMIN, SECRET, ConnectRefused, RunningServer, until
+from tests.conftest import (
+    ADMIN,
+    SECRET,
+    ConnectRefused,
+    RunningServer,
+    make_settings,
+    start_server,
+    stop_server,
+    until,
+)
 from tests.service_process import ServiceProcess
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -167,8 +178,36 @@ async def test_new_sessions_wait_while_the_event_loop_is_late(server: RunningSer
     go on. Here the loop is really held up, by blocking it, as heavy work would."""
     from notifier.keys import METRICS
 
-    metrics = server.app[METRICS]
     bystander = await server.connect("bob")
+    async with _loop_held_up(server):
+        async with aiohttp.ClientSession() as http, http.get(
+            server.url + "/socket.io/?EIO=4&transport=polling"
+        ) as response:
+            assert response.status == 503
+            assert (await response.json())["error"]["code"] == "UNAVAILABLE"
+        assert (await bystander.call("ping", timeout=10))["ok"]
+    await server.connect("carol")  # admitted again
+    assert server.app[METRICS].exposition().count(b"notifier_handshakes_refused_busy_total 1.0") == 1
+
+
+async def test_admission_can_be_turned_off(tmp_path: Path) -> None:
+    """NOTIFIER_ADMISSION_MAX_LAG_MS=0: however late the loop, new sessions are admitted."""
+    server, runner = await start_server(make_settings(tmp_path, admission_max_lag_ms=0))
+    try:
+        async with _loop_held_up(server), aiohttp.ClientSession() as http, http.get(
+            server.url + "/socket.io/?EIO=4&transport=polling"
+        ) as response:
+            assert response.status == 200
+    finally:
+        await stop_server(server, runner)
+
+
+@contextlib.asynccontextmanager
+async def _loop_held_up(server: RunningServer) -> AsyncIterator[None]:
+    """The server's event loop blocked for 0.3 s at a time, until its lag shows it."""
+    from notifier.keys import METRICS
+
+    metrics = server.app[METRICS]
     blocking = True
 
     async def hold_the_loop_up() -> None:
@@ -179,15 +218,8 @@ async def test_new_sessions_wait_while_the_event_loop_is_late(server: RunningSer
     blocker = asyncio.ensure_future(hold_the_loop_up())
     try:
         await until(lambda: metrics.latest_lag > 0.2, timeout=5)
-        async with aiohttp.ClientSession() as http, http.get(
-            server.url + "/socket.io/?EIO=4&transport=polling"
-        ) as response:
-            assert response.status == 503
-            assert (await response.json())["error"]["code"] == "UNAVAILABLE"
-        assert (await bystander.call("ping", timeout=10))["ok"]
+        yield
     finally:
         blocking = False
         await blocker
     await until(lambda: metrics.latest_lag < 0.05, timeout=5)
-    await server.connect("carol")  # admitted again
-    assert server.app[METRICS].exposition().count(b"notifier_handshakes_refused_busy_total 1.0") == 1
