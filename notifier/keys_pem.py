@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_pem_public_key
 
 _EC_ALGORITHMS = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
@@ -31,6 +32,17 @@ def load_public_key_pem(value: str) -> str:
     except ValueError as exc:
         raise ValueError("not a PEM public key") from exc
     return text
+
+
+def parse_public_key(pem: str) -> PublicKeyTypes:
+    """The key object of PEM text that `load_public_key_pem` has checked."""
+    return load_pem_public_key(pem.encode())
+
+
+def algorithms_for(key: PublicKeyTypes, algorithms: list[str]) -> list[str]:
+    """Those of `algorithms` that `key` can verify: RS* for an RSA key, ES* for an EC key."""
+    family = "RS" if isinstance(key, rsa.RSAPublicKey) else "ES"
+    return [algorithm for algorithm in algorithms if algorithm.startswith(family)]
 
 
 def private_key_algorithm(path: Path) -> tuple[str, str]:

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import jwt
 import pytest
 
-from tests.conftest import SECRET, ConnectRefused, RunningServer
+from tests.conftest import (
+    SECRET,
+    ConnectRefused,
+    RunningServer,
+    make_settings,
+    start_server,
+    stop_server,
+)
 
 
 async def test_valid_token_connects_and_receives_its_session(server: RunningServer) -> None:
@@ -121,3 +129,29 @@ async def test_a_disabled_query_token_says_so(server: RunningServer) -> None:
     finally:
         server.url = original_url
     assert "query string are disabled" in refused.value.data["message"]
+
+
+async def test_a_public_key_verifies_its_own_family_and_refuses_the_other(tmp_path: Path) -> None:
+    """RS256 and ES256 allowed, an RSA public key configured: RS256 tokens get in; an ES256
+    token cannot be verified with that key and is refused as an algorithm not accepted."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public = rsa_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    settings = make_settings(tmp_path, jwt_secret=None, jwt_algorithms=["RS256", "ES256"],
+                             jwt_public_key=public)
+    server, runner = await start_server(settings)
+    try:
+        claims = {"sub": "alice", "exp": int(time.time()) + 60}
+        alice = await server.connect(auth={"token": jwt.encode(claims, rsa_key, algorithm="RS256")})
+        assert (await alice.next_event("session"))["data"]["user_id"] == "alice"
+
+        other = jwt.encode(claims, ec.generate_private_key(ec.SECP256R1()), algorithm="ES256")
+        with pytest.raises(ConnectRefused) as refused:
+            await server.connect(auth={"token": other})
+        assert refused.value.code == "AUTH_INVALID"
+        assert "algorithm" in refused.value.data["message"]
+    finally:
+        await stop_server(server, runner)
