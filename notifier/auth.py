@@ -67,6 +67,11 @@ class TokenVerifier:
             # and is refused as an algorithm this server does not accept.
             self._key = parse_public_key(key)
             self._algorithms = algorithms_for(self._key, self._algorithms)
+            if not self._algorithms:
+                raise StartupError(
+                    f"NOTIFIER_JWT_PUBLIC_KEY: this key cannot verify "
+                    f"{', '.join(settings.jwt_algorithms)} tokens (RS* need an RSA key, ES* an EC key)"
+                )
         self._audience = settings.jwt_audience
         self._issuer = settings.jwt_issuer
         self._leeway = settings.jwt_leeway_seconds

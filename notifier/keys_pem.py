@@ -41,7 +41,12 @@ def parse_public_key(pem: str) -> PublicKeyTypes:
 
 def algorithms_for(key: PublicKeyTypes, algorithms: list[str]) -> list[str]:
     """Those of `algorithms` that `key` can verify: RS* for an RSA key, ES* for an EC key."""
-    family = "RS" if isinstance(key, rsa.RSAPublicKey) else "ES"
+    if isinstance(key, rsa.RSAPublicKey):
+        family = "RS"
+    elif isinstance(key, ec.EllipticCurvePublicKey):
+        family = "ES"
+    else:
+        return []
     return [algorithm for algorithm in algorithms if algorithm.startswith(family)]
 
 

@@ -7,6 +7,7 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import jwt
 import pytest
@@ -98,14 +99,18 @@ def test_config_masks_passwords_and_reports_unknown_variables(tmp_path: Path) ->
      ({"NOTIFIER_JWT_ALGORITHMS": "RS256", "NOTIFIER_JWT_PUBLIC_KEY": "PRIVATE"},
       "NOTIFIER_JWT_PUBLIC_KEY"),
      ({"NOTIFIER_JWT_ALGORITHMS": "RS256", "NOTIFIER_JWT_PUBLIC_KEY": "/nowhere.pem"},
+      "NOTIFIER_JWT_PUBLIC_KEY"),
+     ({"NOTIFIER_JWT_ALGORITHMS": "ES256", "NOTIFIER_JWT_PUBLIC_KEY": "RSA PUBLIC"},
       "NOTIFIER_JWT_PUBLIC_KEY")],
-    ids=["short-hmac-secret", "private-key-as-public", "missing-key-file"],
+    ids=["short-hmac-secret", "private-key-as-public", "missing-key-file", "key-of-another-type"],
 )
 def test_unsafe_or_broken_keys_are_refused_in_one_line(
     tmp_path: Path, env: dict[str, str], variable: str
 ) -> None:
     if env.get("NOTIFIER_JWT_PUBLIC_KEY") == "PRIVATE":
         env = {**env, "NOTIFIER_JWT_PUBLIC_KEY": rsa_private_pem()}
+    if env.get("NOTIFIER_JWT_PUBLIC_KEY") == "RSA PUBLIC":
+        env = {**env, "NOTIFIER_JWT_PUBLIC_KEY": rsa_public_pem()}
     result = run_cli("serve", env=env, cwd=tmp_path)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and variable in lines[0], result.stderr
@@ -113,11 +118,22 @@ def test_unsafe_or_broken_keys_are_refused_in_one_line(
 
 def rsa_private_pem() -> str:
     from cryptography.hazmat.primitives import serialization
+
+    return _rsa_key().private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption()).decode()
+
+
+def rsa_public_pem() -> str:
+    from cryptography.hazmat.primitives import serialization
+
+    return _rsa_key().public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+
+
+def _rsa_key() -> Any:
     from cryptography.hazmat.primitives.asymmetric import rsa
 
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption()).decode()
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
 @pytest.mark.parametrize("kind", ["rsa", "ec"])
