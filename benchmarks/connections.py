@@ -23,59 +23,29 @@ import aiohttp
 import socketio
 from prometheus_client.parser import text_string_to_metric_families
 
+from benchmarks.node_process import NodeGenerator
 from notifier.auth import Role, issue_token
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
 
 
-class Clients:
+class Clients(NodeGenerator):
     """A wsclients.mjs generator: its processes and its JSON lines."""
 
     def __init__(self, process: asyncio.subprocess.Process, started: dict[str, Any]) -> None:
-        self.process = process
+        super().__init__(process)
         self.started = started
 
     @classmethod
     async def start(cls, config: dict[str, Any], timeout: float,
                     cpus: set[int] | None = None) -> Clients:
-        """`cpus`: the cores the generator's processes may use (the server keeps the rest)."""
-        command = ["node", str(BENCH / "wsclients.mjs"), json.dumps(config)]
-        if cpus:
-            command = ["taskset", "-c", ",".join(map(str, sorted(cpus))), *command]
-        process = await asyncio.create_subprocess_exec(
-            *command, cwd=BENCH, stdin=subprocess.PIPE, stdout=subprocess.PIPE, limit=2**24,
-        )
-        clients = cls(process, {})
-        clients.started = await clients._read("connected", timeout)
+        clients = cls(await cls.spawn("wsclients.mjs", config, cpus=cpus), {})
+        clients.started = await clients.read("connected", timeout)
         return clients
 
-    async def _read(self, kind: str, timeout: float = 60) -> dict[str, Any]:
-        assert self.process.stdout is not None
-        while True:
-            line = await asyncio.wait_for(self.process.stdout.readline(), timeout)
-            if not line:
-                raise RuntimeError("the client generator exited")
-            message = json.loads(line)
-            if message.get("kind") == kind:
-                return message
-
     async def report(self, heads: dict[str, int] | None = None) -> dict[str, Any]:
-        assert self.process.stdin is not None
-        self.process.stdin.write(f"report {json.dumps(heads or {})}\n".encode())
-        await self.process.stdin.drain()
-        return await self._read("report")
-
-    async def stop(self) -> None:
-        with contextlib.suppress(Exception):
-            assert self.process.stdin is not None
-            self.process.stdin.write(b"quit\n")
-            await self.process.stdin.drain()
-        try:
-            await asyncio.wait_for(self.process.wait(), 15)
-        except TimeoutError:
-            self.process.kill()
-            await self.process.wait()
+        return await self.command(f"report {json.dumps(heads or {})}", "report")
 
 
 async def scrape(url: str, token: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -17,6 +17,7 @@ import base64
 import os
 import struct
 import time
+from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
 _TEXT = 0x1
@@ -72,6 +73,17 @@ async def flood_noops(url: str, seconds: float) -> int:
     return sent
 
 
+async def _run_bounded(one: Callable[[], Awaitable[None]], count: int, concurrency: int) -> None:
+    """`one` run `count` times, at most `concurrency` at once."""
+    slots = asyncio.Semaphore(concurrency)
+
+    async def bounded() -> None:
+        async with slots:
+            await one()
+
+    await asyncio.gather(*(bounded() for _ in range(count)))
+
+
 async def malformed_sessions(url: str, count: int, concurrency: int = 20) -> int:
     """`count` anonymous websockets, each sending one malformed packet (`4{`) and being closed."""
     done = 0
@@ -90,13 +102,7 @@ async def malformed_sessions(url: str, count: int, concurrency: int = 20) -> int
         writer.close()
         done += 1
 
-    slots = asyncio.Semaphore(concurrency)
-
-    async def bounded() -> None:
-        async with slots:
-            await one()
-
-    await asyncio.gather(*(bounded() for _ in range(count)))
+    await _run_bounded(one, count, concurrency)
     return done
 
 
@@ -136,13 +142,7 @@ async def abandoned_polls(url: str, count: int, concurrency: int = 50) -> int:
         writer.transport.abort()
         done += 1
 
-    slots = asyncio.Semaphore(concurrency)
-
-    async def bounded() -> None:
-        async with slots:
-            await one()
-
-    await asyncio.gather(*(bounded() for _ in range(count)))
+    await _run_bounded(one, count, concurrency)
     return done
 
 

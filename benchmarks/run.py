@@ -38,6 +38,7 @@ import aiohttp
 import socketio
 import uvloop
 
+from benchmarks.node_process import NodeGenerator
 from notifier.auth import Role, issue_token
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,48 +140,16 @@ async def _wait_listening(port: int) -> None:
     raise TimeoutError(f"nothing listens on {port}")
 
 
-class LoadGenerator:
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
-        self.process = process
+class LoadGenerator(NodeGenerator):
+    """loadgen.mjs: socket.io-client connections in several processes."""
 
     @classmethod
     async def start(cls, server: Server, clients: int, shards: int) -> LoadGenerator:
         token = issue_token(SECRET, "HS256", "viewer")  # python-socketio's reference ignores it
         config = {"url": server.url, "count": clients, "token": token, "shards": shards}
-        process = await asyncio.create_subprocess_exec(
-            "node", str(BENCH / "loadgen.mjs"), json.dumps(config), cwd=BENCH,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, limit=2**28,
-        )
-        generator = cls(process)
-        await generator._read("connected", timeout=max(60, clients / 100))
+        generator = cls(await cls.spawn("loadgen.mjs", config, limit=2**28))
+        await generator.read("connected", timeout=max(60, clients / 100))
         return generator
-
-    async def _read(self, kind: str, timeout: float = 30) -> dict[str, Any]:
-        assert self.process.stdout is not None
-        while True:
-            line = await asyncio.wait_for(self.process.stdout.readline(), timeout)
-            if not line:
-                raise RuntimeError("load generator exited")
-            message = json.loads(line)
-            if message.get("kind") == kind:
-                return message
-
-    async def command(self, command: str, kind: str) -> dict[str, Any]:
-        assert self.process.stdin is not None
-        self.process.stdin.write(command.encode() + b"\n")
-        await self.process.stdin.drain()
-        return await self._read(kind)
-
-    async def stop(self) -> None:
-        with contextlib.suppress(Exception):
-            assert self.process.stdin is not None
-            self.process.stdin.write(b"quit\n")
-            await self.process.stdin.drain()
-        try:
-            await asyncio.wait_for(self.process.wait(), 10)
-        except TimeoutError:
-            self.process.kill()
-            await self.process.wait()
 
 
 @contextlib.asynccontextmanager

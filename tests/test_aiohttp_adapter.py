@@ -64,10 +64,7 @@ async def test_a_detached_connection_outlives_aiohttps_handler() -> None:
     app = web.Application()
     app.router.add_get("/", hijack)
     runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
+    port = await _listen(runner)
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -93,10 +90,7 @@ async def test_the_runner_answers_protocol_errors_with_json(request_bytes: bytes
     app = web.Application()
     runner = NotifierRunner(app, header_timeout=5,
                             on_protocol_error=lambda reason, detail, peer: errors.append((reason, detail)))
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
+    port = await _listen(runner)
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(request_bytes)
@@ -117,14 +111,19 @@ async def test_a_regular_request_is_untouched_by_the_runner() -> None:
     app = web.Application()
     app.router.add_get("/", hello)
     runner = NotifierRunner(app, header_timeout=5, on_protocol_error=lambda *_: None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
+    port = await _listen(runner)
     try:
-        url = f"http://127.0.0.1:{runner.addresses[0][1]}/"
+        url = f"http://127.0.0.1:{port}/"
         async with aiohttp.ClientSession() as http:
             for _ in range(3):  # kept alive between requests
                 async with http.get(url) as response:
                     assert await response.json() == {"ok": True}
     finally:
         await runner.cleanup()
+
+
+async def _listen(runner: web.AppRunner) -> int:
+    """Set the runner up on an ephemeral loopback port and return the port."""
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return int(runner.addresses[0][1])

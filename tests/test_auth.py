@@ -85,14 +85,8 @@ async def test_bearer_header_is_accepted_for_non_browser_clients(server: Running
 
 
 async def test_query_string_token_is_refused_by_default(server: RunningServer) -> None:
-    original_url = server.url
-    server.url = f"{original_url}?token={server.token('alice')}"
-    try:
-        with pytest.raises(ConnectRefused) as refused:
-            await server.connect(auth=None)
-    finally:
-        server.url = original_url
-    assert refused.value.code == "AUTH_REQUIRED"
+    refused = await _connect_with_a_query_token(server)
+    assert refused.code == "AUTH_REQUIRED"
 
 
 async def test_token_expiring_during_a_connection_is_told_and_disconnected(
@@ -121,6 +115,11 @@ async def test_refusals_explain_themselves_in_plain_words(server: RunningServer)
 
 
 async def test_a_disabled_query_token_says_so(server: RunningServer) -> None:
+    refused = await _connect_with_a_query_token(server)
+    assert "query string are disabled" in refused.data["message"]
+
+
+async def _connect_with_a_query_token(server: RunningServer) -> ConnectRefused:
     original_url = server.url
     server.url = f"{original_url}?token={server.token('alice')}"
     try:
@@ -128,7 +127,7 @@ async def test_a_disabled_query_token_says_so(server: RunningServer) -> None:
             await server.connect(auth=None)
     finally:
         server.url = original_url
-    assert "query string are disabled" in refused.value.data["message"]
+    return refused.value
 
 
 async def test_a_public_key_verifies_its_own_family_and_refuses_the_other(tmp_path: Path) -> None:

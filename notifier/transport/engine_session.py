@@ -306,6 +306,13 @@ class EngineSession:
 
     def close(self, reason: str, *, notify: bool = True) -> None:
         """End the session. `notify`: send a CLOSE packet first (server-initiated closes)."""
+        self._end(reason, graceful=True, notify=notify)
+
+    def drop(self, reason: str) -> None:
+        """End the session without a goodbye, so that clients reconnect (server shutdown)."""
+        self._end(reason, graceful=False, notify=False)
+
+    def _end(self, reason: str, *, graceful: bool, notify: bool) -> None:
         if self.closed:
             return
         self.closed = True
@@ -316,25 +323,13 @@ class EngineSession:
         for link in (self.link, self.probe):
             if link is not None:
                 link.on_lost = None
-                link.close(1000)
+                if graceful:
+                    link.close(1000)
+                else:
+                    link.abort(reason)
         poll = self.poll
         if poll is not None and not poll.done():
             if notify and self.outbox is not None:
                 self.outbox.append(CLOSE)
-            poll.set_result(None)
-
-    def drop(self, reason: str) -> None:
-        """End the session without a goodbye, so that clients reconnect (server shutdown)."""
-        if self.closed:
-            return
-        self.closed = True
-        self.engine.forget(self, reason)
-        self.engine.handler.on_close(self, reason)
-        for link in (self.link, self.probe):
-            if link is not None:
-                link.on_lost = None
-                link.abort(reason)
-        poll = self.poll
-        if poll is not None and not poll.done():
             poll.set_result(None)
 
