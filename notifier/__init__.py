@@ -5,7 +5,8 @@ __version__ = "0.1.0"
 from .app import create_app
 from .errors import ErrorCode, NotifierError
 from .keys import NOTIFIER
-from .service import Notifier, ThreadSafeNotifier
+from .service import Notifier
+from .threadsafe import ThreadSafeNotifier
 from .settings import Settings
 
 __all__ = [

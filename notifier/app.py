@@ -22,18 +22,16 @@ from .health import Health
 from .keys import ENGINE, GATEWAY, HEALTH, METRICS, NOTIFIER, SETTINGS, VERIFIER
 from .logs import ClientErrorLog, get_logger
 from .metrics import Metrics
-from .ratelimit import TokenBucket
 from .service import Notifier
 from .settings import Settings
 from .store import open_store
 from .transport import dashboard, metrics_view
 from .transport.access_log import AccessLog
-from .transport.aiohttp_adapter import NotifierRunner
-from .transport.engine import EngineServer
 from .transport.fanout import SocketFanOut
 from .transport.http import error_middleware, health_routes, routes
-from .transport.socket_server import SocketServer
-from .transport.sockets import SocketGateway
+from .transport.socket_api import SocketGateway
+from .transport.wire_errors import NotifierErrorShapes, http_error_body
+from .wire import EngineOptions, EngineServer, GuardedRunner, SocketServer, TokenBucket
 
 log = get_logger("notifier.app")
 
@@ -66,21 +64,25 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
 
     metrics = Metrics()
     max_lag = settings.admission_max_lag_ms / 1000
-    sockets = SocketServer(max_event_bytes=settings.max_payload_bytes)
-    engine = EngineServer(
-        sockets,
+    sockets = SocketServer(settings.max_payload_bytes, NotifierErrorShapes())
+    options = EngineOptions(
         ping_interval=settings.ping_interval_seconds,
         ping_timeout=settings.ping_timeout_seconds,
         max_message_bytes=settings.max_payload_bytes * _MESSAGE_SLACK,
         max_backlog=settings.max_backlog_events,
         connect_timeout=settings.connect_timeout_seconds,
         cors_origins=settings.cors_origins,
+        trusted_proxies=frozenset(settings.trusted_proxies),
+    )
+    engine = EngineServer(
+        options,
+        listen=sockets.listen,
         new_bucket=lambda: TokenBucket(
             settings.user_rate_per_second, settings.user_rate_burst,
             settings.flood_disconnect_seconds, clock,
         ),
-        client_errors=client_errors,
-        trusted_proxies=frozenset(settings.trusted_proxies),
+        report=client_errors.note,
+        error_body=http_error_body,
         # New sessions wait (503, the client retries) while the event loop is late: a
         # reconnect storm must not hold up the connections already here.
         admit=(lambda: metrics.latest_lag <= max_lag) if max_lag else (lambda: True),
@@ -88,8 +90,8 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     fanout = SocketFanOut()
     fanout.on_room_empty = notifier.unfollow
     notifier.attach(fanout)
-    gateway = SocketGateway(sockets, notifier, verifier, settings, fanout)
-    metrics_view.read_service(metrics, engine=engine, sockets=sockets, fanout=fanout,
+    gateway = SocketGateway(sockets, notifier, verifier, settings, fanout, client_errors)
+    metrics_view.read_service(metrics, engine=engine, fanout=fanout,
                               gateway=gateway, notifier=notifier, client_errors=client_errors)
 
     app = web.Application(
@@ -146,10 +148,11 @@ def make_runner(app: web.Application, **kwargs: Any) -> web.AppRunner:
         kwargs.update(access_log=logging.getLogger("notifier.access"), access_log_class=AccessLog)
     else:
         kwargs.setdefault("access_log", None)
-    return NotifierRunner(
+    return GuardedRunner(
         app,
         header_timeout=settings.http_header_timeout_seconds,
-        on_protocol_error=lambda reason, detail, peer: engine.client_error(reason, detail, peer),
+        on_protocol_error=lambda reason, detail, peer: engine.report(reason, detail, str(peer)),
+        error_body=http_error_body,
         **kwargs,
     )
 

@@ -78,8 +78,8 @@ def _serve(settings: Settings, host: str | None, port: int | None) -> int:
     try:
         import uvloop
     except ImportError:  # the service runs on the default loop where uvloop is unavailable
-        uvloop = None
-    if uvloop is not None:
+        pass
+    else:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     try:
         asyncio.run(serve(settings, host or settings.host, settings.port if port is None else port))

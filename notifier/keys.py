@@ -12,8 +12,8 @@ if TYPE_CHECKING:
     from .metrics import Metrics
     from .service import Notifier
     from .settings import Settings
-    from .transport.engine import EngineServer
-    from .transport.sockets import SocketGateway
+    from .transport.socket_api import SocketGateway
+    from .wire import EngineServer
 
 NOTIFIER: web.AppKey[Notifier] = web.AppKey("notifier")
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
 import orjson
@@ -17,8 +17,10 @@ from .clock import Clock, SystemClock, millis
 from .errors import ErrorCode, NotifierError
 from .health import Health
 from .history import Replay, SharedReplays
+from .idempotency import Idempotency
 from .inbox import Inbox
 from .logs import get_logger
+from .maintenance import Maintenance
 from .metrics import Tally
 from .models import (
     MarkRead,
@@ -46,16 +48,11 @@ from .rooms import (
 from .settings import Settings
 from .store import Store
 from .tasks import TaskBook
+from .threadsafe import ThreadSafeNotifier
 
 log = get_logger("notifier.service")
 T = TypeVar("T")
 
-# An idempotency claim older than this belongs to a process that died running it: a retry
-# then runs the request itself. (A request that takes longer than this could run twice.)
-_CLAIM_STALE_MS = 15_000
-# How long a retry waits for the same request running elsewhere: past the stale age, so a
-# retry of a request whose process died gets an answer rather than an error.
-_CLAIM_WAIT_SECONDS = 20.0
 _REFRESH_SETTING = "refresh_interval"
 
 
@@ -87,10 +84,11 @@ class Notifier:
         self._replays = SharedReplays(broker, settings.history_max_events)
         self._refresh = RefreshTimer(self.clock, settings.refresh_interval_seconds, self._send_refresh)
         self._transport: Transport = _NoTransport()
-        self._maintenance: asyncio.Task[None] | None = None
+        self._maintenance = Maintenance(settings, self.tasks, broker, store, self.clock)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._in_flight: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self.idempotency = Idempotency(store, self.clock)
         self._background: set[asyncio.Task[None]] = set()
+        self.delivery_failures = 0
         self.started_at = time.time()
 
     def attach(self, transport: Transport) -> None:
@@ -108,7 +106,7 @@ class Notifier:
             value = orjson.loads(saved)
             self._refresh.set(float(value["interval"]), float(value["anchor"]))
         self._refresh.start()
-        self._maintenance = self._loop.create_task(self._maintain(), name="maintenance")
+        self._maintenance.start()
 
     async def stop(self) -> None:
         await self._refresh.stop()
@@ -116,10 +114,7 @@ class Notifier:
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
-        if self._maintenance is not None:
-            self._maintenance.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._maintenance
+        await self._maintenance.stop()
         with contextlib.suppress(NotifierError):
             await self.tasks.close()
         await self.broker.stop()
@@ -128,13 +123,22 @@ class Notifier:
     # The broker's view of this process (broker.Node)
 
     def deliver(self, delivery: Delivery) -> None:
-        """Every event, from whichever process published it, passes here in offset order."""
-        if delivery.type == "config.updated" and delivery.room == BROADCAST_ROOM:
-            envelope = delivery.envelope
-            interval = envelope["data"].get("refresh_interval")
-            if isinstance(interval, (int, float)):
-                self._refresh.set(float(interval), envelope["ts"] / 1000)
-        self._transport.deliver(delivery)
+        """Every event, from whichever process published it, passes here in offset order.
+
+        This runs inside the broker's delivery (a commit, a subscription's reader): it never
+        raises into it. A failure is logged once and the next event is delivered as usual."""
+        try:
+            if delivery.type == "config.updated" and delivery.room == BROADCAST_ROOM:
+                envelope = delivery.envelope
+                interval = envelope["data"].get("refresh_interval")
+                if isinstance(interval, (int, float)):
+                    self._refresh.set(float(interval), envelope["ts"] / 1000)
+            self._transport.deliver(delivery)
+        except Exception:
+            self.delivery_failures += 1
+            if self.delivery_failures == 1:
+                log.exception("delivery_failed", room=delivery.room,
+                              detail="further failures are counted only")
 
     def lost(self, room: str, reason: str) -> None:
         log.warning("room_history_lost", room=room, reason=reason,
@@ -178,7 +182,7 @@ class Notifier:
         self, events: Sequence[NewEvent], guard: Guard | None = None
     ) -> list[Envelope] | None:
         """Every event the service sends passes here: appended to its room's history."""
-        envelopes = await self.broker.publish(events, guard)
+        envelopes: list[Envelope] | None = await self.broker.publish(events, guard)
         if envelopes is not None:  # None: the guard found a newer state sent already
             published = self.published
             for event in events:
@@ -224,59 +228,8 @@ class Notifier:
     async def once(
         self, key: str | None, action: Callable[[], Awaitable[dict[str, Any]]]
     ) -> dict[str, Any]:
-        """Run `action` once per idempotency key; a retry gets the first answer back.
-
-        Keys are claimed in the store before the action runs and remembered with its answer for
-        the inbox's retention time, across restarts and across processes: a retry that arrives
-        while the first attempt still runs (here or in another process) waits for its answer.
-        """
-        if key is None:
-            return await action()
-        running = self._in_flight.get(key)
-        if running is not None:
-            return {**await asyncio.shield(running), "duplicate": True}
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._in_flight[key] = future
-        try:
-            answer = await self._claim_or_wait(key)
-            if answer is None:
-                answer = await self._run_claimed(key, action)
-            else:
-                answer = {**answer, "duplicate": True}
-            future.set_result(answer)
-            return answer
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: a waiting retry re-raises it, nobody else must
-            raise
-        finally:
-            del self._in_flight[key]
-
-    async def _claim_or_wait(self, key: str) -> dict[str, Any] | None:
-        """None once the key is ours to run; the first answer if it ran already."""
-        deadline = time.monotonic() + _CLAIM_WAIT_SECONDS
-        while True:
-            now = millis(self.clock.now())
-            claim = await self.store.claim_idempotency_key(key, now, now - _CLAIM_STALE_MS)
-            if claim.state == "new":
-                return None
-            if claim.state == "done":
-                return claim.result
-            if time.monotonic() > deadline:
-                raise NotifierError(ErrorCode.CONFLICT, "the same request is still running; retry later")
-            await asyncio.sleep(0.05)
-
-    async def _run_claimed(
-        self, key: str, action: Callable[[], Awaitable[dict[str, Any]]]
-    ) -> dict[str, Any]:
-        try:
-            answer = await action()
-        except BaseException:
-            with contextlib.suppress(NotifierError):
-                await self.store.release_idempotency_key(key)
-            raise
-        await self.store.complete_idempotency_key(key, answer, millis(self.clock.now()))
-        return answer
+        """Run `action` once per idempotency key; a retry gets the first answer back."""
+        return await self.idempotency.once(key, action)
 
     # Tasks
 
@@ -400,29 +353,7 @@ class Notifier:
 
     async def run_maintenance(self) -> None:
         """Drop finished tasks, old events, notifications and idempotency keys past retention."""
-        settings = self.settings
-        now = self.clock.now()
-        await self.tasks.forget_finished_before(millis(now - settings.task_retention_seconds))
-        await self.broker.trim(
-            millis(now - settings.history_max_age_seconds), settings.history_max_events
-        )
-        await self.store.trim_notifications(
-            millis(now - settings.inbox_max_age_seconds), settings.inbox_max_per_user
-        )
-        await self.store.trim_idempotency_keys(millis(now - settings.inbox_max_age_seconds))
-
-    async def _maintain(self) -> None:
-        period = self.settings.maintenance_interval_seconds
-        while True:
-            await asyncio.sleep(period)
-            try:
-                # One process of a cluster does it each period.
-                if await self.broker.claim(f"maintenance:{int(time.time() // period)}", period):
-                    await self.run_maintenance()
-            except NotifierError as exc:
-                log.warning("maintenance_skipped", detail=exc.message)
-            except Exception:
-                log.exception("maintenance_failed")
+        await self._maintenance.run()
 
     # Threads
 
@@ -459,41 +390,3 @@ def _may_see_task(claims: Claims, task: Task) -> bool:
 
 def _derived_event_id(key: str) -> str:
     return derived_id(key, "publish")
-
-
-class ThreadSafeNotifier:
-    """Blocking calls for code running in other threads: each runs on the service's own loop.
-
-    (Creating a fresh event loop per call, as hand-written versions do, delivers nothing: the
-    sockets live on the service's loop.)
-    """
-
-    def __init__(self, notifier: Notifier, loop: asyncio.AbstractEventLoop, timeout: float = 10.0):
-        self._notifier = notifier
-        self._loop = loop
-        self._timeout = timeout
-
-    def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(self._timeout)
-
-    def publish(self, room: str, type: str, data: dict[str, Any] | None = None) -> Envelope:
-        request = PublishRequest(room=room, type=type, data=data or {})
-        return self._run(self._notifier.publish(request))
-
-    def notify(self, user_ids: list[str], title: str, body: str | None = None,
-               data: dict[str, Any] | None = None) -> list[Notification]:
-        request = NotifyRequest(user_ids=user_ids, title=title, body=body, data=data or {})
-        return self._run(self._notifier.notify(request))
-
-    def create_task(self, project_id: str, **fields: Any) -> Task:
-        return self._run(self._notifier.create_task(TaskCreate(project_id=project_id, **fields)))
-
-    def report_progress(self, task_id: str, progress: float, **fields: Any) -> Task:
-        request = TaskProgress(task_id=task_id, progress=progress, **fields)
-        return self._run(self._notifier.report_progress(request))
-
-    def complete_task(self, task_id: str, result: Any = None) -> Task:
-        return self._run(self._notifier.complete_task(task_id, result))
-
-    def fail_task(self, task_id: str, error: str) -> Task:
-        return self._run(self._notifier.fail_task(task_id, error))

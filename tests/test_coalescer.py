@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from notifier.clock import ManualClock
 from notifier.coalescer import ProgressCoalescer
-from notifier.ratelimit import TokenBucket, Verdict
+from notifier.wire.ratelimit import TokenBucket, Verdict
 
 
 @dataclass

@@ -17,7 +17,7 @@ from notifier.models import SERVICE_EVENTS
 from notifier.records import TaskStatus
 from notifier.responses import EnvelopeOut, ErrorBody, NotificationOut, PresentUser, TaskOut
 from notifier.transport.fanout import USER_NAMESPACE
-from notifier.transport.sockets import EVENT_MODELS
+from notifier.transport.socket_api import EVENT_MODELS
 
 ROOT = Path(__file__).resolve().parents[1]
 Shape = dict[str, Any]

@@ -8,7 +8,7 @@ every node through Redis pub/sub. Chosen by `NOTIFIER_BROKER_URL` (empty: in-pro
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -125,9 +125,9 @@ class Broker(Protocol):
 
     async def stop(self) -> None: ...
 
-    async def publish(
+    def publish(
         self, events: Sequence[NewEvent], guard: Guard | None = None
-    ) -> list[Envelope] | None:
+    ) -> Awaitable[list[Envelope] | None]:
         """Append the events to their rooms, atomically; durable when this returns. None when
         the guard refused them."""
         ...

@@ -344,9 +344,12 @@ class RedisBroker:
         return self._room_channel + room  # "project:*" is that pattern, as it is
 
     def _subscribe(self, pubsub: Any, room: str) -> Awaitable[Any]:
+        subscribing: Awaitable[Any]
         if room == ALL_PROJECTS_ROOM:
-            return pubsub.psubscribe(self._channel_of(room))
-        return pubsub.subscribe(self._channel_of(room))
+            subscribing = pubsub.psubscribe(self._channel_of(room))
+        else:
+            subscribing = pubsub.subscribe(self._channel_of(room))
+        return subscribing
 
     async def _unsubscribe(self, pubsub: Any, room: str) -> None:
         with contextlib.suppress(*_REDIS_ERRORS):
@@ -399,7 +402,7 @@ class RedisBroker:
             finally:
                 self._pubsub = None
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def _on_message(self, text: str) -> None:
         if text[:1] == "!":
@@ -533,7 +536,7 @@ class RedisBroker:
         return RedisPresence(self, grace_seconds=grace_seconds, ttl_seconds=ttl_seconds)
 
 
-def _cluster(node_id: str, living: list[str], infos: list[str | None]) -> dict[str, Any]:
+def _cluster(node_id: str, living: list[str], infos: list[bytes | str | None]) -> dict[str, Any]:
     nodes = []
     for name, info in zip(living, infos, strict=True):
         described = orjson.loads(info) if info else {}

@@ -135,7 +135,8 @@ class SqliteStore:
     async def list_tasks(
         self, statuses: frozenset[TaskStatus] | None, project_ids: frozenset[str] | None
     ) -> list[Task]:
-        clauses, params = [], []
+        clauses: list[str] = []
+        params: list[Any] = []
         if statuses is not None:
             clauses.append(f"status IN ({','.join('?' * len(statuses))})")
             params.extend(s.value for s in sorted(statuses))
@@ -184,7 +185,7 @@ class SqliteStore:
         else:
             sql = (f"UPDATE notifications SET read = 1 WHERE user_id = ? AND read = 0 "
                    f"AND id IN ({','.join('?' * len(ids))}) RETURNING id")
-            params = (user_id, *ids)
+            params = (user_id, *ids)  # type: ignore[assignment]
         self._unread.pop(user_id, None)
         rows = await self.db.write(lambda db: db.execute(sql, params).fetchall())
         return [row[0] for row in rows]

@@ -60,6 +60,7 @@ class SqliteDatabase:
         self._committed: asyncio.Future[None] | None = None
         self._before_commit: list[Hook] = []
         self._after_commit: list[Callable[[], None]] = []
+        self._hook_failures = 0
         self._after_rollback: list[Callable[[], None]] = []
         self._after_reopen: list[Callable[[], None]] = []
         self._probe: asyncio.TimerHandle | None = None
@@ -214,10 +215,15 @@ class SqliteDatabase:
             raise error from exc
         self._in_transaction = False
         self._health.timed(COMPONENT, "commit", time.perf_counter() - started)
-        for after in self._after_commit:
-            after()
+        # What is committed is acknowledged whatever the hooks do: a hook that raises (a
+        # defect) is logged once and skipped, never leaving a writer waiting.
         if not done.done():
             done.set_result(None)
+        for after in self._after_commit:
+            try:
+                after()
+            except Exception:
+                self._hook_failed()
 
     # Reading
 
@@ -238,6 +244,12 @@ class SqliteDatabase:
             raise unavailable(f"the store could not be read: {exc}") from exc
 
     # Failure and recovery
+
+    def _hook_failed(self) -> None:
+        self._hook_failures += 1
+        if self._hook_failures == 1:
+            log.exception("after_commit_hook_failed",
+                          detail="the commit stands; further failures are counted only")
 
     def _fail(self, detail: str) -> None:
         self._failure = detail

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ValidationError
 from ..auth import Claims
 from ..errors import ErrorCode, NotifierError, error_body
 from ..logs import get_logger
-from .socket_server import SocketConnection
+from ..wire import SocketConnection
 
 log = get_logger("notifier.events")
 
@@ -30,6 +30,8 @@ class Connection:
     notice_at: float = 0.0
     # The presence feeds followed (rooms whose presence changes this connection asked for).
     feeds: set[str] | None = None
+    # The deadline the credentials' time wheel holds for this connection (loop time).
+    wheel_at: float | None = None
 
 
 Handler = Callable[[SocketConnection, M], Awaitable[Reply]]

@@ -21,9 +21,8 @@ from ..errors import ErrorCode, NotifierError
 from ..logs import get_logger
 from ..service import Notifier
 from ..settings import Settings
+from ..wire import SocketConnection, TimeWheel
 from .acks import Connection, Reply
-from .socket_server import SocketConnection
-from .timewheel import TimeWheel
 
 log = get_logger("notifier.credentials")
 
@@ -83,7 +82,17 @@ class Credentials:
         due = state.notice_at or state.claims.expires_at + self._leeway
         loop = self._loop
         assert loop is not None, "start() first"
-        self._wheel.add(connection, loop.time() + max(due - now, 0.0))
+        if state.wheel_at is not None:
+            self._wheel.discard(connection, state.wheel_at)
+        state.wheel_at = loop.time() + max(due - now, 0.0)
+        self._wheel.add(connection, state.wheel_at)
+
+    def forget(self, connection: SocketConnection) -> None:
+        """The connection ended: the wheel lets go of it at once."""
+        state: Connection | None = connection.data
+        if state is not None and state.wheel_at is not None:
+            self._wheel.discard(connection, state.wheel_at)
+            state.wheel_at = None
 
     def _sweep(self) -> None:
         loop = asyncio.get_running_loop()
@@ -96,6 +105,7 @@ class Credentials:
         state: Connection | None = connection.data
         if not connection.connected or state is None:
             return
+        state.wheel_at = None
         now = self._notifier.clock.now()
         expires = state.claims.expires_at + self._leeway
         if now >= expires:

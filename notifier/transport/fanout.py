@@ -10,14 +10,17 @@ replay goes first and nothing is delivered twice or skipped at the seam.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
 from ..broker import UNKEPT, Delivery
+from ..logs import get_logger
 from ..metrics import Tally
 from ..rooms import ALL_PROJECTS_ROOM, BROADCAST_ROOM
-from .engine_session import Outbound
-from .socket_server import SocketConnection, encode_event
+from ..wire import Outbound, SocketConnection, encode_event, event_with_json
+
+log = get_logger("notifier.fanout")
 
 USER_NAMESPACE = "/"
 
@@ -41,8 +44,9 @@ class SocketFanOut:
         # Per room with members: the (epoch, offset) delivered last, and the floors set.
         self._through: dict[str, tuple[str, int]] = {}
         self._floors: dict[str, dict[SocketConnection, tuple[str, int]]] = {}
-        # For the metrics: events handed to connections here, by type.
+        # For the metrics: events handed to connections here, by type; deliveries that raised.
         self.delivered = Tally()
+        self.failures = 0
 
     # Membership
 
@@ -90,15 +94,18 @@ class SocketFanOut:
             self._deliver_to_all_projects(delivery, members)
         if not members:
             return
-        packet = Outbound(f'42["{delivery.type}",{delivery.text}]')
+        packet = event_with_json(delivery.type, delivery.text)
         offset = delivery.offset
         self.delivered.add(delivery.type, len(members))
         if not delivery.kept:  # not in the history: no seam with a replay to mind
             for connection in members:
-                if connection.gate is None:
-                    connection.session.send(packet)
-                else:
-                    connection.gate.append((room, offset, packet))
+                try:
+                    if connection.gate is None:
+                        connection.send(packet)
+                    else:
+                        connection.gate.append((room, offset, packet))
+                except Exception:
+                    self._failed(connection)
             return
         self._through[room] = (delivery.epoch, offset)
         floors = self._floors.get(room)
@@ -106,25 +113,32 @@ class SocketFanOut:
             self._deliver_past_floors(members, floors, delivery, packet)
             return
         # No copy of the member list: nothing below suspends or changes room membership.
+        # (A failure costs only its connection; `try` costs nothing until something raises.)
         for connection in members:
-            gate = connection.gate
-            if gate is None:
-                connection.session.send(packet)
-            else:
-                gate.append((room, offset, packet))
+            try:
+                gate = connection.gate
+                if gate is None:
+                    connection.send(packet)
+                else:
+                    gate.append((room, offset, packet))
+            except Exception:
+                self._failed(connection)
 
     def _deliver_to_all_projects(
         self, delivery: Delivery, members: dict[SocketConnection, None] | None,
     ) -> None:
         """The all-projects feed: live only, and once for a connection also in the room."""
-        packet = Outbound(f'42["{delivery.type}",{delivery.text}]')
+        packet = event_with_json(delivery.type, delivery.text)
         for connection in self._rooms[ALL_PROJECTS_ROOM]:
             if members is not None and connection in members:
                 continue
-            if connection.gate is None:
-                connection.session.send(packet)
-            else:
-                connection.gate.append((delivery.room, UNKEPT, packet))
+            try:
+                if connection.gate is None:
+                    connection.send(packet)
+                else:
+                    connection.gate.append((delivery.room, UNKEPT, packet))
+            except Exception:
+                self._failed(connection)
 
     def _deliver_past_floors(
         self, members: dict[SocketConnection, None],
@@ -135,27 +149,41 @@ class SocketFanOut:
             floor = floors.get(connection)
             if floor is not None and floor[0] == epoch and offset <= floor[1]:
                 continue  # its replay had this one
-            gate = connection.gate
-            if gate is None:
-                connection.session.send(packet)
-            else:
-                gate.append((room, offset, packet))
+            try:
+                gate = connection.gate
+                if gate is None:
+                    connection.send(packet)
+                else:
+                    gate.append((room, offset, packet))
+            except Exception:
+                self._failed(connection)
         for connection, (floor_epoch, floor_offset) in list(floors.items()):
             if floor_epoch != epoch or floor_offset <= offset:
                 del floors[connection]
         if not floors:
             del self._floors[room]
 
+    def _failed(self, connection: SocketConnection) -> None:
+        """Handing an event to this connection raised (a defect, not the client's doing): it
+        alone ends, and recovers what it missed when it reconnects. Logged once a process:
+        this runs inside a commit and must not flood the log either."""
+        self.failures += 1
+        if self.failures == 1:
+            log.exception("delivery_failed", sid=connection.sid,
+                          detail="the connection is dropped; further failures are counted only")
+        with contextlib.suppress(Exception):
+            connection.drop("delivery failed")
+
     def drop_members(self, room: str, reason: str) -> None:
         """End the sessions of the room's connections here without a goodbye: their clients
         reconnect and recover (or are told they cannot)."""
         for connection in list(self._rooms.get(room, ())):
-            connection.session.drop(reason)
+            connection.drop(reason)
 
     def send_direct(self, connection: SocketConnection, event: str, data: Any) -> None:
         """An event for one connection only (session, auth.expired), queued in order."""
         if connection.connected:
-            connection.session.send(encode_event(event, data, connection.namespace))
+            connection.send(encode_event(event, data, connection.namespace))
 
     def hold(self, connection: SocketConnection) -> None:
         """Start holding the connection's live events."""
@@ -170,13 +198,13 @@ class SocketFanOut:
         held, connection.gate = connection.gate or [], None
         if not connection.connected:
             return
-        session = connection.session
+        send = connection.send
         for packet in first:
-            session.send(packet)
+            send(packet)
         for room, offset, packet in held:
             position = positions.get(room)
             if position is None or offset > position[1] or offset == UNKEPT:
-                session.send(packet)
+                send(packet)
         for room, (epoch, offset) in positions.items():
             through = self._through.get(room)
             if through is None or through[0] != epoch or through[1] < offset:

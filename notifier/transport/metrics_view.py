@@ -8,7 +8,6 @@ listener (bound to `NOTIFIER_INTERNAL_HOST`, loopback by default) without a toke
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable
 
 from aiohttp import web
@@ -20,16 +19,15 @@ from ..keys import HEALTH, METRICS, VERIFIER
 from ..logs import ClientErrorLog
 from ..metrics import CONTENT_TYPE, Metrics, counter, gauge
 from ..service import Notifier
-from .engine import EngineServer
-from .engine_session import SLOW_CONSUMER
+from ..wire import EngineServer, SocketServer
+from ..wire.codes import SLOW_CONSUMER
 from .fanout import SocketFanOut
 from .http import health_routes
-from .socket_server import SocketServer
-from .sockets import SocketGateway
+from .socket_api import SocketGateway
 
 
 def read_service(
-    metrics: Metrics, *, engine: EngineServer, sockets: SocketServer, fanout: SocketFanOut,
+    metrics: Metrics, *, engine: EngineServer, fanout: SocketFanOut,
     gateway: SocketGateway, notifier: Notifier, client_errors: ClientErrorLog,
 ) -> None:
     """Register the readers that turn the service's own counts into metric families."""
@@ -37,12 +35,7 @@ def read_service(
     health.timed = metrics.timed
 
     def read() -> Iterable[Metric]:
-        connections: Counter[tuple[str, str]] = Counter()
-        for session in list(engine.sessions.values()):
-            transport = "polling" if session.link is None else "websocket"
-            for namespace, connection in (session.sockets or {}).items():
-                if connection.connected:
-                    connections[(namespace, transport)] += 1
+        connections = SocketServer.connection_counts(list(engine.sessions.values()))
         yield gauge("notifier_connections", "Socket.IO connections on this process",
                     ["namespace", "transport"], connections)
         yield gauge("notifier_sessions", "Engine.IO sessions (connected to a namespace or not)",
@@ -56,7 +49,7 @@ def read_service(
         yield counter("notifier_events_delivered", "Events handed to connections here",
                       ["type"], fanout.delivered)
         yield counter("notifier_acks", "Acknowledgements sent, by result (ok or error code)",
-                      ["namespace", "code"], sockets.acks)
+                      ["namespace", "code"], gateway.acks)
         yield counter("notifier_replays", "Rooms clients asked to recover, by outcome",
                       ["outcome", "reason"], gateway.replays)
         yield counter("notifier_sessions_closed", "Engine.IO sessions ended, by reason",

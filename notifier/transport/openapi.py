@@ -114,9 +114,13 @@ def _operation_id(op: Operation) -> str:
 
 
 def document() -> dict[str, Any]:
-    bodies = [(op.body, "validation") for op in OPERATIONS if op.body is not None]
-    answers = [(model, "serialization") for op in OPERATIONS for model in op.answers.values()]
-    models = list(dict.fromkeys([*bodies, *answers, (ErrorAnswer, "serialization")]))
+    Mode = Literal["validation", "serialization"]
+    bodies: list[tuple[type[BaseModel], Mode]] = [
+        (op.body, "validation") for op in OPERATIONS if op.body is not None]
+    answers: list[tuple[type[BaseModel], Mode]] = [
+        (model, "serialization") for op in OPERATIONS for model in op.answers.values()]
+    error: tuple[type[BaseModel], Mode] = (ErrorAnswer, "serialization")
+    models = list(dict.fromkeys([*bodies, *answers, error]))
     refs, schema = models_json_schema(models, ref_template="#/components/schemas/{model}")
     paths: dict[str, dict[str, Any]] = {}
     for op in OPERATIONS:

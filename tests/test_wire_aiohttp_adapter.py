@@ -12,7 +12,8 @@ from aiohttp import WSMsgType, web, web_protocol, web_server
 from aiohttp._websocket.reader import WebSocketDataQueue
 
 from benchmarks.hostile import masked_frame
-from notifier.transport.aiohttp_adapter import NotifierRunner, new_frame_reader, take_transport
+from notifier.transport.wire_errors import http_error_body
+from notifier.wire.aiohttp_adapter import GuardedRunner, new_frame_reader, take_transport
 
 
 def test_the_private_attributes_we_use_still_exist() -> None:
@@ -88,8 +89,8 @@ async def test_a_detached_connection_outlives_aiohttps_handler() -> None:
 async def test_the_runner_answers_protocol_errors_with_json(request_bytes: bytes) -> None:
     errors: list[tuple[str, str]] = []
     app = web.Application()
-    runner = NotifierRunner(app, header_timeout=5,
-                            on_protocol_error=lambda reason, detail, peer: errors.append((reason, detail)))
+    runner = GuardedRunner(app, header_timeout=5, error_body=http_error_body,
+                           on_protocol_error=lambda reason, detail, peer: errors.append((reason, detail)))
     port = await _listen(runner)
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -110,7 +111,8 @@ async def test_a_regular_request_is_untouched_by_the_runner() -> None:
 
     app = web.Application()
     app.router.add_get("/", hello)
-    runner = NotifierRunner(app, header_timeout=5, on_protocol_error=lambda *_: None)
+    runner = GuardedRunner(app, header_timeout=5, error_body=http_error_body,
+                           on_protocol_error=lambda *_: None)
     port = await _listen(runner)
     try:
         url = f"http://127.0.0.1:{port}/"

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from enum import Enum
-
-from .clock import Clock
+from typing import Protocol
 
 # A pause in rejections this long ends a flood: the client has slowed down to its limit.
 _FLOOD_QUIET_SECONDS = 1.0
+
+
+class MonotonicClock(Protocol):
+    def monotonic(self) -> float: ...
 
 
 class Verdict(Enum):
@@ -28,7 +31,7 @@ class TokenBucket:
         "_tokens", "_updated",
     )
 
-    def __init__(self, rate: float, burst: int, flood_seconds: float, clock: Clock) -> None:
+    def __init__(self, rate: float, burst: int, flood_seconds: float, clock: MonotonicClock) -> None:
         self._rate = rate
         self._burst = float(burst)
         self._flood_seconds = flood_seconds

@@ -1,11 +1,13 @@
 """A websocket served by a small asyncio protocol once aiohttp has answered the handshake.
 
-Reading: aiohttp's C frame reader parses what arrives and hands each message to the Engine.IO
-session. Writing: server frames are not masked, so one frame's bytes serve every recipient
-(`websocket_frame`); the frames a connection is given during one loop iteration go out in one
-`transport.write` (`WriteBatcher`). When the client stops reading and the transport's buffer
-fills, frames wait here, and a connection with more than `max_backlog` waiting is dropped:
-it recovers what it missed when it reconnects, and server memory stays bounded.
+Reading: aiohttp's C frame reader parses what arrives and hands each message to the link's
+owner (an Engine.IO session). Writing: server frames are not masked, so one frame's bytes
+serve every recipient; the frames a connection is given during one loop iteration go out in
+one `transport.write` (`WriteBatcher`). When the client stops reading and the transport's
+buffer fills, frames wait here, and a connection with more than `max_backlog` waiting is
+dropped: it recovers what it missed when it reconnects, and server memory stays bounded.
+Control frames (PING) count like any packet: against the owner's rate limit, and their
+PONGs against the backlog.
 
 Nothing here is alive per idle connection but the transport, this object and the reader:
 no task, no timer (heartbeats are swept by the engine's time wheel).
@@ -17,19 +19,13 @@ import asyncio
 import base64
 import binascii
 import hashlib
-import struct
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import Protocol
 
-from aiohttp import web
 from aiohttp.http import WS_KEY, WSMessage, WSMsgType
 
-from .aiohttp_adapter import new_frame_reader, take_transport
-
-if TYPE_CHECKING:
-    from .engine_session import EngineSession
-
-_TEXT, _BINARY, _CLOSE, _PONG = 0x1, 0x2, 0x8, 0xA
+from .aiohttp_adapter import new_frame_reader
+from .packets import OP_PONG, close_frame, websocket_frame
 
 # Past this many bytes waiting in the transport, frames wait here, where they are counted
 # against the connection's backlog limit.
@@ -41,32 +37,18 @@ _SLICE = 65536
 _THROTTLED_SLICE = 4096
 _THROTTLE_PAUSE = 0.1
 
-
-def websocket_frame(payload: bytes, opcode: int = _TEXT) -> bytes:
-    """An unmasked, final, uncompressed frame (RFC 6455 section 5.2), as servers send."""
-    length = len(payload)
-    first = 0x80 | opcode
-    if length < 126:
-        header = struct.pack("!BB", first, length)
-    elif length < 65536:
-        header = struct.pack("!BBH", first, 126, length)
-    else:
-        header = struct.pack("!BBQ", first, 127, length)
-    return header + payload
-
-
-def text_frame(text: str) -> bytes:
-    return websocket_frame(text.encode())
+# RFC 6455 section 7.4.1 close codes.
+CLOSE_NORMAL = 1000
+CLOSE_PROTOCOL_ERROR = 1002
 
 
 class HandshakeError(Exception):
     """The request is not a websocket handshake we can accept."""
 
 
-def accept_key(request: web.BaseRequest) -> str:
+def accept_key(method: str, headers: Mapping[str, str]) -> str:
     """Validate the opening handshake (RFC 6455 section 4.2.1); return Sec-WebSocket-Accept."""
-    headers = request.headers
-    if request.method != "GET":
+    if method != "GET":
         raise HandshakeError("a websocket handshake is a GET request")
     if headers.get("Upgrade", "").lower() != "websocket":
         raise HandshakeError("missing 'Upgrade: websocket'")
@@ -81,6 +63,39 @@ def accept_key(request: web.BaseRequest) -> str:
     except binascii.Error as exc:
         raise HandshakeError("Sec-WebSocket-Key is not base64") from exc
     return base64.b64encode(hashlib.sha1(key.encode() + WS_KEY).digest()).decode()
+
+
+def handshake_response(accept: str) -> bytes:
+    return (
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Accept: {accept}\r\n\r\n"
+    ).encode()
+
+
+class LinkOwner(Protocol):
+    """What a link asks of the session it carries."""
+
+    @property
+    def flooding(self) -> bool:
+        """Over its rate limit now: read in small slices, with pauses."""
+        ...
+
+    @property
+    def rejections(self) -> int:
+        """Packets refused so far (a change while reading pauses reading)."""
+        ...
+
+    def link_message(self, link: WebSocketLink, data: str | bytes) -> None: ...
+
+    def link_control(self, link: WebSocketLink) -> bool:
+        """A control frame (PING) arrived: True to answer it, False when over the limit."""
+        ...
+
+    def link_failed(self, link: WebSocketLink, detail: str) -> None:
+        """The client broke the websocket protocol."""
+
+    def link_lost(self, link: WebSocketLink, reason: str | None) -> None:
+        """The connection ended (`reason`: why we aborted it, None otherwise)."""
 
 
 class WriteBatcher:
@@ -112,8 +127,8 @@ class WebSocketLink(asyncio.Protocol):
     """One websocket connection, after the handshake, carrying one Engine.IO session."""
 
     __slots__ = (
-        "_batcher", "_max_backlog", "_pending", "_reader", "_resume", "_stash",
-        "_writing_paused", "closed", "on_lost", "peer", "session", "transport",
+        "_abort_reason", "_batcher", "_max_backlog", "_pending", "_reader", "_resume", "_stash",
+        "_writing_paused", "closed", "owner", "peer", "transport",
     )
 
     def __init__(
@@ -126,10 +141,10 @@ class WebSocketLink(asyncio.Protocol):
     ) -> None:
         self.transport = transport
         self.peer = peer
-        self.session: EngineSession | None = None
+        # Told of messages and of the end; None once the owner let go of the link.
+        self.owner: LinkOwner | None = None
         self.closed = False
-        # Called once when the connection ends, whoever ends it.
-        self.on_lost: Callable[[WebSocketLink], None] | None = None
+        self._abort_reason: str | None = None
         self._batcher = batcher
         self._max_backlog = max_backlog
         self._pending: list[bytes] | None = None  # frames of this iteration, or the backlog
@@ -152,17 +167,16 @@ class WebSocketLink(asyncio.Protocol):
         self._feed(data)
 
     def _feed(self, data: bytes) -> None:
-        session = self.session
         while data and not self.closed:
-            flooding = session is not None and session.flooding
-            size = _THROTTLED_SLICE if flooding else _SLICE
+            owner = self.owner
+            size = _THROTTLED_SLICE if owner is not None and owner.flooding else _SLICE
             if len(data) <= size:
                 chunk, data = data, b""
             else:
                 chunk, data = data[:size], data[size:]
-            refused = session.rejections if session is not None else 0
+            refused = owner.rejections if owner is not None else 0
             self._reader.feed_data(chunk)
-            if session is not None and session.rejections != refused and not self.closed:
+            if owner is not None and owner.rejections != refused and not self.closed:
                 # Over its limit: the rest waits, and reading pauses, until it has had time
                 # to slow down.
                 self._stash = data or None
@@ -181,22 +195,27 @@ class WebSocketLink(asyncio.Protocol):
             self._feed(stash)
 
     def _on_message(self, message: WSMessage) -> None:
-        if self.closed:
+        owner = self.owner
+        if self.closed or owner is None:
             return
         kind = message.type
         if kind is WSMsgType.TEXT or kind is WSMsgType.BINARY:
-            if self.session is not None:
-                self.session.receive_websocket(self, message.data)
+            owner.link_message(self, message.data)
         elif kind is WSMsgType.PING:
-            self.transport.write(websocket_frame(message.data or b"", _PONG))
+            if owner.link_control(self):
+                self.queue(websocket_frame(message.data or b"", OP_PONG))
         elif kind is WSMsgType.CLOSE:
-            self.close(1000)
-        # PONG frames: nothing to do.
+            self.close(CLOSE_NORMAL)
+        elif kind is WSMsgType.PONG:
+            owner.link_control(self)  # unanswered, but counted: a flood of them is one too
 
     def _on_failure(self, exc: BaseException) -> None:
-        if self.session is not None:
-            self.session.protocol_error(f"websocket: {exc}", self.peer)
-        self.close(getattr(exc, "code", 1002))
+        # aiohttp's WebSocketError carries the RFC 6455 close code (1002, 1007, 1009).
+        code = getattr(exc, "code", CLOSE_PROTOCOL_ERROR)
+        owner = self.owner
+        self.close(code if isinstance(code, int) else CLOSE_PROTOCOL_ERROR)
+        if owner is not None:
+            owner.link_failed(self, f"websocket: {exc}")
 
     # asyncio protocol callbacks
 
@@ -229,7 +248,7 @@ class WebSocketLink(asyncio.Protocol):
             if not self._writing_paused:
                 self._batcher.schedule(self)
         elif self._writing_paused and len(pending) >= self._max_backlog:
-            self.abort("slow_consumer")
+            self.abort("slow consumer")
         else:
             pending.append(frame)
 
@@ -249,28 +268,27 @@ class WebSocketLink(asyncio.Protocol):
 
     # Ending
 
-    def close(self, code: int = 1000) -> None:
+    def close(self, code: int = CLOSE_NORMAL) -> None:
         """Send a close frame after what is pending, then close the connection."""
         if self.closed:
             return
         self.closed = True
         pending, self._pending = self._pending, None
         tail = b"".join(pending) if pending and not self._writing_paused else b""
-        self.transport.write(tail + websocket_frame(struct.pack("!H", code), _CLOSE))
+        self.transport.write(tail + close_frame(code))
         self.transport.close()
 
     def abort(self, reason: str = "aborted") -> None:
         """Drop the connection at once, whatever is unsent (a client that stopped reading).
 
-        Safe in the middle of a fan-out: the session is torn down when the loop reports the
+        Safe in the middle of a fan-out: the owner is told when the loop reports the
         connection lost, not here.
         """
         if self.closed:
             return
         self.closed = True
         self._pending = None
-        if self.session is not None:
-            self.session.lost_reason = reason
+        self._abort_reason = reason
         self.transport.abort()
 
     def _closed(self) -> None:
@@ -280,13 +298,14 @@ class WebSocketLink(asyncio.Protocol):
         if self._resume is not None:
             self._resume.cancel()
             self._resume = None
-        on_lost, self.on_lost = self.on_lost, None
-        if on_lost is not None:
-            on_lost(self)
+        owner, self.owner = self.owner, None
+        if owner is not None:
+            owner.link_lost(self, self._abort_reason)
 
 
 def open_link(
-    request: web.BaseRequest,
+    transport: asyncio.Transport,
+    tail: bytes,
     accept: str,
     batcher: WriteBatcher,
     max_message_bytes: int,
@@ -294,15 +313,10 @@ def open_link(
     peer: str,
     first: bytes = b"",
 ) -> WebSocketLink:
-    """Answer the handshake (101), take the connection from aiohttp and serve it here.
-    `first`: frames to send with the answer, in the same write."""
-    transport, tail = take_transport(request)
-    transport.write(
-        (
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Accept: {accept}\r\n\r\n"
-        ).encode() + first
-    )
+    """Answer the handshake (101) on a transport taken from aiohttp and serve it here.
+    `tail`: bytes the client sent behind the handshake; `first`: frames to send with the
+    answer, in the same write."""
+    transport.write(handshake_response(accept) + first)
     link = WebSocketLink(transport, batcher, max_message_bytes, max_backlog, peer)
     transport.set_protocol(link)
     transport.set_write_buffer_limits(high=TRANSPORT_BUFFER_BYTES)
@@ -310,28 +324,3 @@ def open_link(
     if tail:
         asyncio.get_running_loop().call_soon(link.data_received, tail)
     return link
-
-
-def peer_of(request: web.BaseRequest, trusted_proxies: frozenset[str] = frozenset()) -> str:
-    """The client's address as logs show it. From a trusted proxy (NOTIFIER_TRUSTED_PROXIES),
-    the nearest address in X-Forwarded-For that is not itself a trusted proxy."""
-    remote = request.remote or "unknown"
-    if remote not in trusted_proxies:
-        return remote
-    hops = [hop.strip() for hop in request.headers.get("X-Forwarded-For", "").split(",")]
-    for hop in reversed(hops):
-        if hop and hop not in trusted_proxies:
-            return hop[:64]
-    return remote
-
-
-__all__ = [
-    "HandshakeError",
-    "WebSocketLink",
-    "WriteBatcher",
-    "accept_key",
-    "open_link",
-    "peer_of",
-    "text_frame",
-    "websocket_frame",
-]

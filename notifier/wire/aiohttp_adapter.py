@@ -1,5 +1,5 @@
-"""The one place notifier leans on aiohttp's private parts; tests/test_aiohttp_adapter.py fails
-loudly if an aiohttp upgrade moves any of them.
+"""The one place the wire layer leans on aiohttp's private parts (aiohttp 3.14.x: see
+README.md); tests/test_wire_aiohttp_adapter.py fails loudly if an upgrade moves any of them.
 
 1. `take_transport`: after a websocket handshake, the TCP transport leaves aiohttp. An idle
    connection then costs a transport and a small protocol object instead of aiohttp's request,
@@ -7,8 +7,8 @@ loudly if an aiohttp upgrade moves any of them.
    per idle websocket, docs/performance.md).
 2. `new_frame_reader`: aiohttp's C websocket frame parser, fed by that protocol; it handles
    masking, fragmentation, control frames and size limits.
-3. `NotifierRunner`: an AppRunner whose connections answer HTTP protocol errors (a header line
-   over 8 KB, a malformed request) with notifier's JSON error shape and one log line instead
+3. `GuardedRunner`: an AppRunner whose connections answer HTTP protocol errors (a header line
+   over 8 KB, a malformed request) with the owner's JSON error body and one report instead
    of aiohttp's plain text and a traceback, and close connections whose request headers do
    not arrive within the header timeout (slow-header clients).
 """
@@ -19,13 +19,16 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-import orjson
 from aiohttp import web, web_protocol, web_server
 from aiohttp._websocket.reader import WebSocketDataQueue, WebSocketReader
 from aiohttp.http import WSMessage
 
+from .codes import WireCode
+
 MessageHandler = Callable[[WSMessage], None]
 FailureHandler = Callable[[BaseException], None]
+# (code, message) -> the body of a JSON error answer
+ErrorBody = Callable[[WireCode, str], bytes]
 
 
 def take_transport(request: web.BaseRequest) -> tuple[asyncio.Transport, bytes]:
@@ -51,15 +54,17 @@ def take_transport(request: web.BaseRequest) -> tuple[asyncio.Transport, bytes]:
     return transport, tail
 
 
-class _MessageSink(WebSocketDataQueue):  # type: ignore[misc]
+class _MessageSink(WebSocketDataQueue):
     """Where aiohttp's reader puts each complete message: straight to our callbacks.
 
     (aiohttp's own queue buffers messages for an awaiting reader task; there is none here.)
     """
 
     __slots__ = ("_on_failure", "_on_message")
+    _on_message: MessageHandler
+    _on_failure: FailureHandler
 
-    def feed_data(self, data: WSMessage, size: int) -> None:
+    def feed_data(self, data: Any, size: int) -> None:
         self._on_message(data)
 
     def set_exception(self, exc: BaseException, exc_cause: Any = None) -> None:
@@ -88,17 +93,14 @@ def new_frame_reader(
 ) -> WebSocketReader:
     """A websocket frame reader: `feed_data(bytes)` calls `on_message` for every complete
     message (text as str, binary as bytes, close/ping/pong) or `on_failure` once."""
-    sink = _MessageSink(_OWNER, max_message_bytes, loop=loop or asyncio.get_running_loop())
+    owner: Any = _OWNER  # aiohttp types it as its own protocol; only these two members are used
+    sink = _MessageSink(owner, max_message_bytes, loop=loop or asyncio.get_running_loop())
     sink._on_message = on_message
     sink._on_failure = on_failure
     return WebSocketReader(sink, max_message_bytes, False, True)
 
 
 # HTTP protocol errors and slow headers
-
-
-def json_error_body(code: str, message: str) -> bytes:
-    return orjson.dumps({"error": {"code": code, "message": message}})
 
 
 def _raw_response(status: int, reason: str, body: bytes) -> bytes:
@@ -108,18 +110,18 @@ def _raw_response(status: int, reason: str, body: bytes) -> bytes:
     ).encode() + body
 
 
-class _NotifierRequestHandler(web_protocol.RequestHandler):
+class _GuardedRequestHandler(web_protocol.RequestHandler):
     """aiohttp's connection handler with JSON protocol errors and a header read timeout.
 
-    Its settings come from the server that made it (`_NotifierServer`).
+    Its settings come from the server that made it (`_GuardedServer`).
     """
 
     __slots__ = ("_header_timer", "_settings")
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._header_timer: asyncio.TimerHandle | None = None
-        assert isinstance(self._manager, _NotifierServer)
-        self._settings: _NotifierServer = self._manager
+        assert isinstance(self._manager, _GuardedServer)
+        self._settings: _GuardedServer = self._manager
         super().connection_made(transport)
         self._start_header_timer()
 
@@ -150,7 +152,7 @@ class _NotifierRequestHandler(web_protocol.RequestHandler):
             return
         peer = transport.get_extra_info("peername")
         self._settings.on_protocol_error("header_timeout", "request headers took too long", peer)
-        body = json_error_body("TIMEOUT", "the request headers did not arrive in time")
+        body = self._settings.error_body(WireCode.TIMED_OUT, "the request headers did not arrive in time")
         transport.write(_raw_response(408, "Request Timeout", body))
         self.force_close()
 
@@ -168,9 +170,10 @@ class _NotifierRequestHandler(web_protocol.RequestHandler):
         self._settings.on_protocol_error(
             "bad_http_request", str(detail).splitlines()[0][:200], request.remote
         )
-        code = "PAYLOAD_TOO_LARGE" if status == 413 else "INVALID_PAYLOAD"
+        code = WireCode.TOO_LARGE if status == 413 else WireCode.MALFORMED
+        body = self._settings.error_body(code, f"malformed HTTP request: {detail}"[:300])
         response = web.Response(
-            status=status, body=json_error_body(code, f"malformed HTTP request: {detail}"[:300]),
+            status=status, body=body,
             content_type="application/json",
         )
         response.force_close()
@@ -180,18 +183,19 @@ class _NotifierRequestHandler(web_protocol.RequestHandler):
 ProtocolErrorHandler = Callable[[str, str, Any], None]
 
 
-class _NotifierServer(web_server.Server):
-    """aiohttp's low-level server, making `_NotifierRequestHandler`s."""
+class _GuardedServer(web_server.Server):
+    """aiohttp's low-level server, making `_GuardedRequestHandler`s."""
 
     header_timeout: float = 10.0
     on_protocol_error: ProtocolErrorHandler
+    error_body: ErrorBody
 
     def __call__(self) -> web_protocol.RequestHandler:
-        return _NotifierRequestHandler(self, loop=self._loop, **self._kwargs)
+        return _GuardedRequestHandler(self, loop=self._loop, **self._kwargs)
 
 
-class NotifierRunner(web.AppRunner):
-    """An AppRunner whose connections use `_NotifierRequestHandler`."""
+class GuardedRunner(web.AppRunner):
+    """An AppRunner whose connections use `_GuardedRequestHandler`."""
 
     def __init__(
         self,
@@ -199,17 +203,20 @@ class NotifierRunner(web.AppRunner):
         *,
         header_timeout: float,
         on_protocol_error: ProtocolErrorHandler,
+        error_body: ErrorBody,
         **kwargs: Any,
     ) -> None:
         super().__init__(app, **kwargs)
         self._header_timeout = header_timeout
         self._on_protocol_error = on_protocol_error
+        self._error_body = error_body
 
     async def _make_server(self) -> web_server.Server:
         server = await super()._make_server()
         # The same object with our connection factory: aiohttp takes no handler class.
-        server.__class__ = _NotifierServer
-        assert isinstance(server, _NotifierServer)
+        server.__class__ = _GuardedServer
+        assert isinstance(server, _GuardedServer)
         server.header_timeout = self._header_timeout
         server.on_protocol_error = self._on_protocol_error
+        server.error_body = self._error_body
         return server

@@ -1,0 +1,141 @@
+"""`Subscriber`: an end user's connection to `/`, which rejoins its rooms from where it was
+and drops duplicates."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from .connection import (
+    ClientConnection,
+    EventHandler,
+    TokenSource,
+    log,
+    maybe_await,
+)
+
+# How many recent event ids a client remembers to drop duplicates.
+_SEEN_IDS = 4096
+
+
+class Subscriber(ClientConnection):
+    """An end-user connection that never misses an event in the rooms it follows.
+
+    It keeps each room's last position; every (re)connect sends those positions in the auth
+    payload, so the server rejoins the rooms and replays what was missed before live events.
+    A room whose history could not be replayed is reported to `on_reset` handlers: reload
+    that room's state from the REST API (or `task.get`, `notifications.list`).
+    """
+
+    namespace = "/"
+
+    def __init__(self, url: str, token: TokenSource, **options: Any) -> None:
+        super().__init__(url, token, **options)
+        # Each room followed, with the last position seen (None: a live-only room).
+        self.positions: dict[str, dict[str, Any] | None] = {}
+        self.presence_rooms: set[str] = set()  # rooms whose presence changes we follow
+        self.session: dict[str, Any] | None = None
+        self._handlers: dict[str, list[EventHandler]] = {}
+        self._reset_handlers: list[Callable[[str, str], Any]] = []
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self.sio.on("*", self._on_event, namespace=self.namespace)
+
+    async def _auth(self) -> dict[str, Any]:
+        auth = await super()._auth()
+        if self.positions:
+            auth["positions"] = {room: dict(pos) if pos else None
+                                 for room, pos in self.positions.items()}
+        if self.presence_rooms:
+            auth["presence"] = sorted(self.presence_rooms)
+        return auth
+
+    def on(self, event_type: str, handler: EventHandler) -> Callable[[], None]:
+        """Call `handler(envelope)` for each event of the type ('*' for all); returns an off()."""
+        self._handlers.setdefault(event_type, []).append(handler)
+        return lambda: self._handlers[event_type].remove(handler)
+
+    def on_reset(self, handler: Callable[[str, str], Any]) -> None:
+        """`handler(room, reason)` when a room's missed events could not be replayed."""
+        self._reset_handlers.append(handler)
+
+    async def subscribe(self, rooms: list[str], *, presence: bool = False) -> dict[str, Any]:
+        """Join rooms; returns the per-room results (joined, position, task state or error).
+        `presence`: also receive `presence.joined` / `presence.left` for them."""
+        since = {room: self.positions[room] for room in rooms if self.positions.get(room)}
+        payload: dict[str, Any] = {"rooms": rooms}
+        if since:
+            payload["since"] = since
+        if presence:
+            payload["presence"] = True
+        reply = await self.call("subscribe", payload)
+        await self._apply_room_results(reply["rooms"])
+        if presence:
+            self.presence_rooms.update(
+                room for room, result in reply["rooms"].items() if result.get("joined"))
+        results: dict[str, Any] = reply["rooms"]
+        return results
+
+    async def unsubscribe(self, rooms: list[str]) -> dict[str, Any]:
+        reply = await self.call("unsubscribe", {"rooms": rooms})
+        for room in rooms:
+            self.positions.pop(room, None)
+            self.presence_rooms.discard(room)
+        results: dict[str, Any] = reply["rooms"]
+        return results
+
+    async def _apply_room_results(self, results: dict[str, Any]) -> None:
+        for room, result in results.items():
+            if not result.get("joined"):
+                continue
+            if result.get("live_only"):
+                self.positions[room] = None
+                continue
+            known = self.positions.get(room)
+            server = {"epoch": result["epoch"], "offset": result["offset"]}
+            if result.get("recovered") is False:
+                self.positions[room] = server
+                for handler in self._reset_handlers:
+                    await maybe_await(handler(room, result.get("reason", "")))
+            elif known is None or known["epoch"] != server["epoch"]:
+                self.positions[room] = server
+
+    async def _on_expiring(self, envelope: Any = None) -> None:
+        await super()._on_expiring(envelope)
+        await self._on_event("auth.expiring", envelope)  # handlers see it too
+
+    async def _on_event(self, event: str, envelope: Any = None) -> None:
+        if not isinstance(envelope, dict):
+            return
+        if event == "session":
+            self.session = envelope.get("data")
+            await self._apply_room_results((self.session or {}).get("rooms", {}))
+        elif not self._accept(envelope):
+            return
+        if event == "rooms.revoked":  # not ours any more: not rejoined on reconnect
+            for room in (envelope.get("data") or {}).get("rooms", []):
+                self.positions.pop(room, None)
+                self.presence_rooms.discard(room)
+        for handler in [*self._handlers.get(event, ()), *self._handlers.get("*", ())]:
+            try:
+                await maybe_await(handler(envelope))
+            except Exception:
+                log.exception("subscriber_handler_failed", type=event)
+
+    def _accept(self, envelope: dict[str, Any]) -> bool:
+        """Drop what was seen already (by id, and by offset within a room's epoch)."""
+        event_id = envelope.get("id")
+        if event_id in self._seen:
+            return False
+        if event_id:
+            self._seen[event_id] = None
+            if len(self._seen) > _SEEN_IDS:
+                self._seen.popitem(last=False)
+        room, offset = envelope.get("room"), envelope.get("offset")
+        known = self.positions.get(room) if room is not None else None
+        if offset is None or not known:
+            return True  # not kept, or a room seen through project:* (ids deduplicate)
+        if known["epoch"] == envelope.get("epoch") and offset <= known["offset"]:
+            return False
+        self.positions[str(room)] = {"epoch": envelope["epoch"], "offset": offset}
+        return True

@@ -1,0 +1,101 @@
+"""The end users' namespace (`/`): its events, their payload models and handlers."""
+
+from __future__ import annotations
+
+from ...clock import millis
+from ...errors import ErrorCode, NotifierError
+from ...models import (
+    AuthRefresh,
+    MarkRead,
+    NotificationsList,
+    PingRequest,
+    PresenceRequest,
+    RefreshIntervalRequest,
+    SubscribeRequest,
+    TaskRef,
+    UnsubscribeRequest,
+)
+from ...wire import SocketConnection
+from ..acks import Reply
+from .context import EventTable, SocketContext, claims_of
+
+
+async def subscribe(ctx: SocketContext, connection: SocketConnection, request: SubscribeRequest) -> Reply:
+    return await ctx.rooms.subscribe(connection, request)
+
+
+async def unsubscribe(
+    ctx: SocketContext, connection: SocketConnection, request: UnsubscribeRequest
+) -> Reply:
+    return await ctx.rooms.unsubscribe(connection, request)
+
+
+async def ping(ctx: SocketContext, connection: SocketConnection, request: PingRequest) -> Reply:
+    return {"server_time": millis(ctx.notifier.clock.now()), "echo": request.model_dump()}
+
+
+async def task_get(ctx: SocketContext, connection: SocketConnection, request: TaskRef) -> Reply:
+    task = await ctx.notifier.get_task(request.task_id, claims_of(connection))
+    return {"task": task.to_dict()}
+
+
+async def notifications_list(
+    ctx: SocketContext, connection: SocketConnection, request: NotificationsList
+) -> Reply:
+    user_id = claims_of(connection).sub
+    notifications = await ctx.notifier.list_notifications(user_id, request)
+    return {
+        "notifications": [n.to_dict() for n in notifications],
+        "unread": await ctx.notifier.unread_count(user_id),
+    }
+
+
+async def notifications_mark_read(
+    ctx: SocketContext, connection: SocketConnection, request: MarkRead
+) -> Reply:
+    return await ctx.notifier.mark_read(claims_of(connection).sub, request)
+
+
+async def set_refresh_interval(
+    ctx: SocketContext, connection: SocketConnection, request: RefreshIntervalRequest
+) -> Reply:
+    if not claims_of(connection).is_admin:
+        raise NotifierError(ErrorCode.FORBIDDEN, "only admins may change the refresh interval")
+    seconds = await ctx.notifier.set_refresh_interval(request.seconds)
+    return {"refresh_interval": seconds}
+
+
+# Both namespaces
+
+
+async def auth_refresh(ctx: SocketContext, connection: SocketConnection, request: AuthRefresh) -> Reply:
+    async with ctx.rooms.join_lock(connection):  # no subscribe halfway through a renewal
+        return await ctx.credentials.refresh(connection, request.token)
+
+
+async def presence_get(
+    ctx: SocketContext, connection: SocketConnection, request: PresenceRequest
+) -> Reply:
+    await ctx.notifier.authorize_presence(claims_of(connection), request.room)
+    return {"room": request.room, "users": await ctx.notifier.presence.members(request.room)}
+
+
+async def presence_stats(
+    ctx: SocketContext, connection: SocketConnection, request: PresenceRequest
+) -> Reply:
+    await ctx.notifier.authorize_presence(claims_of(connection), request.room)
+    return {"room": request.room, **await ctx.notifier.presence.stats(request.room)}
+
+
+USER_EVENTS: EventTable = {
+    "subscribe": (SubscribeRequest, subscribe),
+    "unsubscribe": (UnsubscribeRequest, unsubscribe),
+    "ping": (PingRequest, ping),
+    "task.get": (TaskRef, task_get),
+    "notifications.list": (NotificationsList, notifications_list),
+    "notifications.mark_read": (MarkRead, notifications_mark_read),
+    "config.set_refresh_interval": (RefreshIntervalRequest, set_refresh_interval),
+    "auth.refresh": (AuthRefresh, auth_refresh),
+    "presence.get": (PresenceRequest, presence_get),
+    "presence.stats": (PresenceRequest, presence_stats),
+}

@@ -1,0 +1,121 @@
+"""The publishers' namespace (`/workers`): its events, their payload models and handlers.
+
+Idempotency keys are scoped to the token's subject, so one worker cannot replay another's
+answers; the scope is a tuple-like encoding that no choice of subject or key can forge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from ...models import (
+    AuthRefresh,
+    NotifyRequest,
+    PingRequest,
+    PresenceRequest,
+    PublishRequest,
+    TaskCancel,
+    TaskComplete,
+    TaskCreate,
+    TaskFail,
+    TaskProgress,
+    TaskRef,
+)
+from ...wire import SocketConnection
+from ..acks import Reply
+from .context import EventTable, SocketContext, claims_of
+from .user_events import auth_refresh, ping, presence_get, presence_stats, task_get
+
+
+def scoped_key(connection: SocketConnection, key: str | None) -> str | None:
+    """The key as the store keeps it: the subject's length first, so that (`w`, `x:k`) and
+    (`w:x`, `k`) stay apart."""
+    if key is None:
+        return None
+    subject = claims_of(connection).sub
+    return f"{len(subject)}:{subject}:{key}"
+
+
+def _once(
+    ctx: SocketContext, connection: SocketConnection, key: str | None,
+    action: Callable[[], Awaitable[Reply]],
+) -> Awaitable[Reply]:
+    return ctx.notifier.once(scoped_key(connection, key), action)
+
+
+async def publish(ctx: SocketContext, connection: SocketConnection, request: PublishRequest) -> Reply:
+    key = scoped_key(connection, request.idempotency_key)
+
+    async def run() -> Reply:
+        envelope = await ctx.notifier.publish(request, key)
+        return {"id": envelope["id"], "room": envelope["room"], "offset": envelope["offset"],
+                "epoch": envelope["epoch"]}
+
+    if key is None:  # the hot path of a busy worker: nothing to remember
+        return await run()
+    return await ctx.notifier.once(key, run)
+
+
+async def notify(ctx: SocketContext, connection: SocketConnection, request: NotifyRequest) -> Reply:
+    key = scoped_key(connection, request.idempotency_key)
+
+    async def run() -> Reply:
+        notifications = await ctx.notifier.notify(request, key)
+        return {"notifications": [{"id": n.id, "user_id": n.user_id} for n in notifications]}
+
+    return await ctx.notifier.once(key, run)
+
+
+async def task_create(ctx: SocketContext, connection: SocketConnection, request: TaskCreate) -> Reply:
+    async def run() -> Reply:
+        return {"task": (await ctx.notifier.create_task(request)).to_dict()}
+
+    return await _once(ctx, connection, request.idempotency_key, run)
+
+
+async def task_progress(
+    ctx: SocketContext, connection: SocketConnection, request: TaskProgress
+) -> Reply:
+    # Progress needs no key: a repeated value is accepted and coalesced away.
+    return {"task": (await ctx.notifier.report_progress(request)).to_dict()}
+
+
+async def task_complete(
+    ctx: SocketContext, connection: SocketConnection, request: TaskComplete
+) -> Reply:
+    async def run() -> Reply:
+        task = await ctx.notifier.complete_task(request.task_id, request.result, request.message)
+        return {"task": task.to_dict()}
+
+    return await _once(ctx, connection, request.idempotency_key, run)
+
+
+async def task_fail(ctx: SocketContext, connection: SocketConnection, request: TaskFail) -> Reply:
+    async def run() -> Reply:
+        return {"task": (await ctx.notifier.fail_task(request.task_id, request.error)).to_dict()}
+
+    return await _once(ctx, connection, request.idempotency_key, run)
+
+
+async def task_cancel(ctx: SocketContext, connection: SocketConnection, request: TaskCancel) -> Reply:
+    async def run() -> Reply:
+        task = await ctx.notifier.cancel_task(request.task_id, request.reason)
+        return {"task": task.to_dict()}
+
+    return await _once(ctx, connection, request.idempotency_key, run)
+
+
+WORKER_EVENTS: EventTable = {
+    "publish": (PublishRequest, publish),
+    "notify": (NotifyRequest, notify),
+    "task.create": (TaskCreate, task_create),
+    "task.progress": (TaskProgress, task_progress),
+    "task.complete": (TaskComplete, task_complete),
+    "task.fail": (TaskFail, task_fail),
+    "task.cancel": (TaskCancel, task_cancel),
+    "task.get": (TaskRef, task_get),
+    "ping": (PingRequest, ping),
+    "auth.refresh": (AuthRefresh, auth_refresh),
+    "presence.get": (PresenceRequest, presence_get),
+    "presence.stats": (PresenceRequest, presence_stats),
+}
