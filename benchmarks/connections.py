@@ -38,8 +38,7 @@ class Clients(NodeGenerator):
         self.started = started
 
     @classmethod
-    async def start(cls, config: dict[str, Any], timeout: float,
-                    cpus: set[int] | None = None) -> Clients:
+    async def start(cls, config: dict[str, Any], timeout: float, cpus: set[int] | None = None) -> Clients:
         clients = cls(await cls.spawn("wsclients.mjs", config, cpus=cpus), {})
         clients.started = await clients.read("connected", timeout)
         return clients
@@ -49,12 +48,16 @@ class Clients(NodeGenerator):
 
 
 async def scrape(url: str, token: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    async with aiohttp.ClientSession() as http, http.get(
-        url + "/metrics", headers={"Authorization": f"Bearer {token}"}
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(url + "/metrics", headers={"Authorization": f"Bearer {token}"}) as response,
+    ):
         text = await response.text()
-    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in text_string_to_metric_families(text) for sample in family.samples}
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 # Connection set-up rate
@@ -76,12 +79,20 @@ def split_cores(pid: int) -> set[int] | None:
     return set(cores[1:])
 
 
-async def measure_connect_rate(server: Any, secret: str, count: int, window: int,
-                               shards: int) -> dict[str, Any]:
+async def measure_connect_rate(
+    server: Any, secret: str, count: int, window: int, shards: int
+) -> dict[str, Any]:
     """Connections set up per second (the server on one core, the generator on the others),
     and the server's CPU time per connection."""
-    config = {"mode": "connect", "url": server.url, "count": count, "window": window,
-              "shards": shards, "rooms": 50, "secret": secret}
+    config = {
+        "mode": "connect",
+        "url": server.url,
+        "count": count,
+        "window": window,
+        "shards": shards,
+        "rooms": 50,
+        "secret": secret,
+    }
     cpus = split_cores(server.process.pid)
     cpu_before = cpu_seconds(server.process.pid)
     clients = await Clients.start(config, timeout=120, cpus=cpus)
@@ -89,22 +100,34 @@ async def measure_connect_rate(server: Any, secret: str, count: int, window: int
     await clients.stop()
     figures = clients.started
     per_connection = cpu_used / max(figures["connected"], 1)
-    return {"server": server.name, "connections": figures["connected"], "refused": figures["refused"],
-            "seconds": figures["seconds"],
-            "per_second": figures["connected"] / max(figures["seconds"], 1e-9),
-            "server_cpu_us_per_connection": per_connection * 1e6,
-            "per_server_core_second": 1 / per_connection if per_connection else float("inf")}
+    return {
+        "server": server.name,
+        "connections": figures["connected"],
+        "refused": figures["refused"],
+        "seconds": figures["seconds"],
+        "per_second": figures["connected"] / max(figures["seconds"], 1e-9),
+        "server_cpu_us_per_connection": per_connection * 1e6,
+        "per_server_core_second": 1 / per_connection if per_connection else float("inf"),
+    }
 
 
 # Many connections held
 
 
-async def measure_hold(server: Any, secret: str, count: int, seconds: float, rate: float,
-                       shards: int) -> dict[str, Any]:
+async def measure_hold(
+    server: Any, secret: str, count: int, seconds: float, rate: float, shards: int
+) -> dict[str, Any]:
     admin = issue_token(secret, "HS256", "ops", role=Role.ADMIN)
     before = server.rss_kb()
-    config = {"mode": "hold", "url": server.url, "count": count, "rate": rate, "shards": shards,
-              "rooms": 50, "secret": secret}
+    config = {
+        "mode": "hold",
+        "url": server.url,
+        "count": count,
+        "rate": rate,
+        "shards": shards,
+        "rooms": 50,
+        "secret": secret,
+    }
     clients = await Clients.start(config, timeout=count / rate * 3 + 60)
     try:
         connected_rss = server.rss_kb()
@@ -115,14 +138,22 @@ async def measure_hold(server: Any, secret: str, count: int, seconds: float, rat
         held_rss = server.rss_kb()
     finally:
         await clients.stop()
-    closes = {dict(labels).get("reason"): value for (name, labels), value in metrics.items()
-              if name == "notifier_sessions_closed_total"}
+    closes = {
+        dict(labels).get("reason"): value
+        for (name, labels), value in metrics.items()
+        if name == "notifier_sessions_closed_total"
+    }
     return {
-        "server": server.name, "connections": clients.started["connected"],
-        "refused": clients.started["refused"], "held_seconds": time.monotonic() - held_from,
-        "still_open": report["open"], "dropped": report["dropped"],
+        "server": server.name,
+        "connections": clients.started["connected"],
+        "refused": clients.started["refused"],
+        "held_seconds": time.monotonic() - held_from,
+        "still_open": report["open"],
+        "dropped": report["dropped"],
         "ping_timeouts": closes.get("ping timeout", 0.0),
-        "rss_before_kb": before, "rss_connected_kb": connected_rss, "rss_held_kb": held_rss,
+        "rss_before_kb": before,
+        "rss_connected_kb": connected_rss,
+        "rss_held_kb": held_rss,
         "kb_per_connection": (held_rss - before) / max(count, 1),
     }
 
@@ -137,8 +168,9 @@ class Publisher:
     def __init__(self, url: str, token: str, rooms: int) -> None:
         from notifier.client import Worker
 
-        self.worker = Worker(url, token, reconnection_delay=0.2, reconnection_delay_max=1.0,
-                             transports=["websocket"])
+        self.worker = Worker(
+            url, token, reconnection_delay=0.2, reconnection_delay_max=1.0, transports=["websocket"]
+        )
         self.rooms = rooms
         self.heads: dict[str, int] = {}
         self.published = 0
@@ -227,17 +259,23 @@ class LagWatch:
 
 
 @contextlib.asynccontextmanager
-async def notifier_process(port: int, data_dir: str, secret: str, **env: str) -> AsyncIterator[
-        asyncio.subprocess.Process]:
+async def notifier_process(
+    port: int, data_dir: str, secret: str, **env: str
+) -> AsyncIterator[asyncio.subprocess.Process]:
     environment = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER_")}
-    environment.update(NOTIFIER_PORT=str(port), NOTIFIER_JWT_SECRET=secret,
-                       NOTIFIER_DATA_DIR=data_dir, NOTIFIER_LOG_LEVEL="WARNING",
-                       NOTIFIER_REFRESH_INTERVAL_SECONDS="0",
-                       NOTIFIER_WORKER_RATE_PER_SECOND="1000000",
-                       NOTIFIER_WORKER_RATE_BURST="100000", **env)
+    environment.update(
+        NOTIFIER_PORT=str(port),
+        NOTIFIER_JWT_SECRET=secret,
+        NOTIFIER_DATA_DIR=data_dir,
+        NOTIFIER_LOG_LEVEL="WARNING",
+        NOTIFIER_REFRESH_INTERVAL_SECONDS="0",
+        NOTIFIER_WORKER_RATE_PER_SECOND="1000000",
+        NOTIFIER_WORKER_RATE_BURST="100000",
+        **env,
+    )
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "notifier", "serve", env=environment, cwd=ROOT,
-        stdout=subprocess.DEVNULL)
+        sys.executable, "-m", "notifier", "serve", env=environment, cwd=ROOT, stdout=subprocess.DEVNULL
+    )
     try:
         for _ in range(400):
             try:
@@ -263,8 +301,15 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-async def measure_storm(secret: str, clients: int, rooms: int, shards: int, rate: float,
-                        kill: bool, backends: dict[str, str] | None) -> dict[str, Any]:
+async def measure_storm(
+    secret: str,
+    clients: int,
+    rooms: int,
+    shards: int,
+    rate: float,
+    kill: bool,
+    backends: dict[str, str] | None,
+) -> dict[str, Any]:
     """`clients` in `rooms` rooms with history; the server restarted (embedded), or with
     `backends` (Redis and PostgreSQL) the node holding the clients killed with -9, the
     clients reconnecting to a second node where a bystander never dropped."""
@@ -283,9 +328,18 @@ async def measure_storm(secret: str, clients: int, rooms: int, shards: int, rate
                 survivor = f"http://127.0.0.1:{port_b}"
             else:
                 port_b, survivor = port_a, url_a
-            config = {"mode": "storm", "url": url_a, "count": clients, "rooms": rooms,
-                      "shards": shards, "rate": 2000, "secret": secret, "delay": 500,
-                      "delayMax": 5000, "reconnectUrls": [survivor]}
+            config = {
+                "mode": "storm",
+                "url": url_a,
+                "count": clients,
+                "rooms": rooms,
+                "shards": shards,
+                "rate": 2000,
+                "secret": secret,
+                "delay": 500,
+                "delayMax": 5000,
+                "reconnectUrls": [survivor],
+            }
             load = await Clients.start(config, timeout=clients / 2000 * 3 + 60)
             publisher = Publisher(survivor if backends else url_a, publisher_token, rooms)
             await publisher.start(rate)
@@ -330,14 +384,21 @@ async def measure_storm(secret: str, clients: int, rooms: int, shards: int, rate
     p99 = round_trips[int(len(round_trips) * 0.99) - 1] if round_trips else None
     return {
         "variant": "node killed (Redis broker)" if backends else "server restarted (embedded)",
-        "clients": clients, "rooms": rooms, "published": publisher.published,
+        "clients": clients,
+        "rooms": rooms,
+        "published": publisher.published,
         "restart_seconds": restarted - dropped_at,
         "all_recovered_within_s": recovered_seconds,
-        "not_reconnected": final["notReconnected"], "not_reconnected_states": final["stuck"],
+        "not_reconnected": final["notReconnected"],
+        "not_reconnected_states": final["stuck"],
         "unrecovered": final["unrecovered"],
-        "lost": final["lost"], "duplicates": final["duplicates"], "behind_at_end": final["behind"],
-        "refused_handshakes": final["refused"], "failed_joins": final["failed"],
+        "lost": final["lost"],
+        "duplicates": final["duplicates"],
+        "behind_at_end": final["behind"],
+        "refused_handshakes": final["refused"],
+        "failed_joins": final["failed"],
         "max_loop_lag_ms": lag.worst * 1000,
-        "bystander_p99_ms": p99, "bystander_pings": len(round_trips),
+        "bystander_p99_ms": p99,
+        "bystander_pings": len(round_trips),
         "open_before": before_drop["open"],
     }

@@ -42,10 +42,12 @@ async def raw_websocket(url: str, query: str = "EIO=4&transport=websocket"):
     parts = urlsplit(url)
     reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
     key = base64.b64encode(os.urandom(16)).decode()
-    writer.write((
-        f"GET /socket.io/?{query} HTTP/1.1\r\nHost: {parts.netloc}\r\nUpgrade: websocket\r\n"
-        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    ).encode())
+    writer.write(
+        (
+            f"GET /socket.io/?{query} HTTP/1.1\r\nHost: {parts.netloc}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
     status = await reader.readuntil(b"\r\n\r\n")
     if not status.startswith(b"HTTP/1.1 101"):
         writer.close()
@@ -118,9 +120,13 @@ async def _http(url: str, request: bytes, read_timeout: float = 5.0) -> bytes:
 
 async def _open_polling(url: str) -> str:
     parts = urlsplit(url)
-    answer = await _http(url, (
-        f"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: {parts.netloc}\r\n"
-        "Connection: close\r\n\r\n").encode())
+    answer = await _http(
+        url,
+        (
+            f"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+            "Connection: close\r\n\r\n"
+        ).encode(),
+    )
     body = answer.split(b"\r\n\r\n", 1)[1]
     return body.split(b'"sid":"', 1)[1].split(b'"', 1)[0].decode()
 
@@ -134,9 +140,11 @@ async def abandoned_polls(url: str, count: int, concurrency: int = 50) -> int:
         nonlocal done
         sid = await _open_polling(url)
         _, writer = await asyncio.open_connection(parts.hostname, parts.port)
-        writer.write((
-            f"GET /socket.io/?EIO=4&transport=polling&sid={sid} HTTP/1.1\r\n"
-            f"Host: {parts.netloc}\r\n\r\n").encode())
+        writer.write(
+            (
+                f"GET /socket.io/?EIO=4&transport=polling&sid={sid} HTTP/1.1\r\nHost: {parts.netloc}\r\n\r\n"
+            ).encode()
+        )
         await writer.drain()
         await asyncio.sleep(0.05)
         writer.transport.abort()
@@ -153,17 +161,23 @@ async def unexpected_posts(url: str, count: int, body: bytes = b"6") -> list[flo
     for _ in range(count):
         sid = await _open_polling(url)
         started = time.monotonic()
-        await _http(url, (
-            f"POST /socket.io/?EIO=4&transport=polling&sid={sid} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body)
+        await _http(
+            url,
+            (
+                f"POST /socket.io/?EIO=4&transport=polling&sid={sid} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            ).encode()
+            + body,
+        )
         took.append(time.monotonic() - started)
     return took
 
 
 async def long_header(url: str, size: int = 9000) -> bytes:
     parts = urlsplit(url)
-    return await _http(url, (
-        f"GET /healthz HTTP/1.1\r\nHost: {parts.netloc}\r\nX-Junk: {'a' * size}\r\n\r\n").encode())
+    return await _http(
+        url, (f"GET /healthz HTTP/1.1\r\nHost: {parts.netloc}\r\nX-Junk: {'a' * size}\r\n\r\n").encode()
+    )
 
 
 async def slow_headers(url: str, wait: float) -> tuple[bytes, float]:
@@ -206,8 +220,14 @@ async def _attacker(url: str, *args: str) -> asyncio.subprocess.Process:
     import sys
 
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "benchmarks.hostile", *args, "--url", url,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        sys.executable,
+        "-m",
+        "benchmarks.hostile",
+        *args,
+        "--url",
+        url,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
     )
 
 
@@ -232,8 +252,10 @@ async def measure(service, user_token: str, publisher_token: str) -> dict[str, f
     figures["slowest_unexpected_post_s"] = slowest
 
     idle = await _bystander(service.url, user_token, 3)
-    attackers = [await _attacker(service.url, "flood", "--seconds", "6"),
-                 await _attacker(service.url, "malformed", "--count", "1000000")]
+    attackers = [
+        await _attacker(service.url, "flood", "--seconds", "6"),
+        await _attacker(service.url, "malformed", "--count", "1000000"),
+    ]
     await asyncio.sleep(0.5)
     flooded = await _bystander(service.url, user_token, 4)
     for attacker in attackers:
@@ -251,17 +273,21 @@ async def measure(service, user_token: str, publisher_token: str) -> dict[str, f
             user = f"durable{round_number}"
 
             async def notify(n: int, user: str = user) -> int:
-                async with http.post(f"{service.url}/api/v1/notifications",
-                                     json={"user_ids": [user], "title": f"n{n}"},
-                                     headers={"Authorization": f"Bearer {publisher_token}"}) as r:
+                async with http.post(
+                    f"{service.url}/api/v1/notifications",
+                    json={"user_ids": [user], "title": f"n{n}"},
+                    headers={"Authorization": f"Bearer {publisher_token}"},
+                ) as r:
                     return r.status
 
             statuses = await asyncio.gather(*(notify(n) for n in range(200)))
             service.process.kill()
             await service.process.wait()
             await service.start()
-            async with http.get(f"{service.url}/api/v1/notifications?user_id={user}",
-                                headers={"Authorization": f"Bearer {publisher_token}"}) as r:
+            async with http.get(
+                f"{service.url}/api/v1/notifications?user_id={user}",
+                headers={"Authorization": f"Bearer {publisher_token}"},
+            ) as r:
                 stored = (await r.json())["unread"] if r.status == 200 else 0
             lost += statuses.count(201) - stored
     figures["acknowledged_lost_after_kill_9_in_6_rounds_of_200"] = lost
@@ -269,8 +295,9 @@ async def measure(service, user_token: str, publisher_token: str) -> dict[str, f
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("attack", choices=["flood", "malformed", "abandoned-polls", "posts"])
     parser.add_argument("--url", required=True)
     parser.add_argument("--count", type=int, default=1000)

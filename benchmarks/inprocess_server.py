@@ -41,8 +41,7 @@ def main() -> None:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     app = create_app(Settings())
     app.router.add_post("/bench/publish", publish_burst)
-    web.run_app(app, host="127.0.0.1", port=int(os.environ["NOTIFIER_PORT"]),
-                print=None, access_log=None)
+    web.run_app(app, host="127.0.0.1", port=int(os.environ["NOTIFIER_PORT"]), print=None, access_log=None)
 
 
 if __name__ == "__main__":

@@ -18,14 +18,19 @@ class NodeGenerator:
         self.process = process
 
     @staticmethod
-    async def spawn(script: str, config: dict[str, Any], *, cpus: set[int] | None = None,
-                    limit: int = 2**24) -> asyncio.subprocess.Process:
+    async def spawn(
+        script: str, config: dict[str, Any], *, cpus: set[int] | None = None, limit: int = 2**24
+    ) -> asyncio.subprocess.Process:
         """`cpus`: the cores the generator's processes may use (the server keeps the rest)."""
         command = ["node", str(BENCH / script), json.dumps(config)]
         if cpus:
             command = ["taskset", "-c", ",".join(map(str, sorted(cpus))), *command]
         return await asyncio.create_subprocess_exec(
-            *command, cwd=BENCH, stdin=subprocess.PIPE, stdout=subprocess.PIPE, limit=limit,
+            *command,
+            cwd=BENCH,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            limit=limit,
         )
 
     async def read(self, kind: str, timeout: float = 60) -> dict[str, Any]:

@@ -49,8 +49,7 @@ async def _watch_lag(stop: asyncio.Event, lags: list[float], period: float = 0.0
 
 async def measure_progress(tasks: int, updates: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as data_dir:
-        settings = Settings(jwt_secret="x" * 32, data_dir=Path(data_dir),
-                            refresh_interval_seconds=0)
+        settings = Settings(jwt_secret="x" * 32, data_dir=Path(data_dir), refresh_interval_seconds=0)
         health = Health()
         store = open_store(settings.resolved_store_url, health)
         broker = open_broker("", store, health, max_events_per_room=settings.history_max_events)
@@ -64,13 +63,16 @@ async def measure_progress(tasks: int, updates: int) -> dict[str, Any]:
                 await notifier.create_task(TaskCreate(id=task_id, project_id="bench"))
             stop, lags = asyncio.Event(), []
             watcher = asyncio.create_task(_watch_lag(stop, lags))
-            requests = [TaskProgress(task_id=ids[n % tasks], progress=min(100, n * 100 / updates))
-                        for n in range(updates)]
+            requests = [
+                TaskProgress(task_id=ids[n % tasks], progress=min(100, n * 100 / updates))
+                for n in range(updates)
+            ]
             started = time.perf_counter()
             for first in range(0, len(requests), BATCH):
                 # Every update is acknowledged only once stored; a batch shares one commit.
-                await asyncio.gather(*(notifier.report_progress(request)
-                                       for request in requests[first:first + BATCH]))
+                await asyncio.gather(
+                    *(notifier.report_progress(request) for request in requests[first : first + BATCH])
+                )
             elapsed = time.perf_counter() - started
             stop.set()
             await watcher
@@ -78,5 +80,10 @@ async def measure_progress(tasks: int, updates: int) -> dict[str, Any]:
                 await notifier.complete_task(task_id)
         finally:
             await notifier.stop()
-    return {"tasks": tasks, "updates": updates, "updates_per_s": updates / elapsed,
-            "max_loop_lag_ms": max(lags, default=0) * 1000, "emitted": emitter.emitted}
+    return {
+        "tasks": tasks,
+        "updates": updates,
+        "updates_per_s": updates / elapsed,
+        "max_loop_lag_ms": max(lags, default=0) * 1000,
+        "emitted": emitter.emitted,
+    }

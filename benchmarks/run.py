@@ -84,11 +84,16 @@ async def run_server(name: str, **extra_env: str) -> AsyncIterator[Server]:
             command = [sys.executable, "-m", "notifier", "serve"]
             if name == "notifier-inprocess":
                 command = [sys.executable, str(BENCH / "inprocess_server.py")]
-            env.update(NOTIFIER_PORT=str(port), NOTIFIER_JWT_SECRET=SECRET,
-                       NOTIFIER_DATA_DIR=data_dir, NOTIFIER_LOG_LEVEL="WARNING",
-                       NOTIFIER_REFRESH_INTERVAL_SECONDS="0",
-                       NOTIFIER_WORKER_RATE_PER_SECOND="1000000",
-                       NOTIFIER_WORKER_RATE_BURST="100000", **extra_env)
+            env.update(
+                NOTIFIER_PORT=str(port),
+                NOTIFIER_JWT_SECRET=SECRET,
+                NOTIFIER_DATA_DIR=data_dir,
+                NOTIFIER_LOG_LEVEL="WARNING",
+                NOTIFIER_REFRESH_INTERVAL_SECONDS="0",
+                NOTIFIER_WORKER_RATE_PER_SECOND="1000000",
+                NOTIFIER_WORKER_RATE_BURST="100000",
+                **extra_env,
+            )
             namespace = "/workers"
             token = issue_token(SECRET, "HS256", "bench", role=Role.PUBLISHER)
         elif name == "python-socketio":
@@ -156,8 +161,9 @@ class LoadGenerator(NodeGenerator):
 async def publisher(server: Server) -> AsyncIterator[socketio.AsyncClient]:
     client = socketio.AsyncClient(reconnection=False)
     auth = {"token": server.publisher_token} if server.publisher_token else None
-    await client.connect(server.url, auth=auth, namespaces=[server.publish_namespace],
-                         transports=["websocket"])
+    await client.connect(
+        server.url, auth=auth, namespaces=[server.publish_namespace], transports=["websocket"]
+    )
     try:
         yield client
     finally:
@@ -166,8 +172,9 @@ async def publisher(server: Server) -> AsyncIterator[socketio.AsyncClient]:
 
 async def publish(client: socketio.AsyncClient, server: Server, seq: int) -> None:
     data = {"sent": time.time() * 1000, "seq": seq, "pad": PAD}
-    reply = await client.call("publish", server.publish_payload(data),
-                              namespace=server.publish_namespace, timeout=30)
+    reply = await client.call(
+        "publish", server.publish_payload(data), namespace=server.publish_namespace, timeout=30
+    )
     if not reply or not reply.get("ok"):
         raise RuntimeError(f"publish refused: {reply}")
 
@@ -213,14 +220,16 @@ async def burst_publisher(server: Server, window: int = 8) -> AsyncIterator[Any]
         yield burst
 
 
-async def measure_fanout(name: str, clients: int, messages: int, shards: int,
-                         **extra_env: str) -> dict[str, Any]:
+async def measure_fanout(
+    name: str, clients: int, messages: int, shards: int, **extra_env: str
+) -> dict[str, Any]:
     async with run_server(name, **extra_env) as server:
         return await fanout_between(server, server, name, clients, messages, shards)
 
 
-async def fanout_between(publish_to: Server, clients_on: Server, name: str, clients: int,
-                         messages: int, shards: int) -> dict[str, Any]:
+async def fanout_between(
+    publish_to: Server, clients_on: Server, name: str, clients: int, messages: int, shards: int
+) -> dict[str, Any]:
     """Broadcasts published through `publish_to`, delivered to clients of `clients_on`."""
     load = await LoadGenerator.start(clients_on, clients, shards)
     try:
@@ -235,22 +244,27 @@ async def fanout_between(publish_to: Server, clients_on: Server, name: str, clie
         await load.stop()
     seconds = max(report["last"] - started_ms, 1) / 1000
     return {
-        "server": name, "clients": clients, "messages": messages,
-        "delivered": report["delivered"], "expected": clients * messages,
+        "server": name,
+        "clients": clients,
+        "messages": messages,
+        "delivered": report["delivered"],
+        "expected": clients * messages,
         "deliveries_per_s": report["delivered"] / seconds,
         "loadgen_cpu_share": max(report["cpuMs"]) / 1000 / seconds,
         "loadgen_cores": sum(report["cpuMs"]) / 1000 / seconds,
     }
 
 
-async def measure_latency(name: str, clients: int, rate: float, seconds: float,
-                          shards: int) -> dict[str, Any]:
+async def measure_latency(
+    name: str, clients: int, rate: float, seconds: float, shards: int
+) -> dict[str, Any]:
     async with run_server(name) as server:
         return await latency_between(server, server, name, clients, rate, seconds, shards)
 
 
-async def latency_between(publish_to: Server, clients_on: Server, name: str, clients: int,
-                          rate: float, seconds: float, shards: int) -> dict[str, Any]:
+async def latency_between(
+    publish_to: Server, clients_on: Server, name: str, clients: int, rate: float, seconds: float, shards: int
+) -> dict[str, Any]:
     load = await LoadGenerator.start(clients_on, clients, shards)
     try:
         async with publisher(publish_to) as client:
@@ -269,9 +283,14 @@ async def latency_between(publish_to: Server, clients_on: Server, name: str, cli
         await load.stop()
     latencies = sorted(report["latencies"])
     return {
-        "server": name, "clients": clients, "rate": rate, "seconds": seconds,
-        "delivered": report["delivered"], "expected": clients * count,
-        "p50_ms": _percentile(latencies, 50), "p99_ms": _percentile(latencies, 99),
+        "server": name,
+        "clients": clients,
+        "rate": rate,
+        "seconds": seconds,
+        "delivered": report["delivered"],
+        "expected": clients * count,
+        "p50_ms": _percentile(latencies, 50),
+        "p99_ms": _percentile(latencies, 99),
         "max_ms": latencies[-1] if latencies else float("nan"),
         "loadgen_cores": sum(report["cpuMs"]) / 1000 / seconds,
     }
@@ -279,10 +298,18 @@ async def latency_between(publish_to: Server, clients_on: Server, name: str, cli
 
 async def acknowledged_rate(server: Server, event: str, count: int, window: int) -> dict[str, Any]:
     """Operations acknowledged per second through `/workers` (benchmarks/publisher.mjs)."""
-    config = {"url": server.url, "token": server.publisher_token, "event": event,
-              "count": count, "window": window}
+    config = {
+        "url": server.url,
+        "token": server.publisher_token,
+        "event": event,
+        "count": count,
+        "window": window,
+    }
     process = await asyncio.create_subprocess_exec(
-        "node", str(BENCH / "publisher.mjs"), json.dumps(config), cwd=BENCH,
+        "node",
+        str(BENCH / "publisher.mjs"),
+        json.dumps(config),
+        cwd=BENCH,
         stdout=subprocess.PIPE,
     )
     stdout, _ = await asyncio.wait_for(process.communicate(), 300)
@@ -299,8 +326,13 @@ async def measure_memory(name: str, clients: int, shards: int) -> dict[str, Any]
             after = server.rss_kb()
         finally:
             await load.stop()
-    return {"server": name, "clients": clients, "rss_before_kb": before, "rss_after_kb": after,
-            "kb_per_connection": (after - before) / clients}
+    return {
+        "server": name,
+        "clients": clients,
+        "rss_before_kb": before,
+        "rss_after_kb": after,
+        "kb_per_connection": (after - before) / clients,
+    }
 
 
 def _percentile(values: list[float], percent: float) -> float:
@@ -320,10 +352,11 @@ def _ratio_table(rows: list[dict[str, Any]], key: str, higher_is_better: bool) -
     ours = [row for row in rows if row["server"].startswith("notifier")]
     better = "higher is better" if higher_is_better else "lower is better"
     for row in rows:
-        notes = [] if row in ours else [
-            f"{mine['server']} = {mine[key] / row[key]:.2f}x" if row[key] else "n/a"
-            for mine in ours
-        ]
+        notes = (
+            []
+            if row in ours
+            else [f"{mine['server']} = {mine[key] / row[key]:.2f}x" if row[key] else "n/a" for mine in ours]
+        )
         note = f"  ({', '.join(notes)}; {better})" if notes else ""
         print(f"  {row['server']:<18} {key} = {row[key]:>12,.1f}{note}")
 
@@ -341,9 +374,11 @@ async def fanout_command(args: argparse.Namespace) -> list[dict[str, Any]]:
     cores = os.cpu_count() or 1
     for row in rows:
         if row["loadgen_cpu_share"] > 0.9 or row["loadgen_cores"] > cores / 2:
-            print(f"  note: against {row['server']} the load generator used "
-                  f"{row['loadgen_cores']:.1f} of {cores} cores (busiest process "
-                  f"{row['loadgen_cpu_share']:.0%}): that figure may be the generator's limit")
+            print(
+                f"  note: against {row['server']} the load generator used "
+                f"{row['loadgen_cores']:.1f} of {cores} cores (busiest process "
+                f"{row['loadgen_cpu_share']:.0%}): that figure may be the generator's limit"
+            )
     return rows
 
 
@@ -380,8 +415,9 @@ async def hostile_command(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     with tempfile.TemporaryDirectory() as directory:
         log_path = Path(directory) / "service.log"
-        service = ServiceProcess(Path(directory) / "data", SECRET, log_path=log_path,
-                                 NOTIFIER_LOG_LEVEL="INFO")
+        service = ServiceProcess(
+            Path(directory) / "data", SECRET, log_path=log_path, NOTIFIER_LOG_LEVEL="INFO"
+        )
         await service.start()
         try:
             admin = issue_token(SECRET, "HS256", "ops", role=Role.ADMIN)
@@ -402,38 +438,49 @@ async def scale_command(args: argparse.Namespace) -> list[dict[str, Any]]:
     async with shared_backends() as env:
         redis = await measure_fanout("notifier-redis", clients, messages, shards, **env)
     print(json.dumps(embedded), json.dumps(redis), flush=True)
-    print(f"fan-out, {clients} clients on one node: embedded {embedded['deliveries_per_s']:,.0f}/s, "
-          f"Redis broker {redis['deliveries_per_s']:,.0f}/s = "
-          f"{redis['deliveries_per_s'] / embedded['deliveries_per_s']:.2f}x (target >= 0.7x)")
+    print(
+        f"fan-out, {clients} clients on one node: embedded {embedded['deliveries_per_s']:,.0f}/s, "
+        f"Redis broker {redis['deliveries_per_s']:,.0f}/s = "
+        f"{redis['deliveries_per_s'] / embedded['deliveries_per_s']:.2f}x (target >= 0.7x)"
+    )
 
     async with shared_backends() as env, run_server("notifier-redis", **env) as server:
         published = await acknowledged_rate(server, "publish", 80_000, 2048)
         notified = await acknowledged_rate(server, "notify", 20_000, 512)
     print(json.dumps(published), json.dumps(notified), flush=True)
-    print(f"room publishes acknowledged through /workers (Redis): {published['per_second']:,.0f}/s "
-          f"(target >= 20,000)")
-    print(f"notifications stored in PostgreSQL (notify through /workers): "
-          f"{notified['per_second']:,.0f}/s (target >= 5,000)")
+    print(
+        f"room publishes acknowledged through /workers (Redis): {published['per_second']:,.0f}/s "
+        f"(target >= 20,000)"
+    )
+    print(
+        f"notifications stored in PostgreSQL (notify through /workers): "
+        f"{notified['per_second']:,.0f}/s (target >= 5,000)"
+    )
 
     many = args.scale_clients
     rows: list[dict[str, Any]] = [embedded, redis, published, notified]
     async with shared_backends() as env:
         async with run_server("notifier-redis", **env) as one:
             single = await fanout_between(one, one, "one node", many, messages, max(shards, 4))
-            single_latency = await latency_between(one, one, "one node", many, args.rate,
-                                                   args.seconds, max(shards, 4))
+            single_latency = await latency_between(
+                one, one, "one node", many, args.rate, args.seconds, max(shards, 4)
+            )
         async with run_server("notifier-redis", **env) as a, run_server("notifier-redis", **env) as b:
-            across = await fanout_between(a, b, "two nodes (publisher on A, clients on B)", many,
-                                          messages, max(shards, 4))
-            across_latency = await latency_between(a, b, "two nodes", many, args.rate, args.seconds,
-                                                   max(shards, 4))
+            across = await fanout_between(
+                a, b, "two nodes (publisher on A, clients on B)", many, messages, max(shards, 4)
+            )
+            across_latency = await latency_between(
+                a, b, "two nodes", many, args.rate, args.seconds, max(shards, 4)
+            )
     for row in (single, across, single_latency, across_latency):
         print(json.dumps(row), flush=True)
     print(f"{many} clients, Redis broker, {os.cpu_count()} cores shared with the load generator:")
     for fan, lat in ((single, single_latency), (across, across_latency)):
-        print(f"  {fan['server']:<42} {fan['deliveries_per_s']:>10,.0f} deliveries/s, "
-              f"p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms at {args.rate:g}/s; "
-              f"load generator {fan['loadgen_cores']:.1f} cores")
+        print(
+            f"  {fan['server']:<42} {fan['deliveries_per_s']:>10,.0f} deliveries/s, "
+            f"p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms at {args.rate:g}/s; "
+            f"load generator {fan['loadgen_cores']:.1f} cores"
+        )
     return [*rows, single, across, single_latency, across_latency]
 
 
@@ -444,13 +491,16 @@ async def connect_command(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     for name in args.servers or ("notifier", "node"):
         async with run_server(name) as server:
-            row = await measure_connect_rate(server, SECRET, args.clients[0], args.window,
-                                             max(args.shards, 4))
+            row = await measure_connect_rate(
+                server, SECRET, args.clients[0], args.window, max(args.shards, 4)
+            )
         rows.append(row)
         print(json.dumps(row), flush=True)
-    print(f"authenticated websocket connections set up per second ({args.clients[0]}, "
-          f"{args.window} handshakes in flight, server on one core and the generator on the "
-          f"others; target >= 5,000/s):")
+    print(
+        f"authenticated websocket connections set up per second ({args.clients[0]}, "
+        f"{args.window} handshakes in flight, server on one core and the generator on the "
+        f"others; target >= 5,000/s):"
+    )
     _ratio_table(rows, "per_second", True)
     print("the same, per second of the server's own CPU time:")
     _ratio_table(rows, "per_server_core_second", True)
@@ -464,15 +514,18 @@ async def hold_command(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     for name in args.servers or ("notifier",):
         async with run_server(name) as server:
-            row = await measure_hold(server, SECRET, args.clients[0], args.seconds, args.connect_rate,
-                                     max(args.shards, 4))
+            row = await measure_hold(
+                server, SECRET, args.clients[0], args.seconds, args.connect_rate, max(args.shards, 4)
+            )
         rows.append(row)
         print(json.dumps(row), flush=True)
         projected = row["rss_before_kb"] + row["kb_per_connection"] * 100_000
-        print(f"{row['server']}: {row['connections']} connections held {row['held_seconds']:.0f} s; "
-              f"{row['still_open']} still open, {row['ping_timeouts']:.0f} ping timeouts, "
-              f"{row['kb_per_connection']:.1f} KB each; 100,000 would take about "
-              f"{projected / 1024 / 1024:.1f} GB")
+        print(
+            f"{row['server']}: {row['connections']} connections held {row['held_seconds']:.0f} s; "
+            f"{row['still_open']} still open, {row['ping_timeouts']:.0f} ping timeouts, "
+            f"{row['kb_per_connection']:.1f} KB each; 100,000 would take about "
+            f"{projected / 1024 / 1024:.1f} GB"
+        )
     return rows
 
 
@@ -481,23 +534,31 @@ async def storm_command(args: argparse.Namespace) -> list[dict[str, Any]]:
     from benchmarks.connections import measure_storm
 
     rate = args.storm_publish_rate
-    rows = [await measure_storm(SECRET, args.clients[0], 50, max(args.shards, 4), rate,
-                                kill=False, backends=None)]
+    rows = [
+        await measure_storm(SECRET, args.clients[0], 50, max(args.shards, 4), rate, kill=False, backends=None)
+    ]
     print(json.dumps(rows[-1]), flush=True)
     async with shared_backends() as env:
-        rows.append(await measure_storm(SECRET, args.clients[0], 50, max(args.shards, 4), rate,
-                                        kill=True, backends=env))
+        rows.append(
+            await measure_storm(
+                SECRET, args.clients[0], 50, max(args.shards, 4), rate, kill=True, backends=env
+            )
+        )
     print(json.dumps(rows[-1]), flush=True)
-    print("reconnect storm (targets: all recovered < 30 s, 0 lost, 0 duplicated, loop lag < 250 ms, "
-          "bystander p99 < 100 ms):")
+    print(
+        "reconnect storm (targets: all recovered < 30 s, 0 lost, 0 duplicated, loop lag < 250 ms, "
+        "bystander p99 < 100 ms):"
+    )
     for row in rows:
         within, p99 = row["all_recovered_within_s"], row["bystander_p99_ms"]
-        print(f"  {row['variant']}: {row['clients']} clients, all recovered within "
-              f"{'-' if within is None else f'{within:.1f}'} s (not reconnected "
-              f"{row['not_reconnected']}), lost {row['lost']}, duplicated {row['duplicates']}, "
-              f"behind at the end {row['behind_at_end']}, max loop lag "
-              f"{row['max_loop_lag_ms']:.0f} ms, bystander p99 "
-              f"{'-' if p99 is None else f'{p99:.1f}'} ms")
+        print(
+            f"  {row['variant']}: {row['clients']} clients, all recovered within "
+            f"{'-' if within is None else f'{within:.1f}'} s (not reconnected "
+            f"{row['not_reconnected']}), lost {row['lost']}, duplicated {row['duplicates']}, "
+            f"behind at the end {row['behind_at_end']}, max loop lag "
+            f"{row['max_loop_lag_ms']:.0f} ms, bystander p99 "
+            f"{'-' if p99 is None else f'{p99:.1f}'} ms"
+        )
     return rows
 
 
@@ -509,16 +570,20 @@ async def progress_command(args: argparse.Namespace) -> list[dict[str, Any]]:
         # in a thread of its own beside this benchmark's loop.
         return uvloop.run(measure_progress(tasks=tasks, updates=args.updates))
 
-    rows = [await asyncio.to_thread(on_the_service_loop, 1),
-            await asyncio.to_thread(on_the_service_loop, 1000)]
+    rows = [
+        await asyncio.to_thread(on_the_service_loop, 1),
+        await asyncio.to_thread(on_the_service_loop, 1000),
+    ]
     for row in rows:
         print(json.dumps(row), flush=True)
     print("progress updates absorbed per second (target: 100,000 into one task):")
     for row in rows:
-        print(f"  {row['tasks']:>5} task(s): {row['updates_per_s']:>12,.0f}/s, "
-              f"{row['updates_per_s'] / 100_000:.2f}x target, "
-              f"max event-loop lag {row['max_loop_lag_ms']:.1f} ms, "
-              f"{row['emitted']} progress events emitted")
+        print(
+            f"  {row['tasks']:>5} task(s): {row['updates_per_s']:>12,.0f}/s, "
+            f"{row['updates_per_s'] / 100_000:.2f}x target, "
+            f"max event-loop lag {row['max_loop_lag_ms']:.1f} ms, "
+            f"{row['emitted']} progress events emitted"
+        )
     return rows
 
 
@@ -529,34 +594,63 @@ def _install_node_packages() -> None:
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command",
-                        choices=["fanout", "latency", "memory", "progress", "hostile", "scale",
-                                 "connect", "hold", "storm", "all"])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "command",
+        choices=[
+            "fanout",
+            "latency",
+            "memory",
+            "progress",
+            "hostile",
+            "scale",
+            "connect",
+            "hold",
+            "storm",
+            "all",
+        ],
+    )
     parser.add_argument("--clients", type=int, action="append")
     parser.add_argument("--messages", type=int, default=200)
     parser.add_argument("--rate", type=float, default=20)
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--shards", type=int, default=3)
     parser.add_argument("--updates", type=int, default=200_000)
-    parser.add_argument("--scale-clients", type=int, default=2000,
-                        help="clients for the two-nodes-vs-one figures of `scale`")
-    parser.add_argument("--storm-publish-rate", type=float, default=50,
-                        help="events published per second during `storm` (over its 50 rooms)")
-    parser.add_argument("--window", type=int, default=400,
-                        help="handshakes in flight for `connect`")
-    parser.add_argument("--connect-rate", type=float, default=2000,
-                        help="connections opened per second for `hold`")
-    parser.add_argument("--servers", nargs="+", choices=FANOUT_SERVERS,
-                        help="which servers to measure (default: all; ratios need notifier)")
+    parser.add_argument(
+        "--scale-clients", type=int, default=2000, help="clients for the two-nodes-vs-one figures of `scale`"
+    )
+    parser.add_argument(
+        "--storm-publish-rate",
+        type=float,
+        default=50,
+        help="events published per second during `storm` (over its 50 rooms)",
+    )
+    parser.add_argument("--window", type=int, default=400, help="handshakes in flight for `connect`")
+    parser.add_argument(
+        "--connect-rate", type=float, default=2000, help="connections opened per second for `hold`"
+    )
+    parser.add_argument(
+        "--servers",
+        nargs="+",
+        choices=FANOUT_SERVERS,
+        help="which servers to measure (default: all; ratios need notifier)",
+    )
     args = parser.parse_args()
     if args.command not in ("progress", "hostile"):
         _install_node_packages()
-    commands = {"fanout": fanout_command, "latency": latency_command,
-                "memory": memory_command, "progress": progress_command,
-                "hostile": hostile_command, "scale": scale_command,
-                "connect": connect_command, "hold": hold_command, "storm": storm_command}
+    commands = {
+        "fanout": fanout_command,
+        "latency": latency_command,
+        "memory": memory_command,
+        "progress": progress_command,
+        "hostile": hostile_command,
+        "scale": scale_command,
+        "connect": connect_command,
+        "hold": hold_command,
+        "storm": storm_command,
+    }
     if args.command == "all":
         memory_clients = args.clients or [1000, 10000]
         args.clients = [1000]

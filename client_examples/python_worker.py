@@ -14,8 +14,9 @@ from notifier.client import Worker
 
 
 async def run(project: str, steps: int, delay: float, task_id: str | None) -> None:
-    worker = Worker(os.environ.get("NOTIFIER_URL", "http://127.0.0.1:8080"),
-                    lambda: os.environ["NOTIFIER_TOKEN"])
+    worker = Worker(
+        os.environ.get("NOTIFIER_URL", "http://127.0.0.1:8080"), lambda: os.environ["NOTIFIER_TOKEN"]
+    )
     await worker.connect()
     try:
         fields = {"id": task_id} if task_id else {}
@@ -23,8 +24,9 @@ async def run(project: str, steps: int, delay: float, task_id: str | None) -> No
         print(f"created task {task['id']} in project {project}", flush=True)
         for step in range(1, steps + 1):
             await asyncio.sleep(delay)  # the "work"
-            await worker.task_progress(task["id"], 100 * step / steps, current=step,
-                                       message=f"step {step} of {steps}")
+            await worker.task_progress(
+                task["id"], 100 * step / steps, current=step, message=f"step {step} of {steps}"
+            )
         done = await worker.complete_task(task["id"], result={"steps": steps})
         print(f"task {done['id']} {done['status']}", flush=True)
     finally:

@@ -6,8 +6,8 @@ from .app import create_app
 from .errors import ErrorCode, NotifierError
 from .keys import NOTIFIER
 from .service import Notifier
-from .threadsafe import ThreadSafeNotifier
 from .settings import Settings
+from .threadsafe import ThreadSafeNotifier
 
 __all__ = [
     "NOTIFIER",

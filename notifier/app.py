@@ -53,11 +53,14 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     settings = settings or Settings()
     clock = clock or SystemClock()
     health = Health()
-    store = open_store(settings.resolved_store_url, health,
-                       sqlite_synchronous=settings.sqlite_synchronous)
-    broker = open_broker(settings.broker_url, store, health,
-                         max_events_per_room=settings.history_max_events,
-                         max_age_seconds=settings.history_max_age_seconds)
+    store = open_store(settings.resolved_store_url, health, sqlite_synchronous=settings.sqlite_synchronous)
+    broker = open_broker(
+        settings.broker_url,
+        store,
+        health,
+        max_events_per_room=settings.history_max_events,
+        max_age_seconds=settings.history_max_age_seconds,
+    )
     notifier = Notifier(settings, store, broker, health, clock)
     verifier = TokenVerifier(settings, verification_key(settings))
     client_errors = ClientErrorLog(get_logger("notifier.clients"))
@@ -78,8 +81,10 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         options,
         listen=sockets.listen,
         new_bucket=lambda: TokenBucket(
-            settings.user_rate_per_second, settings.user_rate_burst,
-            settings.flood_disconnect_seconds, clock,
+            settings.user_rate_per_second,
+            settings.user_rate_burst,
+            settings.flood_disconnect_seconds,
+            clock,
         ),
         report=client_errors.note,
         error_body=http_error_body,
@@ -91,12 +96,11 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     fanout.on_room_empty = notifier.unfollow
     notifier.attach(fanout)
     gateway = SocketGateway(sockets, notifier, verifier, settings, fanout, client_errors)
-    metrics_view.read_service(metrics, engine=engine, fanout=fanout,
-                              gateway=gateway, notifier=notifier, client_errors=client_errors)
-
-    app = web.Application(
-        middlewares=[error_middleware], client_max_size=settings.max_payload_bytes
+    metrics_view.read_service(
+        metrics, engine=engine, fanout=fanout, gateway=gateway, notifier=notifier, client_errors=client_errors
     )
+
+    app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_payload_bytes)
     app[SETTINGS] = settings
     app[NOTIFIER] = notifier
     app[VERIFIER] = verifier
@@ -198,12 +202,14 @@ async def serve(settings: Settings, host: str, port: int) -> None:
     log.info("listening", url=f"http://{host}:{port}")
     internal_runner = None
     if internal is not None:
-        internal_runner = web.AppRunner(metrics_view.internal_app(app[METRICS], app[HEALTH]),
-                                        access_log=None)
+        internal_runner = web.AppRunner(metrics_view.internal_app(app[METRICS], app[HEALTH]), access_log=None)
         await internal_runner.setup()
         await web.SockSite(internal_runner, internal).start()
-        log.info("listening_internal", url=f"http://{settings.internal_host}:{settings.internal_port}",
-                 serves="/metrics /healthz /readyz")
+        log.info(
+            "listening_internal",
+            url=f"http://{settings.internal_host}:{settings.internal_port}",
+            serves="/metrics /healthz /readyz",
+        )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

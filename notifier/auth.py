@@ -133,8 +133,10 @@ def _timestamp(payload: dict[str, Any], claim: str, required: bool) -> float | N
     value = payload.get(claim)
     if value is None and not required:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-        0 <= value <= _LATEST_TIMESTAMP
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not (0 <= value <= _LATEST_TIMESTAMP)
     ):
         raise NotifierError(ErrorCode.AUTH_INVALID, f"claim {claim!r} must be a date in seconds")
     return float(value)
@@ -158,7 +160,10 @@ def _claims_from_payload(payload: dict[str, Any]) -> Claims:
     _timestamp(payload, "nbf", required=False)
     issued_at = _timestamp(payload, "iat", required=False)
     return Claims(
-        sub=sub, role=role, projects=frozenset(projects), expires_at=expires_at,
+        sub=sub,
+        role=role,
+        projects=frozenset(projects),
+        expires_at=expires_at,
         issued_at=issued_at,
     )
 
@@ -223,7 +228,8 @@ def load_or_create_dev_secret(data_dir: Path) -> tuple[str, bool]:
     with os.fdopen(fd, "w") as handle:
         handle.write(secret)
     log.warning(
-        "dev_mode_secret_created", path=str(path),
+        "dev_mode_secret_created",
+        path=str(path),
         detail="no NOTIFIER_JWT_SECRET or NOTIFIER_JWT_PUBLIC_KEY set; development mode",
     )
     return secret, True

@@ -17,8 +17,9 @@ R = TypeVar("R")
 
 
 class Batcher(Generic[T, R]):
-    def __init__(self, run: Callable[[list[T]], Awaitable[list[R]]], *, max_batch: int = 2000,
-                 max_in_flight: int = 1) -> None:
+    def __init__(
+        self, run: Callable[[list[T]], Awaitable[list[R]]], *, max_batch: int = 2000, max_in_flight: int = 1
+    ) -> None:
         self._run = run
         self._max_batch = max_batch
         self._max_in_flight = max_in_flight

@@ -43,8 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     token.add_argument("--project", action="append", default=[], help="project id (repeatable)")
     token.add_argument("--role", choices=[r.value for r in Role], default=Role.USER.value)
     token.add_argument("--ttl", type=float, default=3600, help="lifetime in seconds")
-    token.add_argument("--private-key", type=Path,
-                       help="PEM private key (RSA or EC): signs with its algorithm (RS256, ES256...)")
+    token.add_argument(
+        "--private-key",
+        type=Path,
+        help="PEM private key (RSA or EC): signs with its algorithm (RS256, ES256...)",
+    )
     token.add_argument("--aud", help="audience claim (default: NOTIFIER_JWT_AUDIENCE)")
     token.add_argument("--iss", help="issuer claim (default: NOTIFIER_JWT_ISSUER)")
 
@@ -110,20 +113,24 @@ def _token(settings: Settings, args: argparse.Namespace) -> int:
             key, created = load_or_create_dev_secret(settings.data_dir)
             algorithm = next(a for a in settings.jwt_algorithms if a in HMAC_ALGORITHMS)
             state = "created now" if created else "existing"
-            print(f"signed with the development secret {dev_secret_path(settings.data_dir)} "
-                  f"({state}); a server started from this directory uses the same one",
-                  file=sys.stderr)
+            print(
+                f"signed with the development secret {dev_secret_path(settings.data_dir)} "
+                f"({state}); a server started from this directory uses the same one",
+                file=sys.stderr,
+            )
     except (ValueError, StartupError) as exc:
         print(f"cannot sign: {exc}", file=sys.stderr)
         return 2
-    print(issue_token(
-        key,
-        algorithm,
-        args.sub,
-        role=Role(args.role),
-        projects=args.project,
-        ttl_seconds=args.ttl,
-        audience=args.aud or settings.jwt_audience,
-        issuer=args.iss or settings.jwt_issuer,
-    ))
+    print(
+        issue_token(
+            key,
+            algorithm,
+            args.sub,
+            role=Role(args.role),
+            projects=args.project,
+            ttl_seconds=args.ttl,
+            audience=args.aud or settings.jwt_audience,
+            issuer=args.iss or settings.jwt_issuer,
+        )
+    )
     return 0

@@ -42,9 +42,7 @@ class ProgressCoalescer:
     that order, so a newer value is never overtaken by an older one.
     """
 
-    def __init__(
-        self, max_per_second: float, clock: Clock, emit: EmitProgress, schedule: Schedule
-    ) -> None:
+    def __init__(self, max_per_second: float, clock: Clock, emit: EmitProgress, schedule: Schedule) -> None:
         self._interval = 1.0 / max_per_second
         # How long the timer waits past the earliest due emission, gathering others with it.
         self._slack = self._interval / 4

@@ -68,14 +68,20 @@ class SharedReplays:
     async def _read(self, room: str, requests: list[_Request]) -> None:
         try:
             head, first_retained = await self._broker.bounds(room)
-            afters = [r.since.offset for r in requests
-                      if r.since is not None and _replayable(r.since, head, first_retained)]
+            afters = [
+                r.since.offset
+                for r in requests
+                if r.since is not None and _replayable(r.since, head, first_retained)
+            ]
             events: list[Envelope] = []
             if afters:
                 # After the bounds: with a broker shared by several processes, events appended
                 # in between come back too, and positions must then cover them.
-                events = [event for event in await self._broker.read(room, min(afters), self._limit)
-                          if event["epoch"] == head.epoch]
+                events = [
+                    event
+                    for event in await self._broker.read(room, min(afters), self._limit)
+                    if event["epoch"] == head.epoch
+                ]
         except BaseException as exc:
             for request in requests:
                 if not request.answer.done():
@@ -89,12 +95,12 @@ class SharedReplays:
 
 
 def _replayable(since: Position, head: StreamPosition, first_retained: int) -> bool:
-    return (since.epoch == head.epoch and since.offset <= head.offset
-            and since.offset + 1 >= first_retained)
+    return since.epoch == head.epoch and since.offset <= head.offset and since.offset + 1 >= first_retained
 
 
-def _replay_for(request: _Request, head: StreamPosition, first_retained: int,
-                events: list[Envelope]) -> Replay:
+def _replay_for(
+    request: _Request, head: StreamPosition, first_retained: int, events: list[Envelope]
+) -> Replay:
     """One client's replay from a shared read.
 
     A client positioned in another epoch, or beyond the head, is looking at a history this
@@ -108,8 +114,11 @@ def _replay_for(request: _Request, head: StreamPosition, first_retained: int,
         return Replay(position=head, recovered=False, reason=EPOCH_CHANGED)
     if since.offset + 1 < first_retained:
         return Replay(position=head, recovered=False, reason=HISTORY_TRUNCATED)
-    mine = [event for event in events if event["offset"] > since.offset
-            and (up_to is None or event["offset"] <= up_to)]
+    mine = [
+        event
+        for event in events
+        if event["offset"] > since.offset and (up_to is None or event["offset"] <= up_to)
+    ]
     last = mine[-1]["offset"] if mine else since.offset
     if up_to is None:
         position = StreamPosition(head.epoch, max(head.offset, events[-1]["offset"] if events else 0, last))

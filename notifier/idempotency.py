@@ -31,9 +31,7 @@ class Idempotency:
         self._clock = clock
         self._in_flight: dict[str, asyncio.Future[dict[str, Any]]] = {}
 
-    async def once(
-        self, key: str | None, action: Callable[[], Awaitable[dict[str, Any]]]
-    ) -> dict[str, Any]:
+    async def once(self, key: str | None, action: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
         """Run `action` once per key (None: just run it); a retry gets the first answer back,
         marked `duplicate: true`."""
         if key is None:
@@ -72,9 +70,7 @@ class Idempotency:
                 raise NotifierError(ErrorCode.CONFLICT, "the same request is still running; retry later")
             await asyncio.sleep(0.05)
 
-    async def _run_claimed(
-        self, key: str, action: Callable[[], Awaitable[dict[str, Any]]]
-    ) -> dict[str, Any]:
+    async def _run_claimed(self, key: str, action: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
         try:
             answer = await action()
         except BaseException:

@@ -35,8 +35,12 @@ class Inbox:
 
         notifications = [
             Notification(
-                id=id_for(user_id, "notification"), user_id=user_id, title=request.title,
-                body=request.body, data=dict(request.data), created_at=now,
+                id=id_for(user_id, "notification"),
+                user_id=user_id,
+                title=request.title,
+                body=request.body,
+                data=dict(request.data),
+                created_at=now,
             )
             for user_id in recipients
         ]
@@ -46,10 +50,14 @@ class Inbox:
         events: list[NewEvent] = []
         for notification in notifications:
             room, user_id = room_for_user(notification.user_id), notification.user_id
-            events.append(NewEvent(room, "notification", notification.to_dict(),
-                                   id_for(user_id, "event"), now))
-            events.append(NewEvent(room, "notifications.unread", {"count": unread[user_id]},
-                                   id_for(user_id, "unread"), now))
+            events.append(
+                NewEvent(room, "notification", notification.to_dict(), id_for(user_id, "event"), now)
+            )
+            events.append(
+                NewEvent(
+                    room, "notifications.unread", {"count": unread[user_id]}, id_for(user_id, "unread"), now
+                )
+            )
         await self._publish(events)
         return notifications
 
@@ -65,8 +73,9 @@ class Inbox:
         unread = await self.unread_count(user_id)
         if changed:
             now = millis(self._clock.now())
-            await self._publish([NewEvent(room_for_user(user_id), "notifications.unread",
-                                          {"count": unread}, new_id(), now)])
+            await self._publish(
+                [NewEvent(room_for_user(user_id), "notifications.unread", {"count": unread}, new_id(), now)]
+            )
         return {"marked": changed, "unchanged": unchanged, "unread": unread}
 
     async def unread_count(self, user_id: str) -> int:

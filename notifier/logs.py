@@ -75,8 +75,10 @@ class TextFormatter(logging.Formatter):
     def formatMessage(self, record: logging.LogRecord) -> str:
         fields = _fields(record)
         if fields or hasattr(record, _FIELDS):
-            message = "event=" + _text_value(record.message) + "".join(
-                f" {key}={_text_value(value)}" for key, value in fields.items()
+            message = (
+                "event="
+                + _text_value(record.message)
+                + "".join(f" {key}={_text_value(value)}" for key, value in fields.items())
             )
         else:
             message = record.message  # another library's line, as it wrote it
@@ -149,8 +151,7 @@ class ClientErrorLog:
             return
         state[0] -= 1.0
         suppressed, state[2] = int(state[2]), 0.0
-        fields: dict[str, Any] = {"reason": reason, "peer": peer_text, **extra,
-                                  "detail": detail[:200]}
+        fields: dict[str, Any] = {"reason": reason, "peer": peer_text, **extra, "detail": detail[:200]}
         if suppressed:
             fields["suppressed"] = suppressed
         self._log.info("client_error", **fields)

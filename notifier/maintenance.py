@@ -19,8 +19,9 @@ log = get_logger("notifier.service")
 
 
 class Maintenance:
-    def __init__(self, settings: Settings, tasks: TaskBook, broker: Broker, store: Store,
-                 clock: Clock) -> None:
+    def __init__(
+        self, settings: Settings, tasks: TaskBook, broker: Broker, store: Store, clock: Clock
+    ) -> None:
         self._settings = settings
         self._tasks = tasks
         self._broker = broker
@@ -29,8 +30,7 @@ class Maintenance:
         self._loop_task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._loop_task = asyncio.get_running_loop().create_task(self._every_period(),
-                                                                 name="maintenance")
+        self._loop_task = asyncio.get_running_loop().create_task(self._every_period(), name="maintenance")
 
     async def stop(self) -> None:
         if self._loop_task is not None:
@@ -43,9 +43,7 @@ class Maintenance:
         settings = self._settings
         now = self._clock.now()
         await self._tasks.forget_finished_before(millis(now - settings.task_retention_seconds))
-        await self._broker.trim(
-            millis(now - settings.history_max_age_seconds), settings.history_max_events
-        )
+        await self._broker.trim(millis(now - settings.history_max_age_seconds), settings.history_max_events)
         await self._store.trim_notifications(
             millis(now - settings.inbox_max_age_seconds), settings.inbox_max_per_user
         )

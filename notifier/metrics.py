@@ -64,19 +64,30 @@ class Metrics:
         self._states = _States()
         registry.register(self._states)
         self.store_seconds = Histogram(
-            "notifier_store_seconds", "Store operations: commits (SQLite) and queries (PostgreSQL)",
-            ["operation"], buckets=_LATENCY_BUCKETS, registry=registry)
+            "notifier_store_seconds",
+            "Store operations: commits (SQLite) and queries (PostgreSQL)",
+            ["operation"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
         self.broker_seconds = Histogram(
-            "notifier_broker_seconds", "Broker operations (Redis appends: one per batch)",
-            ["operation"], buckets=_LATENCY_BUCKETS, registry=registry)
+            "notifier_broker_seconds",
+            "Broker operations (Redis appends: one per batch)",
+            ["operation"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
         self.loop_lag = Histogram(
             "notifier_event_loop_lag_seconds",
             "How late a 100 ms timer fires: what any callback may wait at worst",
-            buckets=_LAG_BUCKETS, registry=registry)
+            buckets=_LAG_BUCKETS,
+            registry=registry,
+        )
         self.loop_lag_max = Gauge(
             "notifier_event_loop_lag_max_seconds",
             "The largest event-loop lag in the current 10-second window",
-            registry=registry)
+            registry=registry,
+        )
         self._lag_task: asyncio.Task[None] | None = None
         # The lag of the last tick: admission of new sessions looks at it.
         self.latest_lag = 0.0
@@ -117,8 +128,9 @@ class Metrics:
                 window_max, ticks = 0.0, 0
 
 
-def counter(name: str, documentation: str, labels: list[str],
-            counts: Mapping[Any, int]) -> CounterMetricFamily:
+def counter(
+    name: str, documentation: str, labels: list[str], counts: Mapping[Any, int]
+) -> CounterMetricFamily:
     """A counter family from a tally (label tuples, or one label value, to counts)."""
     family = CounterMetricFamily(name, documentation, labels=labels)
     for label, count in list(counts.items()):
@@ -126,8 +138,7 @@ def counter(name: str, documentation: str, labels: list[str],
     return family
 
 
-def gauge(name: str, documentation: str, labels: list[str],
-          values: Mapping[Any, float]) -> GaugeMetricFamily:
+def gauge(name: str, documentation: str, labels: list[str], values: Mapping[Any, float]) -> GaugeMetricFamily:
     family = GaugeMetricFamily(name, documentation, labels=labels)
     for label, value in values.items():
         family.add_metric(list(label) if isinstance(label, tuple) else [str(label)], value)

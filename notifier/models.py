@@ -23,18 +23,40 @@ JsonObject = dict[str, Any]
 # Event types only the service itself may emit: publishing them by hand would let a worker
 # fake task state or inbox counts that the service keeps authoritative.
 RESERVED_TYPES = frozenset(
-    {"session", "notification", "notifications.unread", "config.updated", "refresh",
-     "connection.closing", "rooms.revoked"}
+    {
+        "session",
+        "notification",
+        "notifications.unread",
+        "config.updated",
+        "refresh",
+        "connection.closing",
+        "rooms.revoked",
+    }
 )
 RESERVED_PREFIXES = ("task.", "auth.", "presence.")
 
 # Every event type the service itself sends to end users (docs/protocol.md lists them all).
-SERVICE_EVENTS = frozenset({
-    "session", "notification", "notifications.unread", "task.created", "task.progress",
-    "task.completed", "task.failed", "task.cancelled", "refresh", "config.updated",
-    "auth.expiring", "auth.expired", "auth.revoked", "rooms.revoked", "presence.joined",
-    "presence.left", "connection.closing",
-})
+SERVICE_EVENTS = frozenset(
+    {
+        "session",
+        "notification",
+        "notifications.unread",
+        "task.created",
+        "task.progress",
+        "task.completed",
+        "task.failed",
+        "task.cancelled",
+        "refresh",
+        "config.updated",
+        "auth.expiring",
+        "auth.expired",
+        "auth.revoked",
+        "rooms.revoked",
+        "presence.joined",
+        "presence.left",
+        "connection.closing",
+    }
+)
 
 
 class Payload(BaseModel):

@@ -38,14 +38,19 @@ def tracked(room: str) -> bool:
 
 def check_tracked(room: str) -> None:
     if not tracked(room):
-        raise NotifierError(ErrorCode.INVALID_PAYLOAD,
-                            f"room: presence is kept for project and task rooms, not {room!r}")
+        raise NotifierError(
+            ErrorCode.INVALID_PAYLOAD, f"room: presence is kept for project and task rooms, not {room!r}"
+        )
 
 
 class Presence:
     def __init__(
-        self, backend: PresenceBackend, announce: Announce, *,
-        ttl_seconds: float, sweep_seconds: float = 1.0,
+        self,
+        backend: PresenceBackend,
+        announce: Announce,
+        *,
+        ttl_seconds: float,
+        sweep_seconds: float = 1.0,
     ) -> None:
         self._backend = backend
         self._announce = announce

@@ -80,12 +80,22 @@ class Task:
         # By hand rather than dataclasses.asdict, which deep-copies: this runs for every
         # emitted progress event.
         return {
-            "id": self.id, "project_id": self.project_id, "owner": self.owner,
-            "title": self.title, "status": self.status.value, "progress": self.progress,
-            "created_at": self.created_at, "updated_at": self.updated_at,
-            "current": self.current, "completed": self.completed, "total": self.total,
-            "message": self.message, "result": self.result, "error": self.error,
-            "finished_at": self.finished_at, "version": self.version,
+            "id": self.id,
+            "project_id": self.project_id,
+            "owner": self.owner,
+            "title": self.title,
+            "status": self.status.value,
+            "progress": self.progress,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "current": self.current,
+            "completed": self.completed,
+            "total": self.total,
+            "message": self.message,
+            "result": self.result,
+            "error": self.error,
+            "finished_at": self.finished_at,
+            "version": self.version,
         }
 
     @classmethod

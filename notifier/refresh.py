@@ -22,9 +22,7 @@ class RefreshTimer:
     """Calls `on_tick(tick_id)` every `interval` seconds (0 disables); a new interval restarts
     the schedule at once."""
 
-    def __init__(
-        self, clock: Clock, interval: float, on_tick: Callable[[str], Awaitable[None]]
-    ) -> None:
+    def __init__(self, clock: Clock, interval: float, on_tick: Callable[[str], Awaitable[None]]) -> None:
         self._clock = clock
         self._interval = interval
         self._anchor = 0.0  # seconds since the epoch

@@ -42,8 +42,7 @@ class Revocations:
         revoked_at = millis(self._clock.now())
         until = revoked_at + self._duration_ms
         await self._store.revoke_user(user_id, revoked_at, until)  # durable before anything
-        await self._broker.signal(SIGNAL, {"user_id": user_id, "revoked_at": revoked_at,
-                                           "until": until})
+        await self._broker.signal(SIGNAL, {"user_id": user_id, "revoked_at": revoked_at, "until": until})
         log.info("user_revoked", user=user_id, until=until)
         return {"user_id": user_id, "revoked_at": revoked_at, "revoked_until": until}
 
@@ -74,5 +73,6 @@ class Revocations:
 
     def check(self, claims: Claims) -> None:
         if self.revoked(claims):
-            raise NotifierError(ErrorCode.AUTH_REVOKED,
-                                "this token was revoked (the user was disconnected); get a new one")
+            raise NotifierError(
+                ErrorCode.AUTH_REVOKED, "this token was revoked (the user was disconnected); get a new one"
+            )

@@ -63,7 +63,11 @@ class Notifier:
     """
 
     def __init__(
-        self, settings: Settings, store: Store, broker: Broker, health: Health,
+        self,
+        settings: Settings,
+        store: Store,
+        broker: Broker,
+        health: Health,
         clock: Clock | None = None,
     ) -> None:
         self.settings = settings
@@ -73,13 +77,17 @@ class Notifier:
         self.broker = broker
         # For the metrics: events appended to room histories by this process, by type.
         self.published = Tally()
-        self.tasks = TaskBook(store, self._announce_task, self._publish_one, self.clock,
-                              settings.progress_max_per_second)
+        self.tasks = TaskBook(
+            store, self._announce_task, self._publish_one, self.clock, settings.progress_max_per_second
+        )
         self.inbox = Inbox(store, self._publish, self.clock)
         self.presence = Presence(
-            broker.presence(grace_seconds=settings.presence_grace_seconds,
-                            ttl_seconds=settings.presence_ttl_seconds),
-            self._announce_presence, ttl_seconds=settings.presence_ttl_seconds)
+            broker.presence(
+                grace_seconds=settings.presence_grace_seconds, ttl_seconds=settings.presence_ttl_seconds
+            ),
+            self._announce_presence,
+            ttl_seconds=settings.presence_ttl_seconds,
+        )
         self.revocations = Revocations(store, broker, self.clock, settings.revocation_seconds)
         self._replays = SharedReplays(broker, settings.history_max_events)
         self._refresh = RefreshTimer(self.clock, settings.refresh_interval_seconds, self._send_refresh)
@@ -137,12 +145,17 @@ class Notifier:
         except Exception:
             self.delivery_failures += 1
             if self.delivery_failures == 1:
-                log.exception("delivery_failed", room=delivery.room,
-                              detail="further failures are counted only")
+                log.exception(
+                    "delivery_failed", room=delivery.room, detail="further failures are counted only"
+                )
 
     def lost(self, room: str, reason: str) -> None:
-        log.warning("room_history_lost", room=room, reason=reason,
-                    detail="its connections here reconnect and are told recovered: false")
+        log.warning(
+            "room_history_lost",
+            room=room,
+            reason=reason,
+            detail="its connections here reconnect and are told recovered: false",
+        )
         self._transport.drop_members(room, reason)
 
     def describe(self) -> dict[str, Any]:
@@ -178,9 +191,7 @@ class Notifier:
 
     # Publishing
 
-    async def _publish(
-        self, events: Sequence[NewEvent], guard: Guard | None = None
-    ) -> list[Envelope] | None:
+    async def _publish(self, events: Sequence[NewEvent], guard: Guard | None = None) -> list[Envelope] | None:
         """Every event the service sends passes here: appended to its room's history."""
         envelopes: list[Envelope] | None = await self.broker.publish(events, guard)
         if envelopes is not None:  # None: the guard found a newer state sent already
@@ -200,15 +211,20 @@ class Notifier:
     async def _announce_task(self, task: Task, event_type: str) -> None:
         """A task event, to the task's room and its project's, unless a newer one went first."""
         now, data = millis(self.clock.now()), task.to_dict()
-        events = [NewEvent(room_for_task(task.id), event_type, data, new_id(), now),
-                  NewEvent(room_for_project(task.project_id), event_type, data, new_id(), now)]
+        events = [
+            NewEvent(room_for_task(task.id), event_type, data, new_id(), now),
+            NewEvent(room_for_project(task.project_id), event_type, data, new_id(), now),
+        ]
         await self._publish(events, Guard(f"task:{task.id}", task.version))
 
     async def _announce_presence(self, event_type: str, members: Sequence[Member]) -> None:
         now = millis(self.clock.now())
-        await self.broker.announce([
-            (presence_feed(room), NewEvent(room, event_type, {"user_id": user}, new_id(), now))
-            for room, user in members])
+        await self.broker.announce(
+            [
+                (presence_feed(room), NewEvent(room, event_type, {"user_id": user}, new_id(), now))
+                for room, user in members
+            ]
+        )
         for _ in members:
             self.published.add(event_type)
 
@@ -216,8 +232,10 @@ class Notifier:
         """Send `{type, data}` to a room (`user:<id>`, `project:<id>`, `task:<id>` or `*`)."""
         parse_room(request.room)
         if request.room == ALL_PROJECTS_ROOM:
-            raise NotifierError(ErrorCode.INVALID_PAYLOAD, "room: project:* follows every project; "
-                                "publish to one project's room")
+            raise NotifierError(
+                ErrorCode.INVALID_PAYLOAD,
+                "room: project:* follows every project; publish to one project's room",
+            )
         event_id = None if key is None else _derived_event_id(key)
         return await self._publish_one(request.room, request.type, dict(request.data), event_id)
 
@@ -225,9 +243,7 @@ class Notifier:
         """Store a notification for each user, then push it and their unread count to them."""
         return await self.inbox.notify(request, key)
 
-    async def once(
-        self, key: str | None, action: Callable[[], Awaitable[dict[str, Any]]]
-    ) -> dict[str, Any]:
+    async def once(self, key: str | None, action: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
         """Run `action` once per idempotency key; a retry gets the first answer back."""
         return await self.idempotency.once(key, action)
 
@@ -239,9 +255,7 @@ class Notifier:
     async def report_progress(self, request: TaskProgress) -> Task:
         return await self.tasks.report_progress(request)
 
-    async def complete_task(
-        self, task_id: str, result: Any = None, message: str | None = None
-    ) -> Task:
+    async def complete_task(self, task_id: str, result: Any = None, message: str | None = None) -> Task:
         return await self.tasks.finish(task_id, TaskStatus.COMPLETED, result=result, message=message)
 
     async def fail_task(self, task_id: str, error: str) -> Task:
@@ -268,9 +282,7 @@ class Notifier:
 
     # Inbox
 
-    async def list_notifications(
-        self, user_id: str, request: NotificationsList
-    ) -> list[Notification]:
+    async def list_notifications(self, user_id: str, request: NotificationsList) -> list[Notification]:
         return await self.inbox.list(user_id, request)
 
     async def mark_read(self, user_id: str, request: MarkRead) -> dict[str, Any]:
@@ -299,8 +311,7 @@ class Notifier:
         )
         # Every process (this one included) restarts its timer when this event reaches it.
         await self._publish(
-            [NewEvent(BROADCAST_ROOM, "config.updated", {"refresh_interval": float(seconds)},
-                      new_id(), now)]
+            [NewEvent(BROADCAST_ROOM, "config.updated", {"refresh_interval": float(seconds)}, new_id(), now)]
         )
         log.info("refresh_interval_changed", seconds=seconds)
         return float(seconds)
@@ -308,8 +319,10 @@ class Notifier:
     async def _send_refresh(self, tick_id: str) -> None:
         if not await self.broker.claim(f"refresh:{tick_id}", max(self.refresh_interval, 1.0)):
             return  # another process sends this tick
-        if (self._transport.user_connection_count() == 0
-                and self.broker.cluster().get("user_connections", 0) == 0):
+        if (
+            self._transport.user_connection_count() == 0
+            and self.broker.cluster().get("user_connections", 0) == 0
+        ):
             return
         await self._publish_one(
             BROADCAST_ROOM, "refresh", {"reason": "interval", "interval": self.refresh_interval}

@@ -194,8 +194,13 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, _SecretFiles(settings_cls), dotenv_settings,
-                file_secret_settings)
+        return (
+            init_settings,
+            env_settings,
+            _SecretFiles(settings_cls),
+            dotenv_settings,
+            file_secret_settings,
+        )
 
     @property
     def uses_public_key(self) -> bool:
@@ -250,5 +255,6 @@ def described(settings: Settings) -> dict[str, str]:
             shown = "" if value is None else str(value)
         lines[f"{ENV_PREFIX}{name.upper()}"] = shown
     lines[f"{ENV_PREFIX}STORE_URL"] = lines[f"{ENV_PREFIX}STORE_URL"] or (
-        f"(default) {settings.resolved_store_url}")
+        f"(default) {settings.resolved_store_url}"
+    )
     return lines

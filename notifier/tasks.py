@@ -44,16 +44,18 @@ class TaskBook:
     """
 
     def __init__(
-        self, store: Store, announce: AnnounceTask, publish: Publish, clock: Clock,
+        self,
+        store: Store,
+        announce: AnnounceTask,
+        publish: Publish,
+        clock: Clock,
         max_progress_per_second: float,
     ) -> None:
         self._store = store
         self._announce = announce
         self._publish = publish
         self._clock = clock
-        self._coalescer = ProgressCoalescer(
-            max_progress_per_second, clock, self._emit_progress, _call_later
-        )
+        self._coalescer = ProgressCoalescer(max_progress_per_second, clock, self._emit_progress, _call_later)
 
     async def close(self) -> None:
         await self._coalescer.close()
@@ -61,9 +63,16 @@ class TaskBook:
     async def create(self, request: TaskCreate) -> Task:
         now = millis(self._clock.now())
         task = Task(
-            id=request.id or new_id(), project_id=request.project_id, owner=request.owner,
-            title=request.title, status=TaskStatus.PENDING, progress=0.0, total=request.total,
-            message=request.message, created_at=now, updated_at=now,
+            id=request.id or new_id(),
+            project_id=request.project_id,
+            owner=request.owner,
+            title=request.title,
+            status=TaskStatus.PENDING,
+            progress=0.0,
+            total=request.total,
+            message=request.message,
+            created_at=now,
+            updated_at=now,
         )
         if not await self._store.insert_task(task):
             raise NotifierError(ErrorCode.CONFLICT, f"task {task.id!r} already exists")
@@ -80,15 +89,24 @@ class TaskBook:
         return task
 
     async def finish(
-        self, task_id: str, status: TaskStatus, *, result: Any = None,
-        error: str | None = None, message: str | None = None,
+        self,
+        task_id: str,
+        status: TaskStatus,
+        *,
+        result: Any = None,
+        error: str | None = None,
+        message: str | None = None,
     ) -> Task:
         now = millis(self._clock.now())
 
         def finished(current: Task) -> Task:
             _must_be_unfinished(current)
-            changes: dict[str, Any] = {"status": status, "updated_at": now, "finished_at": now,
-                                       "error": error}
+            changes: dict[str, Any] = {
+                "status": status,
+                "updated_at": now,
+                "finished_at": now,
+                "error": error,
+            }
             if status is TaskStatus.COMPLETED:
                 changes.update(progress=100.0, result=result)
             if message is not None:
@@ -143,8 +161,11 @@ def _progressed(task: Task, request: TaskProgress, now: int) -> Task:
             ErrorCode.CONFLICT,
             f"progress cannot go backwards ({request.progress} < {task.progress})",
         )
-    changes: dict[str, Any] = {"status": TaskStatus.RUNNING, "progress": float(request.progress),
-                               "updated_at": now}
+    changes: dict[str, Any] = {
+        "status": TaskStatus.RUNNING,
+        "progress": float(request.progress),
+        "updated_at": now,
+    }
     for counter in ("current", "completed", "total", "message"):
         value = getattr(request, counter)
         if value is not None:

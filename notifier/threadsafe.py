@@ -34,8 +34,9 @@ class ThreadSafeNotifier:
         request = PublishRequest(room=room, type=type, data=data or {})
         return self._run(self._notifier.publish(request))
 
-    def notify(self, user_ids: list[str], title: str, body: str | None = None,
-               data: dict[str, Any] | None = None) -> list[Notification]:
+    def notify(
+        self, user_ids: list[str], title: str, body: str | None = None, data: dict[str, Any] | None = None
+    ) -> list[Notification]:
         request = NotifyRequest(user_ids=user_ids, title=title, body=body, data=data or {})
         return self._run(self._notifier.notify(request))
 

@@ -34,9 +34,21 @@ class RedisServer:
     async def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.process = await asyncio.create_subprocess_exec(
-            REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no", "--dir", str(self.directory), "--logfile", "",
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            REDIS_SERVER,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.directory),
+            "--logfile",
+            "",
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
         while True:
@@ -68,10 +80,16 @@ class Cluster:
 
     async def add_node(self, **env: str) -> ServiceProcess:
         index = len(self.nodes)
-        settings = {"NOTIFIER_STORE_URL": self.store_url, "NOTIFIER_BROKER_URL": self.redis.url,
-                    "NOTIFIER_LOG_LEVEL": "INFO", **env}
+        settings = {
+            "NOTIFIER_STORE_URL": self.store_url,
+            "NOTIFIER_BROKER_URL": self.redis.url,
+            "NOTIFIER_LOG_LEVEL": "INFO",
+            **env,
+        }
         node = ServiceProcess(
-            self.directory / f"node{index}", SECRET, log_path=self.directory / f"node{index}.log",
+            self.directory / f"node{index}",
+            SECRET,
+            log_path=self.directory / f"node{index}.log",
             **settings,
         )
         await node.start()
@@ -145,8 +163,15 @@ class Nginx:
     async def start(self) -> None:
         config = self._configure()
         self.process = await asyncio.create_subprocess_exec(
-            NGINX, "-p", str(self.directory), "-c", str(config), "-g", "daemon off;",
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            NGINX,
+            "-p",
+            str(self.directory),
+            "-c",
+            str(config),
+            "-g",
+            "daemon off;",
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
         deadline = time.monotonic() + 10
         while True:
@@ -188,18 +213,37 @@ class PostgresServer:
         if os.geteuid() == 0:
             shutil.chown(self.directory, "postgres", "postgres")
         initdb = await asyncio.create_subprocess_exec(
-            *self._as_owner(str(POSTGRES_BIN / "initdb"), "-D", str(self.directory / "db"),
-                            "-U", "postgres", "--auth=trust", "--no-sync"),
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            *self._as_owner(
+                str(POSTGRES_BIN / "initdb"),
+                "-D",
+                str(self.directory / "db"),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--no-sync",
+            ),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         assert await initdb.wait() == 0, "initdb failed"
 
     async def start(self) -> None:
         self.process = await asyncio.create_subprocess_exec(
-            *self._as_owner(str(POSTGRES_BIN / "postgres"), "-D", str(self.directory / "db"),
-                            "-p", str(self.port), "-c", "listen_addresses=127.0.0.1",
-                            "-c", f"unix_socket_directories={self.directory}", "-c", "fsync=off"),
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            *self._as_owner(
+                str(POSTGRES_BIN / "postgres"),
+                "-D",
+                str(self.directory / "db"),
+                "-p",
+                str(self.port),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                f"unix_socket_directories={self.directory}",
+                "-c",
+                "fsync=off",
+            ),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 20
         while True:
@@ -218,7 +262,8 @@ class PostgresServer:
         """A fast shutdown, as `pg_ctl stop -m fast`: sessions are cut."""
         if self.process is not None and self.process.returncode is None:
             stopping = await asyncio.create_subprocess_exec(
-                "pkill", "-INT", "-f", f"postgres -D {self.directory}/db")
+                "pkill", "-INT", "-f", f"postgres -D {self.directory}/db"
+            )
             await stopping.wait()
             await asyncio.wait_for(self.process.wait(), 20)
 

@@ -19,8 +19,7 @@ from notifier.auth import Role, issue_token
 
 SECRET = "test-secret-" + "x" * 40
 # Headers for admin-only endpoints (status, metrics), valid for a day.
-ADMIN = {"Authorization": "Bearer " + issue_token(SECRET, "HS256", "ops", role=Role.ADMIN,
-                                                  ttl_seconds=86400)}
+ADMIN = {"Authorization": "Bearer " + issue_token(SECRET, "HS256", "ops", role=Role.ADMIN, ttl_seconds=86400)}
 WAIT = 5.0
 
 
@@ -103,9 +102,7 @@ class RunningServer:
         ttl: float = 3600,
         secret: str = SECRET,
     ) -> str:
-        return issue_token(
-            secret, "HS256", user, role=Role(role), projects=projects or [], ttl_seconds=ttl
-        )
+        return issue_token(secret, "HS256", user, role=Role(role), projects=projects or [], ttl_seconds=ttl)
 
     async def connect(
         self,
@@ -120,8 +117,9 @@ class RunningServer:
         ttl: float = 3600,
     ) -> Client:
         """Connect a real client; raise ConnectRefused with the server's {code, message}."""
-        sio = socketio.AsyncClient(reconnection=reconnection, reconnection_delay=0.1,
-                                   reconnection_delay_max=0.2)
+        sio = socketio.AsyncClient(
+            reconnection=reconnection, reconnection_delay=0.1, reconnection_delay_max=0.2
+        )
         client = Client(sio, namespace)
         refused: list[dict[str, Any]] = []
         sio.on("*", client._record, namespace=namespace)
@@ -130,8 +128,12 @@ class RunningServer:
             auth = {"token": self.token(user, projects, role, ttl)}
         try:
             await sio.connect(
-                self.url, auth=auth, headers=headers or {}, namespaces=[namespace],
-                transports=transports or ["websocket"], wait_timeout=WAIT,
+                self.url,
+                auth=auth,
+                headers=headers or {},
+                namespaces=[namespace],
+                transports=transports or ["websocket"],
+                wait_timeout=WAIT,
             )
         except socketio.exceptions.ConnectionError as exc:
             await sio.disconnect()
@@ -145,13 +147,18 @@ class RunningServer:
         return await self.connect(user, role=role, namespace="/workers")
 
     async def http(
-        self, method: str, path: str, token: str | None = None, json: Any = None,
+        self,
+        method: str,
+        path: str,
+        token: str | None = None,
+        json: Any = None,
         data: bytes | None = None,
     ) -> tuple[int, Any]:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        async with aiohttp.ClientSession() as session, session.request(
-            method, self.url + path, headers=headers, json=json, data=data
-        ) as response:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.request(method, self.url + path, headers=headers, json=json, data=data) as response,
+        ):
             return response.status, await response.json()
 
 
@@ -228,8 +235,7 @@ async def _assert_no_leaked_tasks() -> None:
     current = asyncio.current_task()
     for _ in range(50):
         leftover = [
-            task for task in asyncio.all_tasks()
-            if task is not current and not task.done() and _is_ours(task)
+            task for task in asyncio.all_tasks() if task is not current and not task.done() and _is_ours(task)
         ]
         if not leftover:
             return

@@ -23,20 +23,26 @@ class ServiceProcess:
     """`python -m notifier serve` on a port of its own, with its data in `data_dir`."""
 
     def __init__(
-        self, data_dir: Path, secret: str | None, port: int | None = None,
-        log_path: Path | None = None, **env: str,
+        self,
+        data_dir: Path,
+        secret: str | None,
+        port: int | None = None,
+        log_path: Path | None = None,
+        **env: str,
     ) -> None:
         """`secret=None` runs it in development mode (a generated secret in data_dir);
         `log_path` collects its log (stderr) in a file."""
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER_")}
-        self.env.update({
-            "NOTIFIER_PORT": str(self.port),
-            "NOTIFIER_DATA_DIR": str(data_dir),
-            "NOTIFIER_LOG_LEVEL": "WARNING",
-            **env,
-        })
+        self.env.update(
+            {
+                "NOTIFIER_PORT": str(self.port),
+                "NOTIFIER_DATA_DIR": str(data_dir),
+                "NOTIFIER_LOG_LEVEL": "WARNING",
+                **env,
+            }
+        )
         if secret is not None:
             self.env["NOTIFIER_JWT_SECRET"] = secret
         self.log_path = log_path
@@ -48,7 +54,12 @@ class ServiceProcess:
             stderr = self.log_path.open("ab")
         try:
             self.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "notifier", "serve", env=self.env, stderr=stderr,
+                sys.executable,
+                "-m",
+                "notifier",
+                "serve",
+                env=self.env,
+                stderr=stderr,
             )
         finally:
             if stderr is not None:

@@ -51,9 +51,7 @@ async def test_missing_token_is_refused_with_auth_required(server: RunningServer
     ],
     ids=["garbage", "wrong-key", "alg-none", "no-exp", "unknown-role", "oversized"],
 )
-async def test_invalid_tokens_are_refused_with_auth_invalid(
-    server: RunningServer, token: str
-) -> None:
+async def test_invalid_tokens_are_refused_with_auth_invalid(server: RunningServer, token: str) -> None:
     with pytest.raises(ConnectRefused) as refused:
         await server.connect(auth={"token": token})
     assert refused.value.code == "AUTH_INVALID"
@@ -77,9 +75,7 @@ async def test_publisher_token_opens_the_workers_namespace(server: RunningServer
 
 
 async def test_bearer_header_is_accepted_for_non_browser_clients(server: RunningServer) -> None:
-    client = await server.connect(
-        auth=None, headers={"Authorization": f"Bearer {server.token('bob')}"}
-    )
+    client = await server.connect(auth=None, headers={"Authorization": f"Bearer {server.token('bob')}"})
     session = await client.next_event("session")
     assert session["data"]["user_id"] == "bob"
 
@@ -137,10 +133,14 @@ async def test_a_public_key_verifies_its_own_family_and_refuses_the_other(tmp_pa
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
     rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    public = rsa_key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-    settings = make_settings(tmp_path, jwt_secret=None, jwt_algorithms=["RS256", "ES256"],
-                             jwt_public_key=public)
+    public = (
+        rsa_key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    settings = make_settings(
+        tmp_path, jwt_secret=None, jwt_algorithms=["RS256", "ES256"], jwt_public_key=public
+    )
     server, runner = await start_server(settings)
     try:
         claims = {"sub": "alice", "exp": int(time.time()) + 60}

@@ -18,8 +18,10 @@ async def assert_still_connected(client) -> None:
         ({"rooms": []}, "rooms"),
         ({"room": ["project:p1"]}, "rooms"),
         ("just a string", "payload"),
-        ({"rooms": ["project:p1"], "since": {"project:p1": {"epoch": "e", "offset": -1}}},
-         "since.project:p1.offset"),
+        (
+            {"rooms": ["project:p1"], "since": {"project:p1": {"epoch": "e", "offset": -1}}},
+            "since.project:p1.offset",
+        ),
     ],
 )
 async def test_bad_subscribe_payloads_name_the_field(
@@ -63,9 +65,7 @@ async def test_worker_events_are_unknown_to_end_users(server: RunningServer) -> 
         ("task.complete", {"task_id": "missing"}, "NOT_FOUND"),
     ],
 )
-async def test_bad_worker_payloads(
-    server: RunningServer, event: str, payload: dict, code: str
-) -> None:
+async def test_bad_worker_payloads(server: RunningServer, event: str, payload: dict, code: str) -> None:
     worker = await server.worker()
     ack = await worker.call(event, payload)
     assert ack["ok"] is False and ack["error"]["code"] == code, ack

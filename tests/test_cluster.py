@@ -37,10 +37,14 @@ async def test_a_subscriber_on_one_node_gets_every_event_published_on_another(tm
         try:
             for n in range(20):
                 await worker.publish("project:p1", "tick", {"n": n})
-            async with aiohttp.ClientSession() as http, http.post(
-                f"{a.url}/api/v1/notifications", json={"user_ids": ["alice"], "title": "hi"},
-                headers={"Authorization": f"Bearer {PUBLISHER}"},
-            ) as response:
+            async with (
+                aiohttp.ClientSession() as http,
+                http.post(
+                    f"{a.url}/api/v1/notifications",
+                    json={"user_ids": ["alice"], "title": "hi"},
+                    headers={"Authorization": f"Bearer {PUBLISHER}"},
+                ) as response,
+            ):
                 assert response.status == 201
             await until(lambda: len(ticks) == 20 and notes, timeout=10)
             assert [t["data"]["n"] for t in ticks] == list(range(20))
@@ -48,9 +52,10 @@ async def test_a_subscriber_on_one_node_gets_every_event_published_on_another(tm
             assert notes[0]["data"]["title"] == "hi"
             unread = await alice.call("notifications.list", {})
             assert unread["unread"] == 1
-            async with aiohttp.ClientSession() as http, http.get(
-                f"{b.url}/api/v1/status", headers=ADMIN
-            ) as response:
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(f"{b.url}/api/v1/status", headers=ADMIN) as response,
+            ):
                 status = await response.json()
             assert status["cluster"]["broker"] == "redis"
         finally:
@@ -83,8 +88,9 @@ class Recorder:
 
     def __init__(self, url: str, name: str, room: str, **options) -> None:
         self.name, self.room = name, room
-        self.subscriber = Subscriber(url, lambda: token(name, ["p1"]), reconnection_delay=0.1,
-                                     reconnection_delay_max=0.5, **options)
+        self.subscriber = Subscriber(
+            url, lambda: token(name, ["p1"]), reconnection_delay=0.1, reconnection_delay_max=0.5, **options
+        )
         self.raw: list[tuple[str, int]] = []
         self.resets: list[tuple[str, str]] = []
         self.ticks: list[dict] = []
@@ -185,8 +191,10 @@ async def test_redis_losing_its_data_is_told_never_hidden(tmp_path: Path) -> Non
 
             assert refused == [], "nothing was acknowledged while Redis was down"
             for watcher in watchers:
-                await until(lambda w=watcher: len([t for t in w.ticks if t["data"]["n"] >= 100])
-                            == len(acked), timeout=15)
+                await until(
+                    lambda w=watcher: len([t for t in w.ticks if t["data"]["n"] >= 100]) == len(acked),
+                    timeout=15,
+                )
                 assert ("project:p1", "epoch_changed") in watcher.resets, watcher.name
                 # Within each epoch, consecutive offsets from where the client stood: no gap.
                 for epoch in {epoch for epoch, _ in watcher.raw}:
@@ -198,13 +206,15 @@ async def test_redis_losing_its_data_is_told_never_hidden(tmp_path: Path) -> Non
 
 
 async def test_task_progress_through_several_nodes_never_goes_backwards(tmp_path: Path) -> None:
-    async with cluster(tmp_path, nodes=2, NOTIFIER_WORKER_RATE_PER_SECOND="100000",
-                       NOTIFIER_WORKER_RATE_BURST="10000") as running:
+    async with cluster(
+        tmp_path, nodes=2, NOTIFIER_WORKER_RATE_PER_SECOND="100000", NOTIFIER_WORKER_RATE_BURST="10000"
+    ) as running:
         a, b = running.nodes
         page = Subscriber(b.url, token("alice", ["p1"]))
         events: list[dict] = []
-        page.on("*", lambda envelope: events.append(envelope)
-                if envelope["type"].startswith("task.") else None)
+        page.on(
+            "*", lambda envelope: events.append(envelope) if envelope["type"].startswith("task.") else None
+        )
         await page.connect()
         workers = [Worker(node.url, token(f"w{i}", role=Role.PUBLISHER)) for i, node in enumerate((a, b))]
         for worker in workers:
@@ -233,8 +243,9 @@ async def test_task_progress_through_several_nodes_never_goes_backwards(tmp_path
 
 
 async def test_refresh_once_per_interval_and_config_everywhere(tmp_path: Path) -> None:
-    async with cluster(tmp_path, nodes=3, NOTIFIER_REFRESH_INTERVAL_SECONDS="0",
-                       NOTIFIER_REFRESH_MIN_INTERVAL_SECONDS="0.5") as running:
+    async with cluster(
+        tmp_path, nodes=3, NOTIFIER_REFRESH_INTERVAL_SECONDS="0", NOTIFIER_REFRESH_MIN_INTERVAL_SECONDS="0.5"
+    ) as running:
         clients = [Subscriber(node.url, token(f"u{i}")) for i, node in enumerate(running.nodes)]
         refreshes: list[list[float]] = [[] for _ in clients]
         updates: list[list[dict]] = [[] for _ in clients]
@@ -277,13 +288,19 @@ async def test_a_retry_on_another_node_is_applied_once(tmp_path: Path) -> None:
             worker.namespace = "/workers"
             worker.sio.handlers.pop("/", None)
             await worker.connect()
-            replies.append(await worker.call("notify", {"user_ids": ["alice"], "title": "once",
-                                                        "idempotency_key": "order-77"}))
+            replies.append(
+                await worker.call(
+                    "notify", {"user_ids": ["alice"], "title": "once", "idempotency_key": "order-77"}
+                )
+            )
             await worker.close()
-        async with aiohttp.ClientSession() as http, http.get(
-            f"{b.url}/api/v1/notifications?user_id=alice",
-            headers={"Authorization": f"Bearer {token('root', role=Role.ADMIN)}"},
-        ) as response:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(
+                f"{b.url}/api/v1/notifications?user_id=alice",
+                headers={"Authorization": f"Bearer {token('root', role=Role.ADMIN)}"},
+            ) as response,
+        ):
             inbox = await response.json()
         assert replies[1]["duplicate"] is True
         assert replies[0]["notifications"] == replies[1]["notifications"]
@@ -307,9 +324,11 @@ async def test_a_postgresql_restart_gives_coded_errors_then_normal_service(tmp_p
         async with aiohttp.ClientSession() as http:
 
             async def notify(title: str) -> None:
-                async with http.post(f"{node.url}/api/v1/notifications",
-                                     json={"user_ids": ["alice"], "title": title},
-                                     headers={"Authorization": f"Bearer {PUBLISHER}"}) as response:
+                async with http.post(
+                    f"{node.url}/api/v1/notifications",
+                    json={"user_ids": ["alice"], "title": title},
+                    headers={"Authorization": f"Bearer {PUBLISHER}"},
+                ) as response:
                     body = await response.json()
                     if response.status == 201:
                         acked.add(body["notifications"][0]["id"])

@@ -32,8 +32,12 @@ class Client:
         self.address = f"127.0.0.{index + 2}"
         self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(self.address, 0)))
         self.subscriber = Subscriber(
-            url, lambda: token(self.name, ["p1"]), transports=[transport], reconnection_delay=0.2,
-            reconnection_delay_max=1.0, client_options={"http_session": self.http},
+            url,
+            lambda: token(self.name, ["p1"]),
+            transports=[transport],
+            reconnection_delay=0.2,
+            reconnection_delay_max=1.0,
+            client_options={"http_session": self.http},
         )
         self.raw: list[int] = []
         self.notes: list[str] = []
@@ -60,8 +64,9 @@ class Client:
 
 @contextlib.asynccontextmanager
 async def behind_nginx(tmp_path: Path, nodes: int) -> AsyncIterator[tuple[Cluster, Nginx]]:
-    async with cluster(tmp_path, nodes=nodes, NOTIFIER_WORKER_RATE_PER_SECOND="100000",
-                       NOTIFIER_WORKER_RATE_BURST="10000") as running:
+    async with cluster(
+        tmp_path, nodes=nodes, NOTIFIER_WORKER_RATE_PER_SECOND="100000", NOTIFIER_WORKER_RATE_BURST="10000"
+    ) as running:
         nginx = Nginx(tmp_path / "nginx", [f"127.0.0.1:{node.port}" for node in running.nodes])
         await nginx.start()
         try:
@@ -77,8 +82,9 @@ async def connections_per_node(running: Cluster) -> list[int]:
             if node.process is None or node.process.returncode is not None:
                 counts.append(0)
                 continue
-            async with http.get(f"{node.url}/api/v1/status",
-                                headers={"Authorization": f"Bearer {ADMIN}"}) as response:
+            async with http.get(
+                f"{node.url}/api/v1/status", headers={"Authorization": f"Bearer {ADMIN}"}
+            ) as response:
                 counts.append((await response.json())["connections"]["/"])
     return counts
 
@@ -110,13 +116,17 @@ async def test_every_client_gets_every_event_once_in_order_on_any_node(tmp_path:
             assert sum(spread) == 12 and sum(1 for count in spread if count) >= 2, spread
 
             acked: list[int] = []
-            await asyncio.gather(*(publish(node.url, f"w{i}", 100, acked)
-                                   for i, node in enumerate(running.nodes)))
-            async with aiohttp.ClientSession() as http, http.post(
-                f"{nginx.url}/api/v1/notifications",
-                json={"user_ids": [client.name for client in clients], "title": "to all"},
-                headers={"Authorization": f"Bearer {token('svc', role=Role.PUBLISHER)}"},
-            ) as response:
+            await asyncio.gather(
+                *(publish(node.url, f"w{i}", 100, acked) for i, node in enumerate(running.nodes))
+            )
+            async with (
+                aiohttp.ClientSession() as http,
+                http.post(
+                    f"{nginx.url}/api/v1/notifications",
+                    json={"user_ids": [client.name for client in clients], "title": "to all"},
+                    headers={"Authorization": f"Bearer {token('svc', role=Role.PUBLISHER)}"},
+                ) as response,
+            ):
                 assert response.status == 201
 
             for client in clients:
@@ -125,8 +135,10 @@ async def test_every_client_gets_every_event_once_in_order_on_any_node(tmp_path:
                 assert client.notes == ["to all"], client.name
             async with aiohttp.ClientSession() as http:
                 for node in running.nodes:
-                    async with http.get(f"{node.url}/api/v1/notifications?user_id=user3",
-                                        headers={"Authorization": f"Bearer {ADMIN}"}) as response:
+                    async with http.get(
+                        f"{node.url}/api/v1/notifications?user_id=user3",
+                        headers={"Authorization": f"Bearer {ADMIN}"},
+                    ) as response:
                         assert (await response.json())["unread"] == 1
         finally:
             for client in clients:
@@ -145,8 +157,9 @@ async def test_a_killed_node_loses_nothing(tmp_path: Path) -> None:
             victim = running.nodes[doomed]
 
             acked: list[int] = []
-            publishing = asyncio.gather(*(publish(node.url, f"w{i}", 150, acked)
-                                          for i, node in enumerate(survivors)))
+            publishing = asyncio.gather(
+                *(publish(node.url, f"w{i}", 150, acked) for i, node in enumerate(survivors))
+            )
             stored: list[str] = []
             async with aiohttp.ClientSession() as http:
                 for n in range(30):  # REST writes to the node about to die
@@ -169,8 +182,10 @@ async def test_a_killed_node_loses_nothing(tmp_path: Path) -> None:
                     assert client.resets == []
                 assert sum(await connections_per_node(running)) == 9
 
-                async with http.get(f"{survivors[0].url}/api/v1/notifications?user_id=user0&limit=100",
-                                    headers={"Authorization": f"Bearer {ADMIN}"}) as response:
+                async with http.get(
+                    f"{survivors[0].url}/api/v1/notifications?user_id=user0&limit=100",
+                    headers={"Authorization": f"Bearer {ADMIN}"},
+                ) as response:
                     inbox = await response.json()
                 assert set(stored) <= {n["id"] for n in inbox["notifications"]}
         finally:

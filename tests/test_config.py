@@ -19,8 +19,12 @@ from tests.service_process import ServiceProcess
 def run_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER_")}
     return subprocess.run(
-        [sys.executable, "-m", "notifier", *args], env={**clean, **env}, cwd=cwd,
-        capture_output=True, text=True, timeout=30,
+        [sys.executable, "-m", "notifier", *args],
+        env={**clean, **env},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
 
 
@@ -52,8 +56,15 @@ async def test_development_mode_secret_is_kept_private_and_shared_with_token(
     tmp_path: Path,
 ) -> None:
     data_dir = tmp_path / "data"
-    minted = run_cli("token", "--sub", "newcomer", "--project", "demo",
-                     env={"NOTIFIER_DATA_DIR": str(data_dir)}, cwd=tmp_path)
+    minted = run_cli(
+        "token",
+        "--sub",
+        "newcomer",
+        "--project",
+        "demo",
+        env={"NOTIFIER_DATA_DIR": str(data_dir)},
+        cwd=tmp_path,
+    )
     assert minted.returncode == 0, minted.stderr
     secret_file = data_dir / "jwt-secret"
     assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
@@ -76,17 +87,24 @@ def test_secrets_may_come_from_files(tmp_path: Path) -> None:
     assert shown.returncode == 0
     assert "NOTIFIER_JWT_SECRET=*** (set)" in shown.stdout and "s" * 40 not in shown.stdout
 
-    both = run_cli("config", env={"NOTIFIER_JWT_SECRET_FILE": str(secret_file),
-                                  "NOTIFIER_JWT_SECRET": "t" * 40}, cwd=tmp_path)
+    both = run_cli(
+        "config",
+        env={"NOTIFIER_JWT_SECRET_FILE": str(secret_file), "NOTIFIER_JWT_SECRET": "t" * 40},
+        cwd=tmp_path,
+    )
     assert both.returncode == 2 and "not both" in both.stderr
 
 
 def test_config_masks_passwords_and_reports_unknown_variables(tmp_path: Path) -> None:
-    result = run_cli("config", env={
-        "NOTIFIER_STORE_URL": "postgresql://app:hunter2@db/notifier",
-        "NOTIFIER_BROKER_URL": "redis://:sesame@cache:6379/0",
-        "NOTIFIER_PING_INTERVALL_SECONDS": "5",
-    }, cwd=tmp_path)
+    result = run_cli(
+        "config",
+        env={
+            "NOTIFIER_STORE_URL": "postgresql://app:hunter2@db/notifier",
+            "NOTIFIER_BROKER_URL": "redis://:sesame@cache:6379/0",
+            "NOTIFIER_PING_INTERVALL_SECONDS": "5",
+        },
+        cwd=tmp_path,
+    )
     assert result.returncode == 0
     assert "hunter2" not in result.stdout and "sesame" not in result.stdout
     assert "NOTIFIER_STORE_URL=postgresql://app:***@db/notifier" in result.stdout
@@ -95,13 +113,21 @@ def test_config_masks_passwords_and_reports_unknown_variables(tmp_path: Path) ->
 
 @pytest.mark.parametrize(
     ("env", "variable"),
-    [({"NOTIFIER_JWT_SECRET": "short"}, "NOTIFIER_JWT_SECRET"),
-     ({"NOTIFIER_JWT_ALGORITHMS": "RS256", "NOTIFIER_JWT_PUBLIC_KEY": "PRIVATE"},
-      "NOTIFIER_JWT_PUBLIC_KEY"),
-     ({"NOTIFIER_JWT_ALGORITHMS": "RS256", "NOTIFIER_JWT_PUBLIC_KEY": "/nowhere.pem"},
-      "NOTIFIER_JWT_PUBLIC_KEY"),
-     ({"NOTIFIER_JWT_ALGORITHMS": "ES256", "NOTIFIER_JWT_PUBLIC_KEY": "RSA PUBLIC"},
-      "NOTIFIER_JWT_PUBLIC_KEY")],
+    [
+        ({"NOTIFIER_JWT_SECRET": "short"}, "NOTIFIER_JWT_SECRET"),
+        (
+            {"NOTIFIER_JWT_ALGORITHMS": "RS256", "NOTIFIER_JWT_PUBLIC_KEY": "PRIVATE"},
+            "NOTIFIER_JWT_PUBLIC_KEY",
+        ),
+        (
+            {"NOTIFIER_JWT_ALGORITHMS": "RS256", "NOTIFIER_JWT_PUBLIC_KEY": "/nowhere.pem"},
+            "NOTIFIER_JWT_PUBLIC_KEY",
+        ),
+        (
+            {"NOTIFIER_JWT_ALGORITHMS": "ES256", "NOTIFIER_JWT_PUBLIC_KEY": "RSA PUBLIC"},
+            "NOTIFIER_JWT_PUBLIC_KEY",
+        ),
+    ],
     ids=["short-hmac-secret", "private-key-as-public", "missing-key-file", "key-of-another-type"],
 )
 def test_unsafe_or_broken_keys_are_refused_in_one_line(
@@ -119,15 +145,24 @@ def test_unsafe_or_broken_keys_are_refused_in_one_line(
 def rsa_private_pem() -> str:
     from cryptography.hazmat.primitives import serialization
 
-    return _rsa_key().private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption()).decode()
+    return (
+        _rsa_key()
+        .private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        .decode()
+    )
 
 
 def rsa_public_pem() -> str:
     from cryptography.hazmat.primitives import serialization
 
-    return _rsa_key().public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    return (
+        _rsa_key()
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
 
 
 def _rsa_key() -> Any:
@@ -141,24 +176,39 @@ async def test_token_signs_with_the_private_keys_algorithm(tmp_path: Path, kind:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-    private = (rsa.generate_private_key(public_exponent=65537, key_size=2048) if kind == "rsa"
-               else ec.generate_private_key(ec.SECP256R1()))
+    private = (
+        rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        if kind == "rsa"
+        else ec.generate_private_key(ec.SECP256R1())
+    )
     key_file = tmp_path / "private.pem"
-    key_file.write_bytes(private.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    public = private.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    key_file.write_bytes(
+        private.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    public = (
+        private.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
     algorithm = "RS256" if kind == "rsa" else "ES256"
 
     # No public key configured, nor the algorithm: the key says which.
-    minted = run_cli("token", "--sub", "alice", "--private-key", str(key_file),
-                     "--aud", "app", env={}, cwd=tmp_path)
+    minted = run_cli(
+        "token", "--sub", "alice", "--private-key", str(key_file), "--aud", "app", env={}, cwd=tmp_path
+    )
     assert minted.returncode == 0, minted.stderr
     header = jwt.get_unverified_header(minted.stdout.strip())
     assert header["alg"] == algorithm
 
-    service = ServiceProcess(tmp_path / "data", None, NOTIFIER_JWT_ALGORITHMS=algorithm,
-                             NOTIFIER_JWT_PUBLIC_KEY=public, NOTIFIER_JWT_AUDIENCE="app")
+    service = ServiceProcess(
+        tmp_path / "data",
+        None,
+        NOTIFIER_JWT_ALGORITHMS=algorithm,
+        NOTIFIER_JWT_PUBLIC_KEY=public,
+        NOTIFIER_JWT_AUDIENCE="app",
+    )
     await service.start()
     try:
         client = Subscriber(service.url, minted.stdout.strip())

@@ -103,8 +103,9 @@ async def test_disconnecting_a_user_closes_their_connections_and_refuses_old_tok
     status, body = await server.http("POST", "/api/v1/users/alice/disconnect", server.token("bob"))
     assert status == 403 and body["error"]["code"] == "FORBIDDEN"
 
-    status, body = await server.http("POST", "/api/v1/users/alice/disconnect",
-                                     server.token("ops", role=Role.ADMIN))
+    status, body = await server.http(
+        "POST", "/api/v1/users/alice/disconnect", server.token("ops", role=Role.ADMIN)
+    )
     assert status == 200 and body["user_id"] == "alice"
     assert body["revoked_until"] - body["revoked_at"] == server.settings.revocation_seconds * 1000
     for device in (phone, laptop):
@@ -136,10 +137,13 @@ async def test_a_user_is_disconnected_on_every_node(tmp_path: Path) -> None:
             await on_a.connect()
             await on_b.connect()
             admin = token("ops", role=Role.ADMIN)
-            async with aiohttp.ClientSession() as http, http.post(
-                f"{a.url}/api/v1/users/alice/disconnect",
-                headers={"Authorization": f"Bearer {admin}"},
-            ) as response:
+            async with (
+                aiohttp.ClientSession() as http,
+                http.post(
+                    f"{a.url}/api/v1/users/alice/disconnect",
+                    headers={"Authorization": f"Bearer {admin}"},
+                ) as response,
+            ):
                 assert response.status == 200
             await until(lambda: sorted(revoked) == ["a", "b"], timeout=10)
             await until(lambda: not on_a.sio.connected and not on_b.sio.connected, timeout=10)

@@ -22,10 +22,17 @@ async def test_dashboard_shows_live_progress_and_clears_the_badge(server: Runnin
     screenshot.unlink(missing_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER_")}
     browser = await asyncio.create_subprocess_exec(
-        "node", str(ROOT / "tests" / "browser" / "dashboard_check.mjs"), cwd=ROOT,
-        env={**env, "NOTIFIER_URL": server.url, "SCREENSHOT": str(screenshot),
-             "NOTIFIER_TOKEN": server.token("alice", ["demo"])},
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        "node",
+        str(ROOT / "tests" / "browser" / "dashboard_check.mjs"),
+        cwd=ROOT,
+        env={
+            **env,
+            "NOTIFIER_URL": server.url,
+            "SCREENSHOT": str(screenshot),
+            "NOTIFIER_TOKEN": server.token("alice", ["demo"]),
+        },
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
     )
     assert browser.stdin is not None and browser.stdout is not None
 
@@ -71,18 +78,25 @@ async def test_the_operator_view_behind_a_path_prefix(server: RunningServer, tmp
     await nginx.start()
     env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER_")}
     browser = await asyncio.create_subprocess_exec(
-        "node", str(ROOT / "tests" / "browser" / "operator_check.mjs"), cwd=ROOT,
-        env={**env, "DASHBOARD_URL": f"{nginx.url}/notifier/", "ARTIFACTS": str(ARTIFACTS),
-             "NOTIFIER_TOKEN": server.token("ops", ["*"], role=Role.ADMIN),
-             "EXPIRED_TOKEN": server.token("ops", ["*"], ttl=-60)},
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        "node",
+        str(ROOT / "tests" / "browser" / "operator_check.mjs"),
+        cwd=ROOT,
+        env={
+            **env,
+            "DASHBOARD_URL": f"{nginx.url}/notifier/",
+            "ARTIFACTS": str(ARTIFACTS),
+            "NOTIFIER_TOKEN": server.token("ops", ["*"], role=Role.ADMIN),
+            "EXPIRED_TOKEN": server.token("ops", ["*"], ttl=-60),
+        },
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
     )
     assert browser.stdin is not None and browser.stdout is not None
 
     async def expect(step: str, timeout: float = 30) -> dict:
         line = (await asyncio.wait_for(browser.stdout.readline(), timeout)).decode().strip()
         assert line.startswith(step + " "), f"expected {step}, browser said {line!r}"
-        return json.loads(line[len(step) + 1:])
+        return json.loads(line[len(step) + 1 :])
 
     async def go() -> None:
         browser.stdin.write(b"go\n")
@@ -95,8 +109,9 @@ async def test_the_operator_view_behind_a_path_prefix(server: RunningServer, tmp
         assert ready["nodes"] >= 1 and ready["who"] == "ops · admin"
 
         worker = await server.worker()
-        await worker.call("task.create", {"id": "deploy-1", "project_id": "alpha",
-                                          "title": "Deploy", "message": "building"})
+        await worker.call(
+            "task.create", {"id": "deploy-1", "project_id": "alpha", "title": "Deploy", "message": "building"}
+        )
         await worker.call("task.fail", {"task_id": "deploy-1", "error": "disk full"})
         await go()
         task = await expect("TASK")
@@ -115,13 +130,21 @@ async def test_the_operator_view_behind_a_path_prefix(server: RunningServer, tmp
         assert (await expect("REFRESH"))["interval"] == "30s"
 
         for start in range(0, 1000, 250):
-            await asyncio.gather(*(worker.call("task.create", {"id": f"bulk-{n}", "project_id": "bulk"})
-                                   for n in range(start, start + 250)))
+            await asyncio.gather(
+                *(
+                    worker.call("task.create", {"id": f"bulk-{n}", "project_id": "bulk"})
+                    for n in range(start, start + 250)
+                )
+            )
         await go()
         assert (await expect("BULK"))["rows"] == 1001
         for start in range(0, 1000, 250):
-            await asyncio.gather(*(worker.call("task.progress", {"task_id": f"bulk-{n}", "progress": 50})
-                                   for n in range(start, start + 250)))
+            await asyncio.gather(
+                *(
+                    worker.call("task.progress", {"task_id": f"bulk-{n}", "progress": 50})
+                    for n in range(start, start + 250)
+                )
+            )
         await go()
         progress = await expect("PROGRESS", timeout=60)
         assert progress["kept"], "a progress update re-rendered the row instead of updating it"

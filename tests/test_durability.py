@@ -27,15 +27,18 @@ ADMIN = issue_token(SECRET, "HS256", "root", role=Role.ADMIN)
 async def notify(
     http: aiohttp.ClientSession, url: str, user: str, title: str, body: str | None = None
 ) -> tuple[int, dict]:
-    async with http.post(f"{url}/api/v1/notifications",
-                         json={"user_ids": [user], "title": title, "body": body},
-                         headers={"Authorization": f"Bearer {PUBLISHER}"}) as response:
+    async with http.post(
+        f"{url}/api/v1/notifications",
+        json={"user_ids": [user], "title": title, "body": body},
+        headers={"Authorization": f"Bearer {PUBLISHER}"},
+    ) as response:
         return response.status, await response.json()
 
 
 async def unread(http: aiohttp.ClientSession, url: str, user: str) -> int:
-    async with http.get(f"{url}/api/v1/notifications?user_id={user}",
-                        headers={"Authorization": f"Bearer {ADMIN}"}) as response:
+    async with http.get(
+        f"{url}/api/v1/notifications?user_id={user}", headers={"Authorization": f"Bearer {ADMIN}"}
+    ) as response:
         assert response.status == 200, await response.text()
         return int((await response.json())["unread"])
 
@@ -59,8 +62,7 @@ async def test_acknowledged_notifications_survive_kill_9(tmp_path: Path) -> None
             await service.start()
             user = f"user{round_number}"
             acked = 0
-            statuses = await asyncio.gather(
-                *(notify(http, service.url, user, f"n{n}") for n in range(150)))
+            statuses = await asyncio.gather(*(notify(http, service.url, user, f"n{n}") for n in range(150)))
             # At once after the last 201: no time for anything to be written afterwards.
             os.kill(service.process.pid, 9)
             await service.process.wait()
@@ -96,14 +98,16 @@ def fill(directory: Path) -> Path:
 
 async def test_a_full_disk_refuses_writes_delivers_nothing_unstored_and_recovers(tmp_path: Path) -> None:
     with small_disk(tmp_path / "disk", 2048) as disk:
-        service = ServiceProcess(disk / "data", SECRET, log_path=tmp_path / "service.log",
-                                 NOTIFIER_LOG_LEVEL="INFO")
+        service = ServiceProcess(
+            disk / "data", SECRET, log_path=tmp_path / "service.log", NOTIFIER_LOG_LEVEL="INFO"
+        )
         await service.start()
         client = socketio.AsyncClient(reconnection=False)
         received: list[str] = []
         client.on("notification", lambda envelope: received.append(envelope["data"]["id"]))
-        await client.connect(service.url, auth={"token": issue_token(SECRET, "HS256", "alice")},
-                             transports=["websocket"])
+        await client.connect(
+            service.url, auth={"token": issue_token(SECRET, "HS256", "alice")}, transports=["websocket"]
+        )
         acked: set[str] = set()
         try:
             async with aiohttp.ClientSession() as http:
@@ -154,8 +158,9 @@ async def _is_ready(http: aiohttp.ClientSession, url: str) -> bool:
 
 
 async def test_a_deleted_database_is_noticed_and_written_back(tmp_path: Path) -> None:
-    service = ServiceProcess(tmp_path / "data", SECRET, log_path=tmp_path / "service.log",
-                             NOTIFIER_LOG_LEVEL="INFO")
+    service = ServiceProcess(
+        tmp_path / "data", SECRET, log_path=tmp_path / "service.log", NOTIFIER_LOG_LEVEL="INFO"
+    )
     await service.start()
     try:
         async with aiohttp.ClientSession() as http:
@@ -184,8 +189,9 @@ async def _log_has(service: ServiceProcess, text: str) -> bool:
 
 
 async def test_a_database_replaced_by_garbage_is_refused_then_recovered(tmp_path: Path) -> None:
-    service = ServiceProcess(tmp_path / "data", SECRET, log_path=tmp_path / "service.log",
-                             NOTIFIER_LOG_LEVEL="INFO")
+    service = ServiceProcess(
+        tmp_path / "data", SECRET, log_path=tmp_path / "service.log", NOTIFIER_LOG_LEVEL="INFO"
+    )
     await service.start()
     try:
         async with aiohttp.ClientSession() as http:
@@ -213,13 +219,19 @@ async def test_a_database_replaced_by_garbage_is_refused_then_recovered(tmp_path
 
 def run_serve(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER_")}
-    return subprocess.run([sys.executable, "-m", "notifier", "serve"],
-                          env={**clean, "NOTIFIER_JWT_SECRET": SECRET, **env}, cwd=cwd,
-                          capture_output=True, text=True, timeout=30)
+    return subprocess.run(
+        [sys.executable, "-m", "notifier", "serve"],
+        env={**clean, "NOTIFIER_JWT_SECRET": SECRET, **env},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
-@pytest.mark.parametrize("case", ["corrupt", "unwritable", "port-in-use", "missing-key",
-                                  "unsupported-url", "redis-with-sqlite"])
+@pytest.mark.parametrize(
+    "case", ["corrupt", "unwritable", "port-in-use", "missing-key", "unsupported-url", "redis-with-sqlite"]
+)
 def test_start_up_failures_are_one_line_and_exit_2(tmp_path: Path, case: str) -> None:
     data = tmp_path / "data"
     data.mkdir()
@@ -262,7 +274,8 @@ def test_start_up_failures_are_one_line_and_exit_2(tmp_path: Path, case: str) ->
 
 
 async def test_reads_between_writes_commit_each_transaction_once(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A read commits the open transaction first (it must see only what is committed); the
     commit that transaction had scheduled then finds nothing to do, whatever opened since."""

@@ -26,8 +26,12 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 def test_javascript_client_suite_passes_against_a_real_service() -> None:
     result = subprocess.run(
-        ["node", "--test", "client_examples/test/"], cwd=ROOT, capture_output=True, text=True,
-        env=clean_env(NOTIFIER_PYTHON=sys.executable), timeout=180,
+        ["node", "--test", "client_examples/test/"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=clean_env(NOTIFIER_PYTHON=sys.executable),
+        timeout=180,
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert "# fail 0" in result.stdout
@@ -35,8 +39,13 @@ def test_javascript_client_suite_passes_against_a_real_service() -> None:
 
 async def test_node_subscriber_prints_the_events_it_follows(server: RunningServer) -> None:
     node = await asyncio.create_subprocess_exec(
-        "node", str(EXAMPLES / "node_subscriber.mjs"), "project:demo", "--count", "2",
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        "node",
+        str(EXAMPLES / "node_subscriber.mjs"),
+        "project:demo",
+        "--count",
+        "2",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         env=clean_env(NOTIFIER_URL=server.url, NOTIFIER_TOKEN=server.token("alice", ["demo"])),
     )
     assert node.stderr is not None
@@ -59,8 +68,16 @@ async def test_python_worker_reports_a_whole_job(server: RunningServer) -> None:
     token = server.token("worker", role="publisher")
 
     process = await asyncio.create_subprocess_exec(
-        sys.executable, str(EXAMPLES / "python_worker.py"), "--project", "demo", "--steps", "3",
-        "--delay", "0", "--task-id", "fake-import",
+        sys.executable,
+        str(EXAMPLES / "python_worker.py"),
+        "--project",
+        "demo",
+        "--steps",
+        "3",
+        "--delay",
+        "0",
+        "--task-id",
+        "fake-import",
         env=clean_env(NOTIFIER_URL=server.url, NOTIFIER_TOKEN=token),
         stdout=subprocess.PIPE,
     )
@@ -74,9 +91,13 @@ async def test_python_worker_reports_a_whole_job(server: RunningServer) -> None:
 async def test_own_aiohttp_app_emits_from_its_handlers(tmp_path: Path) -> None:
     port = free_port()
     app = await asyncio.create_subprocess_exec(
-        sys.executable, str(EXAMPLES / "aiohttp_app.py"), "--port", str(port),
+        sys.executable,
+        str(EXAMPLES / "aiohttp_app.py"),
+        "--port",
+        str(port),
         env=clean_env(NOTIFIER_JWT_SECRET=SECRET, NOTIFIER_DATA_DIR=str(tmp_path)),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -88,8 +109,7 @@ async def test_own_aiohttp_app_emits_from_its_handlers(tmp_path: Path) -> None:
                             break
                 except aiohttp.ClientError:
                     await asyncio.sleep(0.05)
-            shop = Subscriber(url, issue_token(SECRET, "HS256", "owner", role=Role.USER,
-                                               projects=["demo"]))
+            shop = Subscriber(url, issue_token(SECRET, "HS256", "owner", role=Role.USER, projects=["demo"]))
             paid: list[dict] = []
             shop.on("order.paid", paid.append)
             await shop.connect()

@@ -45,8 +45,11 @@ def token(user: str, role: Role = Role.USER) -> str:
 @pytest.fixture
 async def service(tmp_path: Path):
     process = ServiceProcess(
-        tmp_path / "data", SECRET, log_path=tmp_path / "service.log",
-        NOTIFIER_LOG_LEVEL="INFO", NOTIFIER_HTTP_HEADER_TIMEOUT_SECONDS="1",
+        tmp_path / "data",
+        SECRET,
+        log_path=tmp_path / "service.log",
+        NOTIFIER_LOG_LEVEL="INFO",
+        NOTIFIER_HTTP_HEADER_TIMEOUT_SECONDS="1",
         NOTIFIER_CONNECT_TIMEOUT_SECONDS="1",
     )
     await process.start()
@@ -61,8 +64,14 @@ def log_of(service: ServiceProcess) -> str:
 
 async def attack(service: ServiceProcess, *args: str) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "benchmarks.hostile", *args, "--url", service.url,
-        cwd=ROOT, stdout=subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "benchmarks.hostile",
+        *args,
+        "--url",
+        service.url,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
     )
 
 
@@ -84,8 +93,10 @@ async def bystander_pings(url: str, seconds: float) -> list[float]:
 
 
 async def test_an_anonymous_flood_leaves_a_bystander_fast(service: ServiceProcess) -> None:
-    flooders = [await attack(service, "flood", "--seconds", "4"),
-                await attack(service, "malformed", "--count", "100000", "--seconds", "4")]
+    flooders = [
+        await attack(service, "flood", "--seconds", "4"),
+        await attack(service, "malformed", "--count", "100000", "--seconds", "4"),
+    ]
     await asyncio.sleep(0.5)  # the flood is under way
 
     latencies = await bystander_pings(service.url, 3.0)
@@ -153,8 +164,14 @@ async def test_http_limits_answer_json_and_log_no_traceback(service: ServiceProc
 
 @pytest.mark.parametrize(
     "claims",
-    [{"exp": 10**400}, {"exp": float("inf")}, {"exp": True}, {"nbf": 10**400},
-     {"iat": 10**400}, {"exp": -1e308}],
+    [
+        {"exp": 10**400},
+        {"exp": float("inf")},
+        {"exp": True},
+        {"nbf": 10**400},
+        {"iat": 10**400},
+        {"exp": -1e308},
+    ],
     ids=["huge-exp", "infinite-exp", "bool-exp", "huge-nbf", "huge-iat", "negative-exp"],
 )
 async def test_overflowing_time_claims_are_refused(server: RunningServer, claims: dict) -> None:
@@ -180,9 +197,10 @@ async def test_new_sessions_wait_while_the_event_loop_is_late(server: RunningSer
 
     bystander = await server.connect("bob")
     async with _loop_held_up(server):
-        async with aiohttp.ClientSession() as http, http.get(
-            server.url + "/socket.io/?EIO=4&transport=polling"
-        ) as response:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(server.url + "/socket.io/?EIO=4&transport=polling") as response,
+        ):
             assert response.status == 503
             assert (await response.json())["error"]["code"] == "UNAVAILABLE"
         assert (await bystander.call("ping", timeout=10))["ok"]
@@ -194,9 +212,11 @@ async def test_admission_can_be_turned_off(tmp_path: Path) -> None:
     """NOTIFIER_ADMISSION_MAX_LAG_MS=0: however late the loop, new sessions are admitted."""
     server, runner = await start_server(make_settings(tmp_path, admission_max_lag_ms=0))
     try:
-        async with _loop_held_up(server), aiohttp.ClientSession() as http, http.get(
-            server.url + "/socket.io/?EIO=4&transport=polling"
-        ) as response:
+        async with (
+            _loop_held_up(server),
+            aiohttp.ClientSession() as http,
+            http.get(server.url + "/socket.io/?EIO=4&transport=polling") as response,
+        ):
             assert response.status == 200
     finally:
         await stop_server(server, runner)

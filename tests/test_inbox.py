@@ -17,8 +17,7 @@ async def test_list_is_newest_first_and_paged(server: RunningServer) -> None:
     alice = await server.connect("alice")
 
     first = await alice.call("notifications.list", {"limit": 2})
-    second = await alice.call(
-        "notifications.list", {"limit": 2, "before": first["notifications"][-1]["id"]})
+    second = await alice.call("notifications.list", {"limit": 2, "before": first["notifications"][-1]["id"]})
 
     assert [n["title"] for n in first["notifications"]] == ["n4", "n3"]
     assert [n["title"] for n in second["notifications"]] == ["n2", "n1"]

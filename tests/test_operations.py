@@ -44,8 +44,7 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 
 async def scrape(url: str, token: str | None = None) -> tuple[int, str]:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async with aiohttp.ClientSession() as session, session.get(url + "/metrics",
-                                                               headers=headers) as response:
+    async with aiohttp.ClientSession() as session, session.get(url + "/metrics", headers=headers) as response:
         return response.status, await response.text()
 
 
@@ -66,16 +65,20 @@ async def test_metrics_move_with_what_the_service_does(server: RunningServer) ->
     joined = await user.call("subscribe", {"rooms": ["project:p1"]})
     worker = await server.worker()
     for n in range(3):
-        reply = await worker.call("publish", {"room": "project:p1", "type": "build.done",
-                                              "data": {"n": n}})
+        reply = await worker.call("publish", {"room": "project:p1", "type": "build.done", "data": {"n": n}})
         assert reply["ok"], reply
     await user.next_event("build.done", 3)
     assert (await user.call("no.such.event"))["error"]["code"] == "UNKNOWN_EVENT"
     # A second device recovers the room from the first one's position.
     position = joined["rooms"]["project:p1"]
     other = await server.connect("alice", projects=["p1"])
-    recovered = await other.call("subscribe", {"rooms": ["project:p1"], "since": {
-        "project:p1": {"epoch": position["epoch"], "offset": position["offset"]}}})
+    recovered = await other.call(
+        "subscribe",
+        {
+            "rooms": ["project:p1"],
+            "since": {"project:p1": {"epoch": position["epoch"], "offset": position["offset"]}},
+        },
+    )
     assert recovered["rooms"]["project:p1"]["recovered"] is True
     await asyncio.sleep(0.25)  # the event-loop lag probe ticks every 100 ms
 
@@ -99,8 +102,13 @@ async def test_metrics_move_with_what_the_service_does(server: RunningServer) ->
 
 @pytest.fixture
 async def strict_server(tmp_path: Path) -> Any:
-    settings = make_settings(tmp_path, user_rate_per_second=1, user_rate_burst=3,
-                             flood_disconnect_seconds=60, max_backlog_events=50)
+    settings = make_settings(
+        tmp_path,
+        user_rate_per_second=1,
+        user_rate_burst=3,
+        flood_disconnect_seconds=60,
+        max_backlog_events=50,
+    )
     running, runner = await start_server(settings)
     yield running
     await stop_server(running, runner)
@@ -122,8 +130,9 @@ async def test_internal_port_serves_metrics_and_readiness_drains_on_sigterm(
     tmp_path: Path,
 ) -> None:
     internal_port = free_port()
-    process = ServiceProcess(tmp_path / "data", SECRET, NOTIFIER_INTERNAL_PORT=str(internal_port),
-                             NOTIFIER_DRAIN_SECONDS="3")
+    process = ServiceProcess(
+        tmp_path / "data", SECRET, NOTIFIER_INTERNAL_PORT=str(internal_port), NOTIFIER_DRAIN_SECONDS="3"
+    )
     internal = f"http://127.0.0.1:{internal_port}"
     await process.start()
     try:
@@ -159,9 +168,14 @@ async def test_json_logs_carry_fields_and_refusals_name_peer_namespace_and_code(
     tmp_path: Path,
 ) -> None:
     log_path = tmp_path / "service.log"
-    process = ServiceProcess(tmp_path / "data", SECRET, log_path=log_path,
-                             NOTIFIER_LOG_FORMAT="json", NOTIFIER_LOG_LEVEL="INFO",
-                             NOTIFIER_ACCESS_LOG="true")
+    process = ServiceProcess(
+        tmp_path / "data",
+        SECRET,
+        log_path=log_path,
+        NOTIFIER_LOG_FORMAT="json",
+        NOTIFIER_LOG_LEVEL="INFO",
+        NOTIFIER_ACCESS_LOG="true",
+    )
     await process.start()
     running = RunningServer(app=None, url=process.url, settings=None)  # type: ignore[arg-type]
     try:
@@ -184,12 +198,14 @@ async def test_json_logs_carry_fields_and_refusals_name_peer_namespace_and_code(
     connected = next(e for e in logged if e.get("event") == "connected")
     assert connected["user"] == "alice" and connected["namespace"] == "/" and connected["sid"]
     assert connected["peer"] == "127.0.0.1" and connected["level"] == "info"
-    refusals = [e for e in logged if e.get("event") == "client_error"
-                and e.get("reason") == "connect_refused"]
+    refusals = [
+        e for e in logged if e.get("event") == "client_error" and e.get("reason") == "connect_refused"
+    ]
     assert {(e["namespace"], e["code"]) for e in refusals} == {
-        ("/workers", "FORBIDDEN"), ("/", "AUTH_INVALID")}
+        ("/workers", "FORBIDDEN"),
+        ("/", "AUTH_INVALID"),
+    }
     assert all(e["peer"] == "127.0.0.1" for e in refusals)
     access = [e for e in logged if e.get("event") == "http_request"]
-    assert any(e["path"] == "/healthz" and e["status"] == 200 and e["method"] == "GET"
-               for e in access)
+    assert any(e["path"] == "/healthz" and e["status"] == 200 and e["method"] == "GET" for e in access)
     assert not any("token=" in str(e.get("path")) for e in access)

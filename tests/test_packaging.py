@@ -28,13 +28,21 @@ ROOT = Path(__file__).resolve().parents[1]
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A virtualenv outside the checkout with the wheel installed, as deploy/Dockerfile does."""
     work = tmp_path_factory.mktemp("wheel")
-    subprocess.run([str(ROOT / "scripts" / "build-wheel.sh"), str(work / "dist")], check=True,
-                   capture_output=True, timeout=300, env={**os.environ, "PYTHON": sys.executable})
+    subprocess.run(
+        [str(ROOT / "scripts" / "build-wheel.sh"), str(work / "dist")],
+        check=True,
+        capture_output=True,
+        timeout=300,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
     venv = work / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     wheel = next((work / "dist").glob("notifier-*.whl"))
-    subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check",
-                    str(wheel)], check=True, timeout=600)
+    subprocess.run(
+        [str(venv / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check", str(wheel)],
+        check=True,
+        timeout=600,
+    )
     yield venv
 
 
@@ -60,21 +68,32 @@ async def wait_healthy(url: str, process: asyncio.subprocess.Process) -> None:
 
 
 async def test_the_installed_wheel_serves_the_dashboard_without_node(
-    installed: Path, tmp_path: Path,
+    installed: Path,
+    tmp_path: Path,
 ) -> None:
-    env = runtime_env(installed, NOTIFIER_PORT=str(free_port()), NOTIFIER_JWT_SECRET=SECRET,
-                      NOTIFIER_DATA_DIR=str(tmp_path / "data"))
+    env = runtime_env(
+        installed,
+        NOTIFIER_PORT=str(free_port()),
+        NOTIFIER_JWT_SECRET=SECRET,
+        NOTIFIER_DATA_DIR=str(tmp_path / "data"),
+    )
     assert shutil.which("node", path=env["PATH"]) is None
     where = await asyncio.create_subprocess_exec(
-        str(installed / "bin" / "python"), "-c", "import notifier; print(notifier.__file__)",
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE)
+        str(installed / "bin" / "python"),
+        "-c",
+        "import notifier; print(notifier.__file__)",
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+    )
     out, _ = await asyncio.wait_for(where.communicate(), 30)
     package = Path(out.decode().strip()).parent
     assert str(installed) in str(package), "the installed package, not the checkout"
 
     url = f"http://127.0.0.1:{env['NOTIFIER_PORT']}"
     service = await asyncio.create_subprocess_exec(
-        str(installed / "bin" / "notifier"), "serve", cwd=tmp_path, env=env)
+        str(installed / "bin" / "notifier"), "serve", cwd=tmp_path, env=env
+    )
     try:
         await wait_healthy(url, service)
         async with aiohttp.ClientSession() as http:
@@ -85,9 +104,14 @@ async def test_the_installed_wheel_serves_the_dashboard_without_node(
                 local = package / "static" / ("" if name == "dashboard.js" else "vendor") / name
                 assert served == local.read_bytes(), f"{name} comes from the installed package"
         browser = await asyncio.create_subprocess_exec(
-            "node", str(ROOT / "tests" / "browser" / "connects.mjs"), cwd=ROOT,
-            env={**os.environ, "DASHBOARD_URL": url + "/",
-                 "NOTIFIER_TOKEN": issue_token(SECRET, "HS256", "alice", projects=["demo"])},
+            "node",
+            str(ROOT / "tests" / "browser" / "connects.mjs"),
+            cwd=ROOT,
+            env={
+                **os.environ,
+                "DASHBOARD_URL": url + "/",
+                "NOTIFIER_TOKEN": issue_token(SECRET, "HS256", "alice", projects=["demo"]),
+            },
             stdout=subprocess.PIPE,
         )
         out, _ = await asyncio.wait_for(browser.communicate(), 30)
@@ -111,11 +135,15 @@ def test_the_systemd_units_verify(name: str, installed: Path, tmp_path: Path) ->
         pytest.skip("systemd-analyze is not installed")
     text = (ROOT / "deploy" / "systemd" / name).read_text()
     copy = tmp_path / name.replace("@", "@8081" if "@" in name else "")
-    copy.write_text(text.replace("/opt/notifier", str(installed))
-                    .replace("EnvironmentFile=", "EnvironmentFile=-")
-                    .replace("User=notifier", "User=root").replace("Group=notifier", "Group=root"))
-    result = subprocess.run(["systemd-analyze", "verify", "--man=no", str(copy)],
-                            capture_output=True, text=True, timeout=60)
+    copy.write_text(
+        text.replace("/opt/notifier", str(installed))
+        .replace("EnvironmentFile=", "EnvironmentFile=-")
+        .replace("User=notifier", "User=root")
+        .replace("Group=notifier", "Group=root")
+    )
+    result = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", str(copy)], capture_output=True, text=True, timeout=60
+    )
     problems = [line for line in result.stderr.splitlines() if str(copy.name) in line]
     assert result.returncode == 0 and not problems, result.stderr
 
@@ -124,23 +152,32 @@ async def test_the_template_units_command_runs_the_service(installed: Path, tmp_
     """notifier@<port>: ExecStart and the environment file, as systemd would run them."""
     service_unit = unit(ROOT / "deploy" / "systemd" / "notifier@.service")
     port = free_port()
-    command = (service_unit.get("Service", "ExecStart").replace("/opt/notifier", str(installed))
-               .replace("1%i", str(free_port())).replace("%i", str(port)).split())
-    settings = dict(line.split("=", 1) for line in
-                    (ROOT / "deploy" / "systemd" / "notifier.env").read_text().splitlines()
-                    if line and not line.startswith("#"))
+    command = (
+        service_unit.get("Service", "ExecStart")
+        .replace("/opt/notifier", str(installed))
+        .replace("1%i", str(free_port()))
+        .replace("%i", str(port))
+        .split()
+    )
+    settings = dict(
+        line.split("=", 1)
+        for line in (ROOT / "deploy" / "systemd" / "notifier.env").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
     secret = tmp_path / "jwt-secret"
     secret.write_text(SECRET + "\n")
-    env = runtime_env(installed, **settings, NOTIFIER_JWT_SECRET_FILE=str(secret),
-                      NOTIFIER_DATA_DIR=str(tmp_path / "data"))
+    env = runtime_env(
+        installed, **settings, NOTIFIER_JWT_SECRET_FILE=str(secret), NOTIFIER_DATA_DIR=str(tmp_path / "data")
+    )
     service = await asyncio.create_subprocess_exec(*command, cwd=tmp_path, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         await wait_healthy(url, service)
         token = issue_token(SECRET, "HS256", "ops", role=Role.ADMIN)
-        async with aiohttp.ClientSession() as http, http.get(
-            url + "/api/v1/status", headers={"Authorization": f"Bearer {token}"}
-        ) as response:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(url + "/api/v1/status", headers={"Authorization": f"Bearer {token}"}) as response,
+        ):
             assert response.status == 200  # the secret came from the file
     finally:
         service.send_signal(signal.SIGTERM)

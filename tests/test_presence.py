@@ -45,9 +45,11 @@ async def test_users_join_once_and_leave_after_their_last_connection(server: Run
     assert joined["room"] == "project:p1" and "offset" not in joined  # not in the history
 
     reply = await observer.call("presence.get", {"room": "project:p1"})
-    assert reply["users"] == [{"user_id": "alice", "connections": 2},
-                              {"user_id": "bob", "connections": 1},
-                              {"user_id": "olga", "connections": 1}]
+    assert reply["users"] == [
+        {"user_id": "alice", "connections": 2},
+        {"user_id": "bob", "connections": 1},
+        {"user_id": "olga", "connections": 1},
+    ]
     stats = await observer.call("presence.stats", {"room": "project:p1"})
     assert (stats["users"], stats["connections"]) == (3, 4)
     assert not bob.of_type("presence.joined")  # only those who asked get presence events
@@ -96,8 +98,9 @@ async def test_presence_is_asked_with_the_rights_of_subscribe(server: RunningSer
     assert missing["error"]["code"] == "INVALID_PAYLOAD" and missing["error"]["message"].startswith("room")
 
     await alice.call("subscribe", {"rooms": ["project:p1"]})
-    status, body = await server.http("GET", "/api/v1/presence?room=project:p1",
-                                     server.token("svc", role=Role.PUBLISHER))
+    status, body = await server.http(
+        "GET", "/api/v1/presence?room=project:p1", server.token("svc", role=Role.PUBLISHER)
+    )
     assert status == 200 and body["users"] == [{"user_id": "alice", "connections": 1}]
     status, body = await server.http("GET", "/api/v1/presence?room=project:p1", server.token("bob"))
     assert status == 403 and body["error"]["code"] == "FORBIDDEN"
@@ -105,8 +108,9 @@ async def test_presence_is_asked_with_the_rights_of_subscribe(server: RunningSer
 
 async def test_presence_spans_nodes_and_a_killed_node_leaves_no_ghosts(tmp_path: Path) -> None:
     ttl = 3
-    async with cluster(tmp_path, nodes=2, NOTIFIER_PRESENCE_TTL_SECONDS=str(ttl),
-                       NOTIFIER_PRESENCE_GRACE_SECONDS=str(GRACE)) as running:
+    async with cluster(
+        tmp_path, nodes=2, NOTIFIER_PRESENCE_TTL_SECONDS=str(ttl), NOTIFIER_PRESENCE_GRACE_SECONDS=str(GRACE)
+    ) as running:
         a, b = running.nodes
         olga = Subscriber(b.url, token("olga", ["p1"]))
         joined: list[str] = []
@@ -144,8 +148,9 @@ async def test_presence_survives_a_node_pausing_past_its_ttl(tmp_path: Path) -> 
     """A node stopped (SIGSTOP) past the TTL loses its entries; once it runs again it writes
     them back, and its users are present again."""
     ttl = 3
-    async with cluster(tmp_path, nodes=2, NOTIFIER_PRESENCE_TTL_SECONDS=str(ttl),
-                       NOTIFIER_PRESENCE_GRACE_SECONDS="0") as running:
+    async with cluster(
+        tmp_path, nodes=2, NOTIFIER_PRESENCE_TTL_SECONDS=str(ttl), NOTIFIER_PRESENCE_GRACE_SECONDS="0"
+    ) as running:
         a, b = running.nodes
         alice = Subscriber(a.url, token("alice", ["p1"]))
         olga = Subscriber(b.url, token("olga", ["p1"]))

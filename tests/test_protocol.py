@@ -14,62 +14,14 @@ import pytest
 from notifier import Settings
 from notifier.keys import ENGINE
 from tests.conftest import RunningServer, make_settings
+from tests.wire_client import Polling, closed, receive_text, websocket
 
 WAIT = 5.0
 
 
 @pytest.fixture
 def server_settings(tmp_path: Path) -> Settings:
-    return make_settings(tmp_path, ping_interval_seconds=1, ping_timeout_seconds=1,
-                         connect_timeout_seconds=1)
-
-
-class Polling:
-    """A long-polling Engine.IO session, by hand."""
-
-    def __init__(self, http: aiohttp.ClientSession, url: str) -> None:
-        self.http = http
-        self.base = f"{url}/socket.io/?EIO=4&transport=polling"
-        self.sid = ""
-
-    async def open(self) -> dict:
-        async with self.http.get(self.base) as response:
-            assert response.status == 200
-            body = await response.text()
-        assert body.startswith("0")
-        handshake = orjson.loads(body[1:])
-        self.sid = handshake["sid"]
-        return handshake
-
-    async def poll(self) -> tuple[int, str]:
-        async with self.http.get(f"{self.base}&sid={self.sid}") as response:
-            return response.status, await response.text()
-
-    async def post(self, body: str | bytes) -> tuple[int, str]:
-        async with self.http.post(f"{self.base}&sid={self.sid}", data=body) as response:
-            return response.status, await response.text()
-
-
-async def websocket(http: aiohttp.ClientSession, url: str, sid: str | None = None):
-    query = "EIO=4&transport=websocket" + (f"&sid={sid}" if sid else "")
-    return await http.ws_connect(f"{url}/socket.io/?{query}", autoping=False)
-
-
-async def receive_text(ws: aiohttp.ClientWebSocketResponse, skip_pings: bool = True) -> str:
-    while True:
-        message = await ws.receive(timeout=WAIT)
-        if message.type is not aiohttp.WSMsgType.TEXT:
-            raise AssertionError(f"expected text, got {message.type}")
-        if not (skip_pings and message.data == "2"):
-            return message.data
-
-
-async def closed(ws: aiohttp.ClientWebSocketResponse, within: float = WAIT) -> bool:
-    while True:
-        message = await ws.receive(timeout=within)
-        if message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED,
-                            aiohttp.WSMsgType.CLOSING):
-            return True
+    return make_settings(tmp_path, ping_interval_seconds=1, ping_timeout_seconds=1, connect_timeout_seconds=1)
 
 
 def no_tracebacks(caplog: pytest.LogCaptureFixture) -> None:
@@ -96,9 +48,16 @@ async def test_polling_handshake_announces_the_session(server: RunningServer, ht
 
 @pytest.mark.parametrize(
     ("method", "query"),
-    [("GET", "transport=polling"), ("GET", "EIO=abc&transport=polling"), ("GET", "EIO=3&transport=polling"),
-     ("GET", "EIO=4"), ("GET", "EIO=4&transport=abc"), ("POST", "EIO=4&transport=polling"),
-     ("PUT", "EIO=4&transport=polling"), ("GET", "EIO=4&transport=polling&j=1")],
+    [
+        ("GET", "transport=polling"),
+        ("GET", "EIO=abc&transport=polling"),
+        ("GET", "EIO=3&transport=polling"),
+        ("GET", "EIO=4"),
+        ("GET", "EIO=4&transport=abc"),
+        ("POST", "EIO=4&transport=polling"),
+        ("PUT", "EIO=4&transport=polling"),
+        ("GET", "EIO=4&transport=polling&j=1"),
+    ],
 )
 async def test_invalid_handshakes_get_400_with_a_code(
     server: RunningServer, http, method: str, query: str
@@ -255,18 +214,49 @@ async def test_an_unknown_namespace_gets_connect_error_with_a_code(server: Runni
     await ws.send_str("40/random,")
     answer = await receive_text(ws)
     assert answer.startswith("44/random,")
-    body = orjson.loads(answer[len("44/random,"):])
+    body = orjson.loads(answer[len("44/random,") :])
     assert body["message"] == "Invalid namespace" and body["data"]["code"] == "NOT_FOUND"
     await ws.close()
 
 
 @pytest.mark.parametrize(
     "packet",
-    ["4abc", "42{}", '42abc["ping",{}]', "47", '44{"message":"x"}', "49", "7", "8", "9", "0",
-     "2", "2probe", "5", "40[1]", "4", ""],
-    ids=["bad-type", "not-array", "bad-ack-id", "type-7", "connect-error", "type-9", "eio-7",
-         "eio-8", "eio-9", "eio-open", "client-ping", "probe", "upgrade", "array-auth", "empty-message",
-         "empty"],
+    [
+        "4abc",
+        "42{}",
+        '42abc["ping",{}]',
+        "47",
+        '44{"message":"x"}',
+        "49",
+        "7",
+        "8",
+        "9",
+        "0",
+        "2",
+        "2probe",
+        "5",
+        "40[1]",
+        "4",
+        "",
+    ],
+    ids=[
+        "bad-type",
+        "not-array",
+        "bad-ack-id",
+        "type-7",
+        "connect-error",
+        "type-9",
+        "eio-7",
+        "eio-8",
+        "eio-9",
+        "eio-open",
+        "client-ping",
+        "probe",
+        "upgrade",
+        "array-auth",
+        "empty-message",
+        "empty",
+    ],
 )
 async def test_malformed_packets_end_only_that_session(
     server: RunningServer, http, caplog: pytest.LogCaptureFixture, packet: str
@@ -288,9 +278,7 @@ async def test_a_packet_before_connect_ends_the_session(server: RunningServer, h
     assert await closed(ws, within=2)
 
 
-async def test_a_session_that_never_connects_is_closed_after_the_timeout(
-    server: RunningServer, http
-) -> None:
+async def test_a_session_that_never_connects_is_closed_after_the_timeout(server: RunningServer, http) -> None:
     ws = await websocket(http, server.url)
     await receive_text(ws)
     started = time.monotonic()

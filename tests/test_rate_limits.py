@@ -14,18 +14,14 @@ from tests.conftest import RunningServer, make_settings
 
 @pytest.fixture
 def server_settings(tmp_path: Path) -> Settings:
-    return make_settings(
-        tmp_path, user_rate_per_second=50, user_rate_burst=10, flood_disconnect_seconds=1.0
-    )
+    return make_settings(tmp_path, user_rate_per_second=50, user_rate_burst=10, flood_disconnect_seconds=1.0)
 
 
 async def test_events_over_the_limit_are_refused_and_not_processed(server: RunningServer) -> None:
     mallory = await server.connect("mallory", projects=["p1"])
 
     started = time.monotonic()
-    replies = await asyncio.gather(
-        *(mallory.call("subscribe", {"rooms": ["project:p1"]}) for _ in range(40))
-    )
+    replies = await asyncio.gather(*(mallory.call("subscribe", {"rooms": ["project:p1"]}) for _ in range(40)))
     elapsed = time.monotonic() - started
 
     limited = [r for r in replies if not r["ok"]]

@@ -33,10 +33,13 @@ async def test_reconnecting_client_replays_what_it_missed_before_the_ack(
         await publish(worker, "project:p1", n)
 
     again = await server.connect("alice", projects=["p1"])
-    ack = await again.call("subscribe", {
-        "rooms": ["project:p1"],
-        "since": {"project:p1": {"epoch": position["epoch"], "offset": position["offset"]}},
-    })
+    ack = await again.call(
+        "subscribe",
+        {
+            "rooms": ["project:p1"],
+            "since": {"project:p1": {"epoch": position["epoch"], "offset": position["offset"]}},
+        },
+    )
     await publish(worker, "project:p1", 3)
     await again.next_event("tick", count=4)
 
@@ -53,8 +56,9 @@ async def test_reconnecting_client_replays_what_it_missed_before_the_ack(
 async def test_a_changed_epoch_is_reported_so_the_client_reloads(server: RunningServer) -> None:
     client = await server.connect("alice", projects=["p1"])
 
-    ack = await client.call("subscribe", {
-        "rooms": ["project:p1"], "since": {"project:p1": {"epoch": "gone", "offset": 7}}})
+    ack = await client.call(
+        "subscribe", {"rooms": ["project:p1"], "since": {"project:p1": {"epoch": "gone", "offset": 7}}}
+    )
 
     room = ack["rooms"]["project:p1"]
     assert room["recovered"] is False and room["reason"] == "epoch_changed"
@@ -74,8 +78,10 @@ async def test_a_gap_older_than_the_history_is_reported(tmp_path: Path) -> None:
             await publish(worker, "project:p1", n)
         await first.disconnect()
         again = await server.connect("alice", projects=["p1"])
-        ack = await again.call("subscribe", {"rooms": ["project:p1"], "since": {
-            "project:p1": {"epoch": position["epoch"], "offset": 0}}})
+        ack = await again.call(
+            "subscribe",
+            {"rooms": ["project:p1"], "since": {"project:p1": {"epoch": position["epoch"], "offset": 0}}},
+        )
         room = ack["rooms"]["project:p1"]
         assert room["recovered"] is False and room["reason"] == "history_truncated"
         assert room["offset"] == 70
@@ -187,7 +193,8 @@ class _Recorder:
         self.name = name
         self.room = room
         self.subscriber = _RawRecordingSubscriber(
-            server.url, server.token(name, ["chaos"]), reconnection_delay=0.05)
+            server.url, server.token(name, ["chaos"]), reconnection_delay=0.05
+        )
         self.subscriber.raw = []
         self.offsets: list[int] = []
         self.resets: list[tuple[str, str]] = []

@@ -41,7 +41,9 @@ async def test_a_new_interval_restarts_the_timer_at_once(server: RunningServer) 
     loop = asyncio.get_running_loop()
     changed_at = loop.time()
     status, _ = await server.http(
-        "PUT", "/api/v1/config/refresh-interval", server.token("root", role="admin"),
+        "PUT",
+        "/api/v1/config/refresh-interval",
+        server.token("root", role="admin"),
         {"seconds": 0.2},
     )
     await admin.next_event("refresh", timeout=3)
@@ -61,7 +63,8 @@ async def test_bad_intervals_are_refused(server: RunningServer, seconds: object)
 
 async def test_rest_interval_change_needs_admin(server: RunningServer) -> None:
     status, body = await server.http(
-        "PUT", "/api/v1/config/refresh-interval", server.token("alice"), {"seconds": 5})
+        "PUT", "/api/v1/config/refresh-interval", server.token("alice"), {"seconds": 5}
+    )
     assert status == 403 and body["error"]["code"] == "FORBIDDEN"
 
 

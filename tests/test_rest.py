@@ -26,7 +26,9 @@ async def test_publish_over_rest_reaches_the_room(server: RunningServer) -> None
     await alice.call("subscribe", {"rooms": ["project:p1"]})
 
     status, envelope = await server.http(
-        "POST", "/api/v1/publish", server.token("svc", role="publisher"),
+        "POST",
+        "/api/v1/publish",
+        server.token("svc", role="publisher"),
         {"room": "project:p1", "type": "build.done", "data": {"ok": True}},
     )
 
@@ -38,7 +40,9 @@ async def test_publish_over_rest_reaches_the_room(server: RunningServer) -> None
 async def test_rest_needs_a_publishing_token(server: RunningServer) -> None:
     body = {"room": "*", "type": "x", "data": {}}
     assert await server.http("POST", "/api/v1/publish", None, body) == (
-        401, {"error": {"code": "AUTH_REQUIRED", "message": "a token is required"}})
+        401,
+        {"error": {"code": "AUTH_REQUIRED", "message": "a token is required"}},
+    )
     status, error = await server.http("POST", "/api/v1/publish", server.token("alice"), body)
     assert status == 403 and error["error"]["code"] == "FORBIDDEN"
     status, error = await server.http("POST", "/api/v1/publish", "garbage", body)
@@ -64,18 +68,20 @@ async def test_task_lifecycle_over_rest(server: RunningServer) -> None:
     await watcher.call("subscribe", {"rooms": ["project:p1"]})
 
     status, created = await server.http(
-        "POST", "/api/v1/tasks", token, {"id": "r1", "project_id": "p1", "title": "Import"})
+        "POST", "/api/v1/tasks", token, {"id": "r1", "project_id": "p1", "title": "Import"}
+    )
     assert status == 201 and created["task"]["status"] == "pending"
     status, _ = await server.http("PATCH", "/api/v1/tasks/r1", token, {"progress": 30})
     assert status == 200
     status, running = await server.http(
-        "GET", "/api/v1/tasks?status=running&project=p1", server.token("alice", ["p1"]))
+        "GET", "/api/v1/tasks?status=running&project=p1", server.token("alice", ["p1"])
+    )
     assert status == 200 and [t["id"] for t in running["tasks"]] == ["r1"]
-    status, hidden = await server.http(
-        "GET", "/api/v1/tasks?status=running", server.token("bob", ["p2"]))
+    status, hidden = await server.http("GET", "/api/v1/tasks?status=running", server.token("bob", ["p2"]))
     assert hidden["tasks"] == []
     status, done = await server.http(
-        "PATCH", "/api/v1/tasks/r1", token, {"status": "completed", "result": [1]})
+        "PATCH", "/api/v1/tasks/r1", token, {"status": "completed", "result": [1]}
+    )
     assert done["task"]["status"] == "completed" and done["task"]["progress"] == 100
     status, again = await server.http("PATCH", "/api/v1/tasks/r1", token, {"status": "completed"})
     assert status == 409 and again["error"]["code"] == "CONFLICT"
@@ -91,7 +97,8 @@ async def test_notifications_over_rest(server: RunningServer) -> None:
     alice_token = server.token("alice")
 
     status, _ = await server.http(
-        "POST", "/api/v1/notifications", publisher, {"user_ids": ["alice", "bob"], "title": "New"})
+        "POST", "/api/v1/notifications", publisher, {"user_ids": ["alice", "bob"], "title": "New"}
+    )
     assert status == 201
     status, inbox = await server.http("GET", "/api/v1/notifications", alice_token)
     assert status == 200 and inbox["unread"] == 1
@@ -99,10 +106,10 @@ async def test_notifications_over_rest(server: RunningServer) -> None:
     status, _ = await server.http("GET", "/api/v1/notifications?user_id=bob", alice_token)
     assert status == 403
     status, bobs = await server.http(
-        "GET", "/api/v1/notifications?user_id=bob", server.token("root", role="admin"))
+        "GET", "/api/v1/notifications?user_id=bob", server.token("root", role="admin")
+    )
     assert bobs["unread"] == 1
-    status, marked = await server.http(
-        "POST", "/api/v1/notifications/read", alice_token, {"all": True})
+    status, marked = await server.http("POST", "/api/v1/notifications/read", alice_token, {"all": True})
     assert marked["unread"] == 0 and len(marked["marked"]) == 1
 
 
@@ -110,6 +117,9 @@ async def test_a_wrong_method_and_a_reserved_type_are_named(server: RunningServe
     status, error = await server.http("GET", "/api/v1/publish")
     assert status == 405 and error["error"]["code"] == "METHOD_NOT_ALLOWED"
     status, error = await server.http(
-        "POST", "/api/v1/publish", server.token("svc", role="publisher"),
-        {"room": "*", "type": "task.progress", "data": {}})
+        "POST",
+        "/api/v1/publish",
+        server.token("svc", role="publisher"),
+        {"room": "*", "type": "task.progress", "data": {}},
+    )
     assert status == 422 and error["error"]["message"].startswith("type: 'task.progress' is reserved")

@@ -26,16 +26,19 @@ from notifier.transport.openapi import OPERATIONS, document
 from tests.conftest import ADMIN, SECRET, make_settings, start_server, stop_server
 from tests.service_process import free_port
 
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
-          response_schema_conformance]
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
 
 @pytest.fixture(scope="module")
 def service_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER_")}
-    env.update(NOTIFIER_PORT=str(port), NOTIFIER_JWT_SECRET=SECRET, NOTIFIER_LOG_LEVEL="ERROR",
-               NOTIFIER_DATA_DIR=str(tmp_path_factory.mktemp("contract")))
+    env.update(
+        NOTIFIER_PORT=str(port),
+        NOTIFIER_JWT_SECRET=SECRET,
+        NOTIFIER_LOG_LEVEL="ERROR",
+        NOTIFIER_DATA_DIR=str(tmp_path_factory.mktemp("contract")),
+    )
     process = subprocess.Popen([sys.executable, "-m", "notifier", "serve"], env=env)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -59,8 +62,7 @@ schema = schemathesis.openapi.from_dict(document())
 
 
 @schema.parametrize()
-@hypothesis.settings(max_examples=25, deadline=None,
-                     suppress_health_check=list(hypothesis.HealthCheck))
+@hypothesis.settings(max_examples=25, deadline=None, suppress_health_check=list(hypothesis.HealthCheck))
 def test_every_answer_matches_the_document(case: schemathesis.Case, service_url: str) -> None:
     response = case.call(base_url=service_url, headers=ADMIN, timeout=10)
     case.validate_response(response, checks=CHECKS)

@@ -17,28 +17,35 @@ def token(user: str, projects: list[str] | None = None, role: Role = Role.USER) 
 
 
 async def publish(url: str, n: int) -> None:
-    async with aiohttp.ClientSession() as session, session.post(
-        url + "/api/v1/publish",
-        json={"room": "project:p1", "type": "tick", "data": {"n": n}},
-        headers={"Authorization": f"Bearer {token('svc', role=Role.PUBLISHER)}"},
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            url + "/api/v1/publish",
+            json={"room": "project:p1", "type": "tick", "data": {"n": n}},
+            headers={"Authorization": f"Bearer {token('svc', role=Role.PUBLISHER)}"},
+        ) as response,
+    ):
         assert response.status == 201, await response.text()
 
 
 async def notify(url: str, title: str) -> None:
-    async with aiohttp.ClientSession() as session, session.post(
-        url + "/api/v1/notifications",
-        json={"user_ids": ["alice"], "title": title},
-        headers={"Authorization": f"Bearer {token('svc', role=Role.PUBLISHER)}"},
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            url + "/api/v1/notifications",
+            json={"user_ids": ["alice"], "title": title},
+            headers={"Authorization": f"Bearer {token('svc', role=Role.PUBLISHER)}"},
+        ) as response,
+    ):
         assert response.status == 201
 
 
 async def test_sigterm_exits_promptly_and_clients_recover_after_restart(tmp_path: Path) -> None:
     service = ServiceProcess(tmp_path / "data", SECRET)
     await service.start()
-    alice = Subscriber(service.url, lambda: token("alice", ["p1"]),
-                       reconnection_delay=0.1, reconnection_delay_max=0.3)
+    alice = Subscriber(
+        service.url, lambda: token("alice", ["p1"]), reconnection_delay=0.1, reconnection_delay_max=0.3
+    )
     ticks: list[dict] = []
     alice.on("tick", ticks.append)
     try:

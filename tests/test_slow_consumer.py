@@ -42,11 +42,13 @@ async def stalled_client(url: str, token: str) -> tuple[asyncio.StreamReader, as
     await asyncio.get_running_loop().sock_connect(sock, (parts.hostname, parts.port))
     reader, writer = await asyncio.open_connection(sock=sock)
     key = base64.b64encode(os.urandom(16)).decode()
-    writer.write((
-        "GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\n"
-        f"Host: {parts.netloc}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    ).encode())
+    writer.write(
+        (
+            "GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\n"
+            f"Host: {parts.netloc}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
     await reader.readuntil(b"\r\n\r\n")
     await reader.readexactly(2)  # the OPEN frame's header ...
     writer.write(masked_text_frame("40" + orjson.dumps({"token": token}).decode()))

@@ -33,8 +33,17 @@ async def store(store_url: str) -> AsyncIterator[Store]:
 
 
 def task(task_id: str = "t1", project: str = "p1", **fields) -> Task:
-    return Task(id=task_id, project_id=project, owner=None, title="T", status=TaskStatus.PENDING,
-                progress=0.0, created_at=1, updated_at=1, **fields)
+    return Task(
+        id=task_id,
+        project_id=project,
+        owner=None,
+        title="T",
+        status=TaskStatus.PENDING,
+        progress=0.0,
+        created_at=1,
+        updated_at=1,
+        **fields,
+    )
 
 
 def note(note_id: str, user: str = "alice", created_at: int = 1) -> Notification:

@@ -57,8 +57,7 @@ async def test_subscribing_mid_task_answers_the_current_state_first(
     await worker.call("task.progress", {"task_id": "scan", "progress": 80})
 
     task = ack["rooms"]["task:scan"]["task"]
-    assert (task["status"], task["progress"], task["current"], task["total"]) == (
-        "running", 37.5, 75, 200)
+    assert (task["status"], task["progress"], task["current"], task["total"]) == ("running", 37.5, 75, 200)
     assert task["message"] == "scanning host 75"
     later = await page.next_event("task.progress")
     assert later["data"]["progress"] == 80
@@ -76,9 +75,7 @@ async def test_ten_thousand_progress_updates_are_coalesced_without_lying(
 
     started = time.monotonic()
     for n in range(10_000):
-        await worker.sio.emit(
-            "task.progress", {"task_id": "big", "progress": n / 100}, namespace="/workers"
-        )
+        await worker.sio.emit("task.progress", {"task_id": "big", "progress": n / 100}, namespace="/workers")
     done = await worker.call("task.complete", {"task_id": "big", "result": "ok"}, timeout=30)
     elapsed = time.monotonic() - started
 
@@ -100,7 +97,8 @@ async def test_active_tasks_are_listed_for_resuming(server: RunningServer) -> No
     await worker.call("task.complete", {"task_id": "b"})
 
     status, body = await server.http(
-        "GET", "/api/v1/tasks?status=running&project=p1", server.token("alice", ["p1", "p2"]))
+        "GET", "/api/v1/tasks?status=running&project=p1", server.token("alice", ["p1", "p2"])
+    )
 
     assert status == 200 and [task["id"] for task in body["tasks"]] == ["a"]
 

@@ -23,8 +23,7 @@ def server_settings(tmp_path: Path) -> Settings:
 
 @pytest.mark.parametrize(
     ("transports", "settles_on"),
-    [(["websocket"], "websocket"), (["polling"], "polling"),
-     (["polling", "websocket"], "websocket")],
+    [(["websocket"], "websocket"), (["polling"], "polling"), (["polling", "websocket"], "websocket")],
     ids=["websocket", "polling", "upgrade"],
 )
 async def test_events_arrive_in_order_on_every_transport(
@@ -61,9 +60,10 @@ async def test_garbage_on_the_websocket_closes_only_that_connection(
     server: RunningServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     bystander = await server.connect("bob")
-    async with aiohttp.ClientSession() as http, http.ws_connect(
-        f"{server.url}/socket.io/?EIO=4&transport=websocket"
-    ) as websocket:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(f"{server.url}/socket.io/?EIO=4&transport=websocket") as websocket,
+    ):
         opened = await websocket.receive(timeout=5)
         assert opened.type is aiohttp.WSMsgType.TEXT and opened.data.startswith("0{")
         await websocket.send_str("not an engine.io packet")

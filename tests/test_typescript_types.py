@@ -25,8 +25,13 @@ Shape = dict[str, Any]
 
 @cache
 def declared() -> dict[str, Any]:
-    out = subprocess.run(["node", str(ROOT / "client_examples" / "testing" / "dts-shapes.mjs")],
-                         capture_output=True, check=True, text=True, timeout=60)
+    out = subprocess.run(
+        ["node", str(ROOT / "client_examples" / "testing" / "dts-shapes.mjs")],
+        capture_output=True,
+        check=True,
+        text=True,
+        timeout=60,
+    )
     return json.loads(out.stdout)
 
 
@@ -38,8 +43,10 @@ def kinds(schema: dict[str, Any], defs: dict[str, Any]) -> set[str]:
         return set().union(*(kinds(option, defs) for option in schema["anyOf"]))
     if "enum" in schema or "const" in schema:
         values = schema.get("enum", [schema.get("const")])
-        return {{str: "string", bool: "boolean", int: "number", float: "number",
-                 type(None): "null"}[type(v)] for v in values}
+        return {
+            {str: "string", bool: "boolean", int: "number", float: "number", type(None): "null"}[type(v)]
+            for v in values
+        }
     kind = schema.get("type")
     if kind is None:
         return {"any"}
@@ -53,8 +60,7 @@ def covered(given: set[str], allowed: set[str]) -> bool:
     """Every kind in `given` is one `allowed` has (any, or an array of anything, covers more)."""
     if "any" in allowed:
         return True
-    return all(kind in allowed or (kind.startswith("array:") and "array:any" in allowed)
-               for kind in given)
+    return all(kind in allowed or (kind.startswith("array:") and "array:any" in allowed) for kind in given)
 
 
 def schema_of(model: type[BaseModel], mode: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -93,10 +99,16 @@ def test_codes_and_statuses_are_the_services() -> None:
     assert declared()["taskStatuses"] == sorted(status.value for status in TaskStatus)
 
 
-@pytest.mark.parametrize(("model", "name"), [
-    (TaskOut, "Task"), (NotificationOut, "Notification"), (EnvelopeOut, "Envelope"),
-    (ErrorBody, "ErrorBody"), (PresentUser, "PresentUser"),
-])
+@pytest.mark.parametrize(
+    ("model", "name"),
+    [
+        (TaskOut, "Task"),
+        (NotificationOut, "Notification"),
+        (EnvelopeOut, "Envelope"),
+        (ErrorBody, "ErrorBody"),
+        (PresentUser, "PresentUser"),
+    ],
+)
 def test_what_the_service_sends_is_declared(model: type[BaseModel], name: str) -> None:
     assert_sends(model, declared()["types"][name], name)
 

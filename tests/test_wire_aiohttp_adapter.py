@@ -20,8 +20,15 @@ def test_the_private_attributes_we_use_still_exist() -> None:
     slots = set()
     for cls in web_protocol.RequestHandler.__mro__:
         slots.update(getattr(cls, "__slots__", ()))
-    for name in ("_message_tail", "_manager", "_request_count", "_request_in_progress",
-                 "_keepalive_handle", "transport", "_loop"):
+    for name in (
+        "_message_tail",
+        "_manager",
+        "_request_count",
+        "_request_in_progress",
+        "_keepalive_handle",
+        "transport",
+        "_loop",
+    ):
         assert name in slots, f"aiohttp's RequestHandler no longer has {name}"
     for method in ("keep_alive", "force_close", "handle_error", "connection_made", "data_received"):
         assert callable(getattr(web_protocol.RequestHandler, method)), method
@@ -34,13 +41,15 @@ async def test_the_frame_reader_calls_back_with_whole_messages() -> None:
     messages, failures = [], []
     reader = new_frame_reader(messages.append, failures.append, 1024)
 
-    frames = masked_frame(b"42[\"hi\"]") + masked_frame(b"\x01\x02", opcode=0x2)
+    frames = masked_frame(b'42["hi"]') + masked_frame(b"\x01\x02", opcode=0x2)
     reader.feed_data(frames[:3])  # a frame split across reads
     reader.feed_data(frames[3:])
     reader.feed_data(masked_frame(b"x" * 2000))  # over the limit
 
     assert [(m.type, m.data) for m in messages] == [
-        (WSMsgType.TEXT, '42["hi"]'), (WSMsgType.BINARY, b"\x01\x02")]
+        (WSMsgType.TEXT, '42["hi"]'),
+        (WSMsgType.BINARY, b"\x01\x02"),
+    ]
     assert len(failures) == 1
 
 
@@ -82,15 +91,22 @@ async def test_a_detached_connection_outlives_aiohttps_handler() -> None:
         await runner.cleanup()
 
 
-@pytest.mark.parametrize("request_bytes", [
-    b"GET / HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * 9000 + b"\r\n\r\n",
-    b"NOT HTTP AT ALL\r\n\r\n",
-])
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET / HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * 9000 + b"\r\n\r\n",
+        b"NOT HTTP AT ALL\r\n\r\n",
+    ],
+)
 async def test_the_runner_answers_protocol_errors_with_json(request_bytes: bytes) -> None:
     errors: list[tuple[str, str]] = []
     app = web.Application()
-    runner = GuardedRunner(app, header_timeout=5, error_body=http_error_body,
-                           on_protocol_error=lambda reason, detail, peer: errors.append((reason, detail)))
+    runner = GuardedRunner(
+        app,
+        header_timeout=5,
+        error_body=http_error_body,
+        on_protocol_error=lambda reason, detail, peer: errors.append((reason, detail)),
+    )
     port = await _listen(runner)
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -111,8 +127,9 @@ async def test_a_regular_request_is_untouched_by_the_runner() -> None:
 
     app = web.Application()
     app.router.add_get("/", hello)
-    runner = GuardedRunner(app, header_timeout=5, error_body=http_error_body,
-                           on_protocol_error=lambda *_: None)
+    runner = GuardedRunner(
+        app, header_timeout=5, error_body=http_error_body, on_protocol_error=lambda *_: None
+    )
     port = await _listen(runner)
     try:
         url = f"http://127.0.0.1:{port}/"

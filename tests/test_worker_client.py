@@ -75,27 +75,31 @@ async def test_a_full_outbox_refuses_at_once(server: RunningServer) -> None:
 async def test_publishes_survive_a_server_restart_in_order_and_once(tmp_path: Path) -> None:
     service = ServiceProcess(tmp_path / "data", SECRET)
     await service.start()
-    watcher = Subscriber(service.url, lambda: issue_token(SECRET, "HS256", "alice", projects=["p1"]),
-                         reconnection_delay=0.1, reconnection_delay_max=0.3)
+    watcher = Subscriber(
+        service.url,
+        lambda: issue_token(SECRET, "HS256", "alice", projects=["p1"]),
+        reconnection_delay=0.1,
+        reconnection_delay_max=0.3,
+    )
     ticks: list[int] = []
     watcher.on("tick", lambda envelope: ticks.append(envelope["data"]["n"]))
-    worker = Worker(service.url, publisher_token(), reconnection_delay=0.1,
-                    reconnection_delay_max=0.3)
+    worker = Worker(service.url, publisher_token(), reconnection_delay=0.1, reconnection_delay_max=0.3)
     try:
         await watcher.connect()
         await watcher.subscribe(["project:p1"])
         await worker.connect()
-        calls = [asyncio.ensure_future(worker.publish("project:p1", "tick", {"n": n}))
-                 for n in range(100)]
+        calls = [asyncio.ensure_future(worker.publish("project:p1", "tick", {"n": n})) for n in range(100)]
         await until(lambda: len(ticks) >= 30)
         await service.terminate()
-        calls += [asyncio.ensure_future(worker.publish("project:p1", "tick", {"n": n}))
-                  for n in range(100, 200)]
+        calls += [
+            asyncio.ensure_future(worker.publish("project:p1", "tick", {"n": n})) for n in range(100, 200)
+        ]
         await asyncio.sleep(0)
         assert worker.queued > 0, "publishes wait in the outbox while the server is down"
         await service.start()
-        calls += [asyncio.ensure_future(worker.publish("project:p1", "tick", {"n": n}))
-                  for n in range(200, 300)]
+        calls += [
+            asyncio.ensure_future(worker.publish("project:p1", "tick", {"n": n})) for n in range(200, 300)
+        ]
         replies = await asyncio.wait_for(asyncio.gather(*calls), 30)
         await until(lambda: len(ticks) >= 300)
 

@@ -29,8 +29,9 @@ class Delivery:
 
     __slots__ = ("_envelope", "epoch", "offset", "room", "text", "type")
 
-    def __init__(self, room: str, offset: int, epoch: str, event_type: str, text: str,
-                 envelope: Envelope | None = None) -> None:
+    def __init__(
+        self, room: str, offset: int, epoch: str, event_type: str, text: str, envelope: Envelope | None = None
+    ) -> None:
         self.room = room
         self.offset = offset
         self.epoch = epoch
@@ -40,14 +41,25 @@ class Delivery:
 
     @classmethod
     def of(cls, envelope: Envelope) -> Delivery:
-        return cls(envelope["room"], envelope["offset"], envelope["epoch"], envelope["type"],
-                   orjson.dumps(envelope).decode(), envelope)
+        return cls(
+            envelope["room"],
+            envelope["offset"],
+            envelope["epoch"],
+            envelope["type"],
+            orjson.dumps(envelope).decode(),
+            envelope,
+        )
 
     @classmethod
     def unkept(cls, route: str, event: NewEvent) -> Delivery:
         """An event delivered to the followers of `route` (the envelope names `event.room`)."""
-        envelope = {"id": event.id, "type": event.type, "room": event.room, "ts": event.ts,
-                    "data": event.data}
+        envelope = {
+            "id": event.id,
+            "type": event.type,
+            "room": event.room,
+            "ts": event.ts,
+            "data": event.data,
+        }
         return cls(route, UNKEPT, "", event.type, orjson.dumps(envelope).decode(), envelope)
 
     @property

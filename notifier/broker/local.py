@@ -82,9 +82,7 @@ class LocalBroker:
 
     # Appending
 
-    async def publish(
-        self, events: Sequence[NewEvent], guard: Guard | None = None
-    ) -> list[Envelope] | None:
+    async def publish(self, events: Sequence[NewEvent], guard: Guard | None = None) -> list[Envelope] | None:
         def append(db: sqlite3.Connection) -> list[Envelope] | None:
             if guard is not None:
                 if self._guards.get(guard.key, -1) >= guard.version:
@@ -116,8 +114,15 @@ class LocalBroker:
         self._rows.append((room, offset, event.id, event.type, event.ts, data))
         if offset % _TRIM_EVERY == 0:
             self._trims.append((room, offset - self._max_events_per_room))
-        envelope = {"id": event.id, "type": event.type, "room": room, "ts": event.ts,
-                    "data": event.data, "offset": offset, "epoch": self.epoch}
+        envelope = {
+            "id": event.id,
+            "type": event.type,
+            "room": room,
+            "ts": event.ts,
+            "data": event.data,
+            "offset": offset,
+            "epoch": self.epoch,
+        }
         self._appended.append(envelope)
         return envelope
 
@@ -162,13 +167,24 @@ class LocalBroker:
     # Reading
 
     async def read(self, room: str, after: int, limit: int) -> list[Envelope]:
-        rows = self.db.read(lambda db: db.execute(
-            "SELECT offset, id, type, ts, data FROM events WHERE room = ? AND offset > ? "
-            "ORDER BY offset LIMIT ?", (room, after, limit)).fetchall())
+        rows = self.db.read(
+            lambda db: db.execute(
+                "SELECT offset, id, type, ts, data FROM events WHERE room = ? AND offset > ? "
+                "ORDER BY offset LIMIT ?",
+                (room, after, limit),
+            ).fetchall()
+        )
         epoch = self.epoch
         return [
-            {"id": event_id, "type": event_type, "room": room, "ts": ts,
-             "data": orjson.loads(data), "offset": offset, "epoch": epoch}
+            {
+                "id": event_id,
+                "type": event_type,
+                "room": room,
+                "ts": ts,
+                "data": orjson.loads(data),
+                "offset": offset,
+                "epoch": epoch,
+            }
             for offset, event_id, event_type, ts, data in rows
         ]
 
@@ -190,7 +206,9 @@ class LocalBroker:
             removed += db.execute(
                 "DELETE FROM events WHERE (room, offset) IN ("
                 " SELECT e.room, e.offset FROM events e JOIN room_heads h ON h.room = e.room"
-                " WHERE e.offset <= h.head - ?)", (max_per_room,)).rowcount
+                " WHERE e.offset <= h.head - ?)",
+                (max_per_room,),
+            ).rowcount
             return int(removed)
 
         removed = await self.db.write(trim)
@@ -231,6 +249,8 @@ def _bounds(db: sqlite3.Connection, room: str) -> tuple[int, int]:
     """A room's head and its first retained offset (head + 1 when it has none)."""
     head, first = db.execute(
         "SELECT (SELECT head FROM room_heads WHERE room = ?1), "
-        "(SELECT MIN(offset) FROM events WHERE room = ?1)", (room,)).fetchone()
+        "(SELECT MIN(offset) FROM events WHERE room = ?1)",
+        (room,),
+    ).fetchone()
     head = int(head) if head is not None else 0
     return head, int(first) if first is not None else head + 1

@@ -136,16 +136,26 @@ if #oldest > 0 then first = tonumber(string.match(oldest[1][1], '^(%d+)')) end
 return {epoch, head, first}
 """
 
-_REDIS_ERRORS = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError,
-                 redis_errors.BusyLoadingError, redis_errors.ReadOnlyError,
-                 redis_errors.MaxConnectionsError)
+_REDIS_ERRORS = (
+    redis_errors.ConnectionError,
+    redis_errors.TimeoutError,
+    OSError,
+    redis_errors.BusyLoadingError,
+    redis_errors.ReadOnlyError,
+    redis_errors.MaxConnectionsError,
+)
 
 
 class RedisBroker:
     shared = True
 
     def __init__(
-        self, url: str, health: Health, *, max_events_per_room: int, max_age_seconds: float,
+        self,
+        url: str,
+        health: Health,
+        *,
+        max_events_per_room: int,
+        max_age_seconds: float,
         prefix: str = "notifier",
     ) -> None:
         self._url = url
@@ -163,8 +173,9 @@ class RedisBroker:
         self._node: Node | None = None
         # Two batches in flight: one on its way while the next fills. Each is atomic, and
         # offsets (not the order batches complete in) order delivery.
-        self._appends: Batcher[tuple[Sequence[NewEvent], Guard | None], list[Envelope] | None] = (
-            Batcher(self._append_batch, max_in_flight=2))
+        self._appends: Batcher[tuple[Sequence[NewEvent], Guard | None], list[Envelope] | None] = Batcher(
+            self._append_batch, max_in_flight=2
+        )
         # Rooms followed (subscribed), and per room the (epoch, offset) delivered last here.
         self._followed: set[str] = {BROADCAST_ROOM}
         self._last: dict[str, tuple[str, int]] = {}
@@ -177,8 +188,12 @@ class RedisBroker:
         self._heartbeat: asyncio.Task[None] | None = None
         self._pubsub: Any = None
         self._heard_own = 0.0
-        self._cluster: dict[str, Any] = {"broker": "redis", "node": self.node_id, "nodes": [],
-                                         "user_connections": 0}
+        self._cluster: dict[str, Any] = {
+            "broker": "redis",
+            "node": self.node_id,
+            "nodes": [],
+            "user_connections": 0,
+        }
 
     # Lifecycle
 
@@ -187,8 +202,13 @@ class RedisBroker:
         # A bounded pool that makes callers wait for a connection (redis-py's default pool
         # raises once it has none free: a reconnect storm's history reads would fail).
         pool = aioredis.BlockingConnectionPool.from_url(
-            self._url, decode_responses=True, socket_timeout=5, socket_connect_timeout=5,
-            health_check_interval=10, max_connections=_POOL_SIZE, timeout=5,
+            self._url,
+            decode_responses=True,
+            socket_timeout=5,
+            socket_connect_timeout=5,
+            health_check_interval=10,
+            max_connections=_POOL_SIZE,
+            timeout=5,
         )
         self._redis = aioredis.Redis(connection_pool=pool)
         try:
@@ -196,9 +216,13 @@ class RedisBroker:
         except (*_REDIS_ERRORS, redis_errors.RedisError) as exc:
             await self._redis.aclose()
             raise StartupError(
-                f"NOTIFIER_BROKER_URL: cannot reach Redis at {_where(self._url)}: {exc}") from exc
+                f"NOTIFIER_BROKER_URL: cannot reach Redis at {_where(self._url)}: {exc}"
+            ) from exc
         self._subscriber = aioredis.Redis.from_url(
-            self._url, decode_responses=True, socket_timeout=None, socket_connect_timeout=5,
+            self._url,
+            decode_responses=True,
+            socket_timeout=None,
+            socket_connect_timeout=5,
             retry=Retry(NoBackoff(), 0),
         )
         self._append = self._redis.register_script(_APPEND)
@@ -234,8 +258,9 @@ class RedisBroker:
             result = await work
         except _REDIS_ERRORS as exc:
             self._health.fail(COMPONENT, f"Redis at {_where(self._url)}: {type(exc).__name__}: {exc}")
-            raise NotifierError(ErrorCode.STORE_UNAVAILABLE,
-                                "the broker cannot be reached right now; retry") from exc
+            raise NotifierError(
+                ErrorCode.STORE_UNAVAILABLE, "the broker cannot be reached right now; retry"
+            ) from exc
         self._health.timed(COMPONENT, operation, time.perf_counter() - started)
         return result
 
@@ -251,15 +276,24 @@ class RedisBroker:
         self, groups: list[tuple[Sequence[NewEvent], Guard | None]]
     ) -> list[list[Envelope] | None]:
         args: list[Any] = [
-            int(time.time() * 1000), secrets.token_hex(8), self._max_events,
-            int(self._max_age), _META_TTL_SECONDS, int(self._max_age * 1000), self._room_channel,
-            self.prefix, len(groups),
+            int(time.time() * 1000),
+            secrets.token_hex(8),
+            self._max_events,
+            int(self._max_age),
+            _META_TTL_SECONDS,
+            int(self._max_age * 1000),
+            self._room_channel,
+            self.prefix,
+            len(groups),
         ]
         for events, guard in groups:
             args += [guard.key if guard else "", guard.version if guard else 0, len(events)]
             # One argument per event (the room, type and id never contain \x1f).
-            args += [f"{event.room}\x1f{event.type}\x1f{event.id}\x1f{event.ts}\x1f".encode()
-                     + orjson.dumps(event.data) for event in events]
+            args += [
+                f"{event.room}\x1f{event.type}\x1f{event.id}\x1f{event.ts}\x1f".encode()
+                + orjson.dumps(event.data)
+                for event in events
+            ]
         out = await self.call(self._append(keys=[], args=args), "append")
         results: list[list[Envelope] | None] = []
         position = 0
@@ -273,9 +307,17 @@ class RedisBroker:
             for event in events:
                 offset, epoch = int(out[position]), out[position + 1]
                 position += 2
-                envelopes.append({"id": event.id, "type": event.type, "room": event.room,
-                                  "ts": event.ts, "data": event.data, "offset": offset,
-                                  "epoch": epoch})
+                envelopes.append(
+                    {
+                        "id": event.id,
+                        "type": event.type,
+                        "room": event.room,
+                        "ts": event.ts,
+                        "data": event.data,
+                        "offset": offset,
+                        "epoch": epoch,
+                    }
+                )
             results.append(envelopes)
         return results
 
@@ -283,13 +325,15 @@ class RedisBroker:
 
     async def read(self, room: str, after: int, limit: int) -> list[Envelope]:
         assert self._redis is not None
-        entries = await self.call(self._redis.xrange(
-            f"{self.prefix}:log:{room}", f"{after + 1}-0", "+", count=limit))
+        entries = await self.call(
+            self._redis.xrange(f"{self.prefix}:log:{room}", f"{after + 1}-0", "+", count=limit)
+        )
         return [orjson.loads(fields["d"]) for _, fields in entries]
 
     async def bounds(self, room: str) -> tuple[StreamPosition, int]:
-        epoch, head, first = await self.call(self._bounds(
-            keys=[], args=[self.prefix, room, secrets.token_hex(8), _META_TTL_SECONDS]))
+        epoch, head, first = await self.call(
+            self._bounds(keys=[], args=[self.prefix, room, secrets.token_hex(8), _META_TTL_SECONDS])
+        )
         return StreamPosition(epoch, int(head)), int(first)
 
     async def trim(self, older_than_ts: int, max_per_room: int) -> int:
@@ -322,8 +366,9 @@ class RedisBroker:
             if not confirmed.done():
                 confirmed.set_exception(exc)
                 confirmed.exception()
-            raise NotifierError(ErrorCode.STORE_UNAVAILABLE,
-                                "the broker did not confirm the subscription; retry") from exc
+            raise NotifierError(
+                ErrorCode.STORE_UNAVAILABLE, "the broker did not confirm the subscription; retry"
+            ) from exc
         finally:
             del self._following[room]
 
@@ -370,8 +415,10 @@ class RedisBroker:
         while True:
             pubsub = self._subscriber.pubsub()
             try:
-                channels = [self._control, *(self._channel_of(room) for room in self._followed
-                                             if room != ALL_PROJECTS_ROOM)]
+                channels = [
+                    self._control,
+                    *(self._channel_of(room) for room in self._followed if room != ALL_PROJECTS_ROOM),
+                ]
                 await pubsub.subscribe(*channels)
                 if ALL_PROJECTS_ROOM in self._followed:
                     await pubsub.psubscribe(self._channel_of(ALL_PROJECTS_ROOM))
@@ -508,8 +555,11 @@ class RedisBroker:
 
     async def claim(self, name: str, ttl_seconds: float) -> bool:
         assert self._redis is not None
-        won = await self.call(self._redis.set(
-            f"{self.prefix}:claim:{name}", self.node_id, nx=True, px=max(int(ttl_seconds * 1000), 1)))
+        won = await self.call(
+            self._redis.set(
+                f"{self.prefix}:claim:{name}", self.node_id, nx=True, px=max(int(ttl_seconds * 1000), 1)
+            )
+        )
         return bool(won)
 
     def cluster(self) -> dict[str, Any]:
@@ -524,8 +574,7 @@ class RedisBroker:
         pipe = self.redis.pipeline(transaction=False)
         for route, event in events:
             delivery = Delivery.unkept(route, event)
-            pipe.publish(self._room_channel + route,
-                         f"{route}\n{UNKEPT}\n\n{event.type}\n{delivery.text}")
+            pipe.publish(self._room_channel + route, f"{route}\n{UNKEPT}\n\n{event.type}\n{delivery.text}")
         await self.call(pipe.execute(), "announce")
 
     async def signal(self, kind: str, data: dict[str, Any]) -> None:
@@ -542,7 +591,9 @@ def _cluster(node_id: str, living: list[str], infos: list[bytes | str | None]) -
         described = orjson.loads(info) if info else {}
         nodes.append({"id": name, **described})
     return {
-        "broker": "redis", "node": node_id, "nodes": nodes,
+        "broker": "redis",
+        "node": node_id,
+        "nodes": nodes,
         "user_connections": sum(int(n.get("user_connections", 0)) for n in nodes),
     }
 

@@ -78,37 +78,51 @@ end
 """
 
 # ARGV: prefix, node, now, grace, ttl, registered, then field and delta pairs.
-_CHANGE = _FUNCTIONS + """
+_CHANGE = (
+    _FUNCTIONS
+    + """
 if ARGV[6] == '1' and redis.call('SISMEMBER', nodes, node) == 0 then return {'lost'} end
 register(ARGV[5])
 local joined = apply(7)
 table.insert(joined, 1, 'ok')
 return joined
 """
+)
 
 # ARGV: prefix, node, now, grace, ttl, then field and count pairs.
-_REPLACE = _FUNCTIONS + """
+_REPLACE = (
+    _FUNCTIONS
+    + """
 remove_node(node)
 register(ARGV[5])
 return apply(6)
 """
+)
 
 # ARGV: prefix, node, now, grace.
-_REMOVE = _FUNCTIONS + """
+_REMOVE = (
+    _FUNCTIONS
+    + """
 remove_node(node)
 redis.call('DEL', p .. ':presence:alive:' .. node)
 return 0
 """
+)
 
 # ARGV: prefix, node, now, grace, ttl. 1 if this node's entries are still there.
-_HEARTBEAT = _FUNCTIONS + """
+_HEARTBEAT = (
+    _FUNCTIONS
+    + """
 if redis.call('SISMEMBER', nodes, node) == 0 then return 0 end
 register(ARGV[5])
 return 1
 """
+)
 
 # ARGV: prefix, node, now, grace, limit. The members that are absent now.
-_SWEEP = _FUNCTIONS + """
+_SWEEP = (
+    _FUNCTIONS
+    + """
 for _, name in ipairs(redis.call('SMEMBERS', nodes)) do
   if redis.call('EXISTS', p .. ':presence:alive:' .. name) == 0 then remove_node(name) end
 end
@@ -124,6 +138,7 @@ for _, field in ipairs(redis.call('ZRANGEBYSCORE', leaving, '-inf', now, 'LIMIT'
 end
 return left
 """
+)
 
 
 class RedisPresence:
@@ -183,7 +198,8 @@ class RedisPresence:
 
     async def members(self, room: str) -> dict[str, int]:
         users = await self._broker.call(
-            self._broker.redis.hgetall(f"{self._broker.prefix}:presence:room:{room}"), "presence")
+            self._broker.redis.hgetall(f"{self._broker.prefix}:presence:room:{room}"), "presence"
+        )
         return {user: int(count) for user, count in users.items()}
 
 

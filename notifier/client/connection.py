@@ -17,6 +17,7 @@ log = get_logger("notifier.client")
 TokenSource = str | Callable[[], str] | Callable[[], Awaitable[str]]
 EventHandler = Callable[[dict[str, Any]], Any]
 
+
 class NotifierClientError(Exception):
     """The server answered with `{ok: false, error: {code, message}}` or refused the connection."""
 
@@ -49,9 +50,16 @@ class ClientConnection:
 
     namespace = "/"
 
-    def __init__(self, url: str, token: TokenSource, *, transports: list[str] | None = None,
-                 reconnection_delay: float = 0.5, reconnection_delay_max: float = 5.0,
-                 client_options: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        token: TokenSource,
+        *,
+        transports: list[str] | None = None,
+        reconnection_delay: float = 0.5,
+        reconnection_delay_max: float = 5.0,
+        client_options: dict[str, Any] | None = None,
+    ) -> None:
         """`client_options` go to `socketio.AsyncClient` (for instance `http_session`)."""
         self.url = url
         self._token = token
@@ -80,8 +88,11 @@ class ClientConnection:
         self._refusal = None
         try:
             await self.sio.connect(
-                self.url, auth=self._auth, namespaces=[self.namespace],
-                transports=self._transports, wait_timeout=timeout,
+                self.url,
+                auth=self._auth,
+                namespaces=[self.namespace],
+                transports=self._transports,
+                wait_timeout=timeout,
             )
         except socketio.exceptions.ConnectionError as exc:
             await self.sio.disconnect()
@@ -121,8 +132,9 @@ class ClientConnection:
     def connected(self) -> bool:
         return bool(self.sio.connected) and self.namespace in self.sio.namespaces
 
-    async def call(self, event: str, data: dict[str, Any] | None = None,
-                   timeout: float = 10.0) -> dict[str, Any]:
+    async def call(
+        self, event: str, data: dict[str, Any] | None = None, timeout: float = 10.0
+    ) -> dict[str, Any]:
         """Emit with an ack; return the reply or raise NotifierClientError with its code."""
         reply = await self.sio.call(event, data or {}, namespace=self.namespace, timeout=timeout)
         return raise_for_error(reply)

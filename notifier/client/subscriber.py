@@ -44,8 +44,7 @@ class Subscriber(ClientConnection):
     async def _auth(self) -> dict[str, Any]:
         auth = await super()._auth()
         if self.positions:
-            auth["positions"] = {room: dict(pos) if pos else None
-                                 for room, pos in self.positions.items()}
+            auth["positions"] = {room: dict(pos) if pos else None for room, pos in self.positions.items()}
         if self.presence_rooms:
             auth["presence"] = sorted(self.presence_rooms)
         return auth
@@ -72,7 +71,8 @@ class Subscriber(ClientConnection):
         await self._apply_room_results(reply["rooms"])
         if presence:
             self.presence_rooms.update(
-                room for room, result in reply["rooms"].items() if result.get("joined"))
+                room for room, result in reply["rooms"].items() if result.get("joined")
+            )
         results: dict[str, Any] = reply["rooms"]
         return results
 

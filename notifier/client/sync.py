@@ -20,17 +20,23 @@ class SyncWorker:
     to that loop (never a new loop per call, which would lose the connection each time).
     """
 
-    _FORWARDED = frozenset({
-        "publish", "notify", "create_task", "task_progress", "complete_task", "fail_task",
-        "cancel_task", "get_task",
-    })
+    _FORWARDED = frozenset(
+        {
+            "publish",
+            "notify",
+            "create_task",
+            "task_progress",
+            "complete_task",
+            "fail_task",
+            "cancel_task",
+            "get_task",
+        }
+    )
 
-    def __init__(self, url: str, token: TokenSource, *, call_timeout: float = 60.0,
-                 **options: Any) -> None:
+    def __init__(self, url: str, token: TokenSource, *, call_timeout: float = 60.0, **options: Any) -> None:
         self._call_timeout = call_timeout
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="notifier-worker",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._loop.run_forever, name="notifier-worker", daemon=True)
         self._thread.start()
 
         async def build() -> Worker:

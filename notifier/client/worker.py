@@ -24,9 +24,7 @@ class _Outgoing:
 
 
 # Operations that must not apply twice get an idempotency key; progress is naturally idempotent.
-_KEYED_EVENTS = frozenset(
-    {"publish", "notify", "task.create", "task.complete", "task.fail", "task.cancel"}
-)
+_KEYED_EVENTS = frozenset({"publish", "notify", "task.create", "task.complete", "task.fail", "task.cancel"})
 _RATE_LIMIT_BACKOFF = 0.05
 
 
@@ -42,8 +40,15 @@ class Worker(ClientConnection):
 
     namespace = "/workers"
 
-    def __init__(self, url: str, token: TokenSource, *, max_queue: int = 10_000,
-                 ack_timeout: float = 10.0, **options: Any) -> None:
+    def __init__(
+        self,
+        url: str,
+        token: TokenSource,
+        *,
+        max_queue: int = 10_000,
+        ack_timeout: float = 10.0,
+        **options: Any,
+    ) -> None:
         super().__init__(url, token, **options)
         self._max_queue = max_queue
         self._ack_timeout = ack_timeout
@@ -92,8 +97,9 @@ class Worker(ClientConnection):
     async def publish(self, room: str, type: str, data: dict[str, Any] | None = None) -> dict[str, Any]:
         return await self._submit("publish", {"room": room, "type": type, "data": data or {}})
 
-    async def notify(self, user_ids: list[str], title: str, body: str | None = None,
-                     data: dict[str, Any] | None = None) -> dict[str, Any]:
+    async def notify(
+        self, user_ids: list[str], title: str, body: str | None = None, data: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         return await self._submit(
             "notify", {"user_ids": user_ids, "title": title, "body": body, "data": data or {}}
         )
@@ -138,8 +144,12 @@ class Worker(ClientConnection):
             item = self._outbox[0]
             try:
                 reply = await self._call_unless_dropped(item)
-            except (socketio.exceptions.TimeoutError, socketio.exceptions.BadNamespaceError,
-                    socketio.exceptions.DisconnectedError, ConnectionError):
+            except (
+                socketio.exceptions.TimeoutError,
+                socketio.exceptions.BadNamespaceError,
+                socketio.exceptions.DisconnectedError,
+                ConnectionError,
+            ):
                 # The ack was lost or the connection dropped: the same item (and key) again.
                 if not self.connected:
                     self._went_offline()
@@ -158,16 +168,15 @@ class Worker(ClientConnection):
             except NotifierClientError as exc:
                 item.done.set_exception(exc)
 
-
     async def _call_unless_dropped(self, item: _Outgoing) -> Any:
         """The ack, or ConnectionError as soon as the connection drops.
 
         python-socketio forgets pending acks on a disconnect without waking their callers,
         who would otherwise sit out the whole ack timeout before the retry.
         """
-        call = asyncio.ensure_future(self.sio.call(
-            item.event, item.payload, namespace=self.namespace, timeout=self._ack_timeout
-        ))
+        call = asyncio.ensure_future(
+            self.sio.call(item.event, item.payload, namespace=self.namespace, timeout=self._ack_timeout)
+        )
         dropped = asyncio.ensure_future(self._offline.wait())
         try:
             await asyncio.wait({call, dropped}, return_when=asyncio.FIRST_COMPLETED)

@@ -74,7 +74,9 @@ def _unavailable(exc: BaseException) -> bool:
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec(
-        "jsonb", encoder=lambda value: orjson.dumps(value).decode(), decoder=orjson.loads,
+        "jsonb",
+        encoder=lambda value: orjson.dumps(value).decode(),
+        decoder=orjson.loads,
         schema="pg_catalog",
     )
 
@@ -97,7 +99,10 @@ class PostgresStore:
     async def open(self) -> None:
         try:
             self._pool = await asyncpg.create_pool(
-                self._url, min_size=1, max_size=self._pool_size, init=_init_connection,
+                self._url,
+                min_size=1,
+                max_size=self._pool_size,
+                init=_init_connection,
                 command_timeout=10,
             )
             async with self._pool.acquire() as conn, conn.transaction():
@@ -154,37 +159,51 @@ class PostgresStore:
     # Tasks
 
     async def insert_task(self, task: Task) -> bool:
-        row = await self._run(lambda db: db.fetchval(
-            "INSERT INTO notifier_tasks (id, project_id, status, finished_at, version, body) "
-            "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING RETURNING 1",
-            *_task_values(task)))
+        row = await self._run(
+            lambda db: db.fetchval(
+                "INSERT INTO notifier_tasks (id, project_id, status, finished_at, version, body) "
+                "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING RETURNING 1",
+                *_task_values(task),
+            )
+        )
         return row is not None
 
     async def replace_task(self, task: Task, expected_version: int) -> bool:
-        row = await self._run(lambda db: db.fetchval(
-            "UPDATE notifier_tasks SET project_id = $2, status = $3, finished_at = $4, "
-            "version = $5, body = $6 WHERE id = $1 AND version = $7 RETURNING 1",
-            *_task_values(task), expected_version))
+        row = await self._run(
+            lambda db: db.fetchval(
+                "UPDATE notifier_tasks SET project_id = $2, status = $3, finished_at = $4, "
+                "version = $5, body = $6 WHERE id = $1 AND version = $7 RETURNING 1",
+                *_task_values(task),
+                expected_version,
+            )
+        )
         return row is not None
 
     async def get_task(self, task_id: str) -> Task | None:
-        body = await self._run(lambda db: db.fetchval(
-            "SELECT body FROM notifier_tasks WHERE id = $1", task_id))
+        body = await self._run(
+            lambda db: db.fetchval("SELECT body FROM notifier_tasks WHERE id = $1", task_id)
+        )
         return Task.from_dict(body) if body is not None else None
 
     async def list_tasks(
         self, statuses: frozenset[TaskStatus] | None, project_ids: frozenset[str] | None
     ) -> list[Task]:
-        rows = await self._run(lambda db: db.fetch(
-            "SELECT body FROM notifier_tasks WHERE ($1::text[] IS NULL OR status = ANY($1)) "
-            "AND ($2::text[] IS NULL OR project_id = ANY($2)) ORDER BY seq",
-            None if statuses is None else [s.value for s in statuses],
-            None if project_ids is None else sorted(project_ids)))
+        rows = await self._run(
+            lambda db: db.fetch(
+                "SELECT body FROM notifier_tasks WHERE ($1::text[] IS NULL OR status = ANY($1)) "
+                "AND ($2::text[] IS NULL OR project_id = ANY($2)) ORDER BY seq",
+                None if statuses is None else [s.value for s in statuses],
+                None if project_ids is None else sorted(project_ids),
+            )
+        )
         return [Task.from_dict(row["body"]) for row in rows]
 
     async def delete_tasks_finished_before(self, ts: int) -> int:
-        status = await self._run(lambda db: db.execute(
-            "DELETE FROM notifier_tasks WHERE finished_at IS NOT NULL AND finished_at < $1", ts))
+        status = await self._run(
+            lambda db: db.execute(
+                "DELETE FROM notifier_tasks WHERE finished_at IS NOT NULL AND finished_at < $1", ts
+            )
+        )
         return _count(status)
 
     # Inboxes
@@ -194,29 +213,46 @@ class PostgresStore:
 
     async def _insert_notifications(self, batches: list[list[Notification]]) -> list[None]:
         rows = [n for batch in batches for n in batch]
-        await self._run(lambda db: db.execute(
-            "INSERT INTO notifier_notifications (id, user_id, created_at, read, body) "
-            "SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::boolean[], $5::jsonb[]) "
-            "ON CONFLICT (id) DO NOTHING",
-            [n.id for n in rows], [n.user_id for n in rows], [n.created_at for n in rows],
-            [n.read for n in rows], [n.to_dict() for n in rows]))
+        await self._run(
+            lambda db: db.execute(
+                "INSERT INTO notifier_notifications (id, user_id, created_at, read, body) "
+                "SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::boolean[], $5::jsonb[]) "
+                "ON CONFLICT (id) DO NOTHING",
+                [n.id for n in rows],
+                [n.user_id for n in rows],
+                [n.created_at for n in rows],
+                [n.read for n in rows],
+                [n.to_dict() for n in rows],
+            )
+        )
         return [None] * len(batches)
 
     async def list_notifications(
         self, user_id: str, limit: int, before: str | None, unread_only: bool
     ) -> list[Notification]:
-        rows = await self._run(lambda db: db.fetch(
-            "SELECT body, read FROM notifier_notifications WHERE user_id = $1 "
-            "AND ($2::text IS NULL OR seq < COALESCE("
-            "  (SELECT seq FROM notifier_notifications WHERE id = $2), -1)) "
-            "AND (NOT $3 OR NOT read) ORDER BY seq DESC LIMIT $4",
-            user_id, before, unread_only, limit))
+        rows = await self._run(
+            lambda db: db.fetch(
+                "SELECT body, read FROM notifier_notifications WHERE user_id = $1 "
+                "AND ($2::text IS NULL OR seq < COALESCE("
+                "  (SELECT seq FROM notifier_notifications WHERE id = $2), -1)) "
+                "AND (NOT $3 OR NOT read) ORDER BY seq DESC LIMIT $4",
+                user_id,
+                before,
+                unread_only,
+                limit,
+            )
+        )
         return [Notification(**{**row["body"], "read": row["read"]}) for row in rows]
 
     async def mark_read(self, user_id: str, ids: list[str] | None) -> list[str]:
-        rows = await self._run(lambda db: db.fetch(
-            "UPDATE notifier_notifications SET read = true WHERE user_id = $1 AND NOT read "
-            "AND ($2::text[] IS NULL OR id = ANY($2)) RETURNING id", user_id, ids))
+        rows = await self._run(
+            lambda db: db.fetch(
+                "UPDATE notifier_notifications SET read = true WHERE user_id = $1 AND NOT read "
+                "AND ($2::text[] IS NULL OR id = ANY($2)) RETURNING id",
+                user_id,
+                ids,
+            )
+        )
         return [row["id"] for row in rows]
 
     async def unread_count(self, user_id: str) -> int:
@@ -228,20 +264,29 @@ class PostgresStore:
     async def _count_unread(self, requests: list[list[str]]) -> list[dict[str, int]]:
         """The counts asked for during one loop iteration, in one query."""
         users = sorted({user for request in requests for user in request})
-        rows = await self._run(lambda db: db.fetch(
-            "SELECT user_id, count(*) AS unread FROM notifier_notifications "
-            "WHERE user_id = ANY($1) AND NOT read GROUP BY user_id", users))
+        rows = await self._run(
+            lambda db: db.fetch(
+                "SELECT user_id, count(*) AS unread FROM notifier_notifications "
+                "WHERE user_id = ANY($1) AND NOT read GROUP BY user_id",
+                users,
+            )
+        )
         counts = {row["user_id"]: int(row["unread"]) for row in rows}
         return [{user: counts.get(user, 0) for user in request} for request in requests]
 
     async def trim_notifications(self, older_than_ts: int, max_per_user: int) -> int:
         async def trim(db: asyncpg.Connection) -> int:
-            removed = _count(await db.execute(
-                "DELETE FROM notifier_notifications WHERE created_at < $1", older_than_ts))
-            removed += _count(await db.execute(
-                "DELETE FROM notifier_notifications WHERE seq IN (SELECT seq FROM ("
-                " SELECT seq, row_number() OVER (PARTITION BY user_id ORDER BY seq DESC) AS rank"
-                " FROM notifier_notifications) ranked WHERE rank > $1)", max_per_user))
+            removed = _count(
+                await db.execute("DELETE FROM notifier_notifications WHERE created_at < $1", older_than_ts)
+            )
+            removed += _count(
+                await db.execute(
+                    "DELETE FROM notifier_notifications WHERE seq IN (SELECT seq FROM ("
+                    " SELECT seq, row_number() OVER (PARTITION BY user_id ORDER BY seq DESC) AS rank"
+                    " FROM notifier_notifications) ranked WHERE rank > $1)",
+                    max_per_user,
+                )
+            )
             return removed
 
         return await self._run(trim)
@@ -255,38 +300,54 @@ class PostgresStore:
                 "INSERT INTO notifier_idempotency (key, ts, result) VALUES ($1, $2, NULL) "
                 "ON CONFLICT (key) DO UPDATE SET ts = EXCLUDED.ts "
                 "WHERE notifier_idempotency.result IS NULL AND notifier_idempotency.ts < $3 "
-                "RETURNING 1", key, ts, stale_before)
+                "RETURNING 1",
+                key,
+                ts,
+                stale_before,
+            )
             if taken is not None:
                 return Claim("new")
-            result = await db.fetchval(
-                "SELECT result FROM notifier_idempotency WHERE key = $1", key)
+            result = await db.fetchval("SELECT result FROM notifier_idempotency WHERE key = $1", key)
             return Claim("done", result) if result is not None else Claim("pending")
 
         return await self._run(claim)
 
     async def complete_idempotency_key(self, key: str, result: dict[str, Any], ts: int) -> None:
-        await self._run(lambda db: db.execute(
-            "UPDATE notifier_idempotency SET ts = $2, result = $3 WHERE key = $1", key, ts, result))
+        await self._run(
+            lambda db: db.execute(
+                "UPDATE notifier_idempotency SET ts = $2, result = $3 WHERE key = $1", key, ts, result
+            )
+        )
 
     async def release_idempotency_key(self, key: str) -> None:
-        await self._run(lambda db: db.execute(
-            "DELETE FROM notifier_idempotency WHERE key = $1 AND result IS NULL", key))
+        await self._run(
+            lambda db: db.execute("DELETE FROM notifier_idempotency WHERE key = $1 AND result IS NULL", key)
+        )
 
     async def trim_idempotency_keys(self, older_than_ts: int) -> int:
-        return _count(await self._run(lambda db: db.execute(
-            "DELETE FROM notifier_idempotency WHERE ts < $1", older_than_ts)))
+        return _count(
+            await self._run(
+                lambda db: db.execute("DELETE FROM notifier_idempotency WHERE ts < $1", older_than_ts)
+            )
+        )
 
     # Settings
 
     async def load_setting(self, name: str) -> str | None:
-        value = await self._run(lambda db: db.fetchval(
-            "SELECT value FROM notifier_settings WHERE name = $1", name))
+        value = await self._run(
+            lambda db: db.fetchval("SELECT value FROM notifier_settings WHERE name = $1", name)
+        )
         return None if value is None else str(value)
 
     async def save_setting(self, name: str, value: str) -> None:
-        await self._run(lambda db: db.execute(
-            "INSERT INTO notifier_settings (name, value) VALUES ($1, $2) "
-            "ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value", name, value))
+        await self._run(
+            lambda db: db.execute(
+                "INSERT INTO notifier_settings (name, value) VALUES ($1, $2) "
+                "ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
+                name,
+                value,
+            )
+        )
 
     # Revocations
 
@@ -298,19 +359,22 @@ class PostgresStore:
                     "INSERT INTO notifier_revocations (user_id, revoked_at, until) "
                     "VALUES ($1, $2, $3) ON CONFLICT (user_id) DO UPDATE SET "
                     "revoked_at = EXCLUDED.revoked_at, until = EXCLUDED.until",
-                    user_id, revoked_at, until)
+                    user_id,
+                    revoked_at,
+                    until,
+                )
 
         await self._run(revoke)
 
     async def revocations(self, now: int) -> dict[str, int]:
-        rows = await self._run(lambda db: db.fetch(
-            "SELECT user_id, revoked_at FROM notifier_revocations WHERE until > $1", now))
+        rows = await self._run(
+            lambda db: db.fetch("SELECT user_id, revoked_at FROM notifier_revocations WHERE until > $1", now)
+        )
         return {row["user_id"]: int(row["revoked_at"]) for row in rows}
 
 
 def _task_values(task: Task) -> tuple[Any, ...]:
-    return (task.id, task.project_id, task.status.value, task.finished_at, task.version,
-            task.to_dict())
+    return (task.id, task.project_id, task.status.value, task.finished_at, task.version, task.to_dict())
 
 
 def _count(status: str) -> int:

@@ -43,8 +43,7 @@ _UPSERT_TASK = (
 
 
 def _task_row(task: Task) -> tuple[Any, ...]:
-    return (task.id, task.project_id, task.status.value, task.finished_at,
-            orjson.dumps(task.to_dict()))
+    return (task.id, task.project_id, task.status.value, task.finished_at, orjson.dumps(task.to_dict()))
 
 
 class SqliteStore:
@@ -77,9 +76,11 @@ class SqliteStore:
 
     def _load_tasks(self) -> None:
         unfinished = [s.value for s in TaskStatus if s not in FINISHED_STATUSES]
-        rows = self.db.read(lambda db: db.execute(
-            f"SELECT body FROM tasks WHERE status IN ({','.join('?' * len(unfinished))})",
-            unfinished).fetchall())
+        rows = self.db.read(
+            lambda db: db.execute(
+                f"SELECT body FROM tasks WHERE status IN ({','.join('?' * len(unfinished))})", unfinished
+            ).fetchall()
+        )
         self._live = {task.id: task for task in (_task(body) for (body,) in rows)}
         self._unread.clear()  # a reopened file may hold other data
 
@@ -129,7 +130,8 @@ class SqliteStore:
         if task is not None:
             return task
         row = self.db.read(
-            lambda db: db.execute("SELECT body FROM tasks WHERE id = ?", (task_id,)).fetchone())
+            lambda db: db.execute("SELECT body FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        )
         return _task(row[0]) if row else None
 
     async def list_tasks(
@@ -144,25 +146,36 @@ class SqliteStore:
             clauses.append(f"project_id IN ({','.join('?' * len(project_ids))})")
             params.extend(sorted(project_ids))
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        rows = self.db.read(lambda db: db.execute(
-            f"SELECT body FROM tasks {where} ORDER BY rowid", params).fetchall())
+        rows = self.db.read(
+            lambda db: db.execute(f"SELECT body FROM tasks {where} ORDER BY rowid", params).fetchall()
+        )
         # The cached state of an unfinished task is at least as new as its row.
         return [self._live.get(task.id, task) for task in (_task(body) for (body,) in rows)]
 
     async def delete_tasks_finished_before(self, ts: int) -> int:
-        return await self.db.write(lambda db: int(db.execute(
-            "DELETE FROM tasks WHERE finished_at IS NOT NULL AND finished_at < ?", (ts,)).rowcount))
+        return await self.db.write(
+            lambda db: int(
+                db.execute(
+                    "DELETE FROM tasks WHERE finished_at IS NOT NULL AND finished_at < ?", (ts,)
+                ).rowcount
+            )
+        )
 
     # Inboxes
 
     async def add_notifications(self, notifications: list[Notification]) -> None:
-        rows = [(n.id, n.user_id, n.created_at, int(n.read), orjson.dumps(n.to_dict()))
-                for n in notifications]
+        rows = [
+            (n.id, n.user_id, n.created_at, int(n.read), orjson.dumps(n.to_dict())) for n in notifications
+        ]
         for notification in notifications:
             self._unread.pop(notification.user_id, None)
-        await self.db.write(lambda db: db.executemany(
-            "INSERT OR IGNORE INTO notifications (id, user_id, created_at, read, body) "
-            "VALUES (?, ?, ?, ?, ?)", rows))
+        await self.db.write(
+            lambda db: db.executemany(
+                "INSERT OR IGNORE INTO notifications (id, user_id, created_at, read, body) "
+                "VALUES (?, ?, ?, ?, ?)",
+                rows,
+            )
+        )
 
     async def list_notifications(
         self, user_id: str, limit: int, before: str | None, unread_only: bool
@@ -173,18 +186,26 @@ class SqliteStore:
             params.append(before)
         if unread_only:
             clauses.append("read = 0")
-        rows = self.db.read(lambda db: db.execute(
-            f"SELECT body, read FROM notifications WHERE {' AND '.join(clauses)} "
-            "ORDER BY seq DESC LIMIT ?", (*params, limit)).fetchall())
+        rows = self.db.read(
+            lambda db: db.execute(
+                f"SELECT body, read FROM notifications WHERE {' AND '.join(clauses)} "
+                "ORDER BY seq DESC LIMIT ?",
+                (*params, limit),
+            ).fetchall()
+        )
         return [Notification(**{**orjson.loads(body), "read": bool(read)}) for body, read in rows]
 
     async def mark_read(self, user_id: str, ids: list[str] | None) -> list[str]:
         if ids is None:
-            sql, params = ("UPDATE notifications SET read = 1 WHERE user_id = ? AND read = 0 "
-                           "RETURNING id"), (user_id,)
+            sql, params = (
+                ("UPDATE notifications SET read = 1 WHERE user_id = ? AND read = 0 RETURNING id"),
+                (user_id,),
+            )
         else:
-            sql = (f"UPDATE notifications SET read = 1 WHERE user_id = ? AND read = 0 "
-                   f"AND id IN ({','.join('?' * len(ids))}) RETURNING id")
+            sql = (
+                f"UPDATE notifications SET read = 1 WHERE user_id = ? AND read = 0 "
+                f"AND id IN ({','.join('?' * len(ids))}) RETURNING id"
+            )
             params = (user_id, *ids)  # type: ignore[assignment]
         self._unread.pop(user_id, None)
         rows = await self.db.write(lambda db: db.execute(sql, params).fetchall())
@@ -200,9 +221,13 @@ class SqliteStore:
         missing = [user for user in user_ids if user not in cache]
         if missing:
             counts = dict.fromkeys(missing, 0)
-            rows = self.db.read(lambda db: db.execute(
-                f"SELECT user_id, COUNT(*) FROM notifications WHERE read = 0 AND user_id IN "
-                f"({','.join('?' * len(missing))}) GROUP BY user_id", missing).fetchall())
+            rows = self.db.read(
+                lambda db: db.execute(
+                    f"SELECT user_id, COUNT(*) FROM notifications WHERE read = 0 AND user_id IN "
+                    f"({','.join('?' * len(missing))}) GROUP BY user_id",
+                    missing,
+                ).fetchall()
+            )
             counts.update({user: int(count) for user, count in rows})
             cache.update(counts)
             while len(cache) > _MAX_UNREAD_COUNTS:
@@ -211,12 +236,13 @@ class SqliteStore:
 
     async def trim_notifications(self, older_than_ts: int, max_per_user: int) -> int:
         def trim(db: sqlite3.Connection) -> int:
-            removed = db.execute(
-                "DELETE FROM notifications WHERE created_at < ?", (older_than_ts,)).rowcount
+            removed = db.execute("DELETE FROM notifications WHERE created_at < ?", (older_than_ts,)).rowcount
             removed += db.execute(
                 "DELETE FROM notifications WHERE seq IN (SELECT seq FROM ("
                 " SELECT seq, ROW_NUMBER() OVER (PARTITION BY user_id ORDER BY seq DESC) AS rank"
-                " FROM notifications) WHERE rank > ?)", (max_per_user,)).rowcount
+                " FROM notifications) WHERE rank > ?)",
+                (max_per_user,),
+            ).rowcount
             return int(removed)
 
         removed = await self.db.write(trim)
@@ -232,37 +258,49 @@ class SqliteStore:
                 return Claim("done", orjson.loads(row[1]))
             if row is not None and row[0] >= stale_before:
                 return Claim("pending")
-            db.execute("INSERT INTO idempotency (key, ts, result) VALUES (?, ?, NULL) "
-                       "ON CONFLICT (key) DO UPDATE SET ts = excluded.ts", (key, ts))
+            db.execute(
+                "INSERT INTO idempotency (key, ts, result) VALUES (?, ?, NULL) "
+                "ON CONFLICT (key) DO UPDATE SET ts = excluded.ts",
+                (key, ts),
+            )
             return Claim("new")
 
         return await self.db.write(claim)
 
     async def complete_idempotency_key(self, key: str, result: dict[str, Any], ts: int) -> None:
         payload = orjson.dumps(result)
-        await self.db.write(lambda db: db.execute(
-            "UPDATE idempotency SET ts = ?, result = ? WHERE key = ?", (ts, payload, key)))
+        await self.db.write(
+            lambda db: db.execute(
+                "UPDATE idempotency SET ts = ?, result = ? WHERE key = ?", (ts, payload, key)
+            )
+        )
 
     async def release_idempotency_key(self, key: str) -> None:
-        await self.db.write(lambda db: db.execute(
-            "DELETE FROM idempotency WHERE key = ? AND result IS NULL", (key,)))
+        await self.db.write(
+            lambda db: db.execute("DELETE FROM idempotency WHERE key = ? AND result IS NULL", (key,))
+        )
 
     async def trim_idempotency_keys(self, older_than_ts: int) -> int:
-        return await self.db.write(lambda db: int(db.execute(
-            "DELETE FROM idempotency WHERE ts < ?", (older_than_ts,)).rowcount))
-
+        return await self.db.write(
+            lambda db: int(db.execute("DELETE FROM idempotency WHERE ts < ?", (older_than_ts,)).rowcount)
+        )
 
     # Settings
 
     async def load_setting(self, name: str) -> str | None:
-        row = self.db.read(lambda db: db.execute(
-            "SELECT value FROM meta WHERE key = ?", (f"setting:{name}",)).fetchone())
+        row = self.db.read(
+            lambda db: db.execute("SELECT value FROM meta WHERE key = ?", (f"setting:{name}",)).fetchone()
+        )
         return str(row[0]) if row else None
 
     async def save_setting(self, name: str, value: str) -> None:
-        await self.db.write(lambda db: db.execute(
-            "INSERT INTO meta (key, value) VALUES (?, ?) "
-            "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (f"setting:{name}", value)))
+        await self.db.write(
+            lambda db: db.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (f"setting:{name}", value),
+            )
+        )
 
     # Revocations
 
@@ -272,13 +310,18 @@ class SqliteStore:
             db.execute(
                 "INSERT INTO revocations (user_id, revoked_at, until) VALUES (?, ?, ?) "
                 "ON CONFLICT (user_id) DO UPDATE SET revoked_at = excluded.revoked_at, "
-                "until = excluded.until", (user_id, revoked_at, until))
+                "until = excluded.until",
+                (user_id, revoked_at, until),
+            )
 
         await self.db.write(revoke)
 
     async def revocations(self, now: int) -> dict[str, int]:
-        rows = self.db.read(lambda db: db.execute(
-            "SELECT user_id, revoked_at FROM revocations WHERE until > ?", (now,)).fetchall())
+        rows = self.db.read(
+            lambda db: db.execute(
+                "SELECT user_id, revoked_at FROM revocations WHERE until > ?", (now,)
+            ).fetchall()
+        )
         return {str(user): int(at) for user, at in rows}
 
 

@@ -248,8 +248,9 @@ class SqliteDatabase:
     def _hook_failed(self) -> None:
         self._hook_failures += 1
         if self._hook_failures == 1:
-            log.exception("after_commit_hook_failed",
-                          detail="the commit stands; further failures are counted only")
+            log.exception(
+                "after_commit_hook_failed", detail="the commit stands; further failures are counted only"
+            )
 
     def _fail(self, detail: str) -> None:
         self._failure = detail
@@ -305,8 +306,11 @@ class SqliteDatabase:
         self._remove_own_wal()
         if old is not None:
             os.replace(copy, keep)
-            log.warning("store_file_restored" if deleted else "store_file_kept_aside",
-                        path=keep, detail="the open database was written out before reopening")
+            log.warning(
+                "store_file_restored" if deleted else "store_file_kept_aside",
+                path=keep,
+                detail="the open database was written out before reopening",
+            )
         try:
             self._conn = self._connect()
         except StartupError as exc:

@@ -6,7 +6,8 @@ same user; what it no longer allows (a project dropped) is left at once (`rooms.
 A token that runs out ends the connection (`auth.expired`); a user disconnected on demand
 gets `auth.revoked` on every node.
 
-Deadlines live in one time wheel with a one-second tick, not a timer per connection.
+Deadlines live in one time wheel (a tenth of a second apart at most), not a timer per
+connection.
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ from ..errors import ErrorCode, NotifierError
 from ..logs import get_logger
 from ..service import Notifier
 from ..settings import Settings
-from ..wire import SocketConnection, TimeWheel
+from ..wire import SocketConnection
+from ..wire.timewheel import Deadlines
 from .acks import Connection, Reply
 
 log = get_logger("notifier.credentials")
 
-_TICK = 1.0
+_RESOLUTION = 0.1
 
 CloseConnection = Callable[[SocketConnection, str, NotifierError], None]
 SendEvent = Callable[[SocketConnection, str, dict[str, Any]], None]
@@ -36,8 +38,14 @@ RevokeRooms = Callable[[SocketConnection, list[str]], None]
 
 class Credentials:
     def __init__(
-        self, notifier: Notifier, verifier: TokenVerifier, settings: Settings, *,
-        close: CloseConnection, send: SendEvent, revoke_rooms: RevokeRooms,
+        self,
+        notifier: Notifier,
+        verifier: TokenVerifier,
+        settings: Settings,
+        *,
+        close: CloseConnection,
+        send: SendEvent,
+        revoke_rooms: RevokeRooms,
     ) -> None:
         self._notifier = notifier
         self._verifier = verifier
@@ -46,18 +54,15 @@ class Credentials:
         self._close = close
         self._send = send
         self._revoke_rooms = revoke_rooms
-        self._wheel: TimeWheel[SocketConnection] = TimeWheel(_TICK)
-        self._timer: asyncio.TimerHandle | None = None
+        self._deadlines: Deadlines[SocketConnection] = Deadlines(_RESOLUTION, self._check)
         self._loop: asyncio.AbstractEventLoop | None = None  # start() keeps it
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._timer = self._loop.call_later(_TICK, self._sweep)
+        self._deadlines.start(self._loop)
 
     def stop(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._deadlines.stop()
 
     def verify(self, token: object) -> Claims:
         """A token's claims, if it is valid and not revoked."""
@@ -82,24 +87,15 @@ class Credentials:
         due = state.notice_at or state.claims.expires_at + self._leeway
         loop = self._loop
         assert loop is not None, "start() first"
-        if state.wheel_at is not None:
-            self._wheel.discard(connection, state.wheel_at)
-        state.wheel_at = loop.time() + max(due - now, 0.0)
-        self._wheel.add(connection, state.wheel_at)
+        before, state.wheel_at = state.wheel_at, loop.time() + max(due - now, 0.0)
+        self._deadlines.move(connection, before, state.wheel_at)
 
     def forget(self, connection: SocketConnection) -> None:
         """The connection ended: the wheel lets go of it at once."""
         state: Connection | None = connection.data
         if state is not None and state.wheel_at is not None:
-            self._wheel.discard(connection, state.wheel_at)
+            self._deadlines.cancel(connection, state.wheel_at)
             state.wheel_at = None
-
-    def _sweep(self) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            self._wheel.sweep(loop.time(), self._check)
-        finally:
-            self._timer = loop.call_later(_TICK, self._sweep)
 
     def _check(self, connection: SocketConnection) -> None:
         state: Connection | None = connection.data
@@ -109,13 +105,15 @@ class Credentials:
         now = self._notifier.clock.now()
         expires = state.claims.expires_at + self._leeway
         if now >= expires:
-            self._close(connection, "auth.expired", NotifierError(
-                ErrorCode.AUTH_EXPIRED, "your token expired; reconnect with a new one"))
+            self._close(
+                connection,
+                "auth.expired",
+                NotifierError(ErrorCode.AUTH_EXPIRED, "your token expired; reconnect with a new one"),
+            )
             return
         if state.notice_at and now >= state.notice_at:
             state.notice_at = 0.0
-            self._send(connection, "auth.expiring",
-                       {"expires_at": millis(state.claims.expires_at)})
+            self._send(connection, "auth.expiring", {"expires_at": millis(state.claims.expires_at)})
         # The next deadline (entries left from before a renewal land here too).
         self._schedule(connection, now)
 
@@ -125,8 +123,11 @@ class Credentials:
         state: Connection = connection.data
         claims = self.verify(token)
         if claims.sub != state.claims.sub:
-            raise NotifierError(ErrorCode.FORBIDDEN, f"the new token is for {claims.sub!r}, not "
-                                f"{state.claims.sub!r}; connect again to change users")
+            raise NotifierError(
+                ErrorCode.FORBIDDEN,
+                f"the new token is for {claims.sub!r}, not "
+                f"{state.claims.sub!r}; connect again to change users",
+            )
         if connection.namespace != "/" and not claims.can_publish:
             raise NotifierError(ErrorCode.FORBIDDEN, "this namespace needs a publisher or admin token")
         lost = []
@@ -150,7 +151,13 @@ class Credentials:
         """Some of these connections' user was revoked: close those whose token is older."""
         for connection in connections:
             state: Connection | None = connection.data
-            if connection.connected and state is not None and \
-                    self._notifier.revocations.revoked(state.claims):
-                self._close(connection, "auth.revoked", NotifierError(
-                    ErrorCode.AUTH_REVOKED, "you were disconnected by an administrator"))
+            if (
+                connection.connected
+                and state is not None
+                and self._notifier.revocations.revoked(state.claims)
+            ):
+                self._close(
+                    connection,
+                    "auth.revoked",
+                    NotifierError(ErrorCode.AUTH_REVOKED, "you were disconnected by an administrator"),
+                )

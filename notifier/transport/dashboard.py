@@ -19,8 +19,10 @@ _CHECKOUT = Path(__file__).resolve().parents[2]
 
 _ASSETS = {
     "dashboard.js": [_PACKAGE_STATIC / "dashboard.js"],
-    "notifier-client.mjs": [_VENDORED / "notifier-client.mjs",
-                            _CHECKOUT / "client_examples" / "notifier-client.mjs"],
+    "notifier-client.mjs": [
+        _VENDORED / "notifier-client.mjs",
+        _CHECKOUT / "client_examples" / "notifier-client.mjs",
+    ],
     "socket.io.esm.min.js": [
         _VENDORED / "socket.io.esm.min.js",
         _CHECKOUT / "node_modules" / "socket.io-client" / "dist" / "socket.io.esm.min.js",
@@ -43,8 +45,8 @@ async def asset(request: web.Request) -> web.StreamResponse:
     path = next((place for place in places if place.exists()), None)
     if path is None:
         raise NotifierError(
-            ErrorCode.NOT_FOUND, f"{places[0].name} is missing: install the wheel, or run "
-            "scripts/setup.sh (npm ci) in a checkout"
+            ErrorCode.NOT_FOUND,
+            f"{places[0].name} is missing: install the wheel, or run scripts/setup.sh (npm ci) in a checkout",
         )
     response = web.FileResponse(path)
     response.content_type = "text/javascript"

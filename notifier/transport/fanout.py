@@ -125,7 +125,9 @@ class SocketFanOut:
                 self._failed(connection)
 
     def _deliver_to_all_projects(
-        self, delivery: Delivery, members: dict[SocketConnection, None] | None,
+        self,
+        delivery: Delivery,
+        members: dict[SocketConnection, None] | None,
     ) -> None:
         """The all-projects feed: live only, and once for a connection also in the room."""
         packet = event_with_json(delivery.type, delivery.text)
@@ -141,8 +143,11 @@ class SocketFanOut:
                 self._failed(connection)
 
     def _deliver_past_floors(
-        self, members: dict[SocketConnection, None],
-        floors: dict[SocketConnection, tuple[str, int]], delivery: Delivery, packet: Outbound,
+        self,
+        members: dict[SocketConnection, None],
+        floors: dict[SocketConnection, tuple[str, int]],
+        delivery: Delivery,
+        packet: Outbound,
     ) -> None:
         room, epoch, offset = delivery.room, delivery.epoch, delivery.offset
         for connection in members:
@@ -169,8 +174,11 @@ class SocketFanOut:
         this runs inside a commit and must not flood the log either."""
         self.failures += 1
         if self.failures == 1:
-            log.exception("delivery_failed", sid=connection.sid,
-                          detail="the connection is dropped; further failures are counted only")
+            log.exception(
+                "delivery_failed",
+                sid=connection.sid,
+                detail="the connection is dropped; further failures are counted only",
+            )
         with contextlib.suppress(Exception):
             connection.drop("delivery failed")
 
@@ -191,7 +199,9 @@ class SocketFanOut:
             connection.gate = []
 
     def release(
-        self, connection: SocketConnection, first: list[Outbound],
+        self,
+        connection: SocketConnection,
+        first: list[Outbound],
         positions: dict[str, tuple[str, int]],
     ) -> None:
         """Send `first` (the replay), then the held events the replay did not already cover."""

@@ -130,12 +130,14 @@ async def status(request: web.Request) -> web.Response:
     if not _claims(request).is_admin:
         raise NotifierError(ErrorCode.FORBIDDEN, "the status is for admin tokens")
     gateway = request.app[GATEWAY]
-    return json_response({
-        **request.app[NOTIFIER].status(),
-        "connections": gateway.connection_counts(),
-        "sessions": request.app[ENGINE].counts(),
-        "rooms": gateway.room_count(),
-    })
+    return json_response(
+        {
+            **request.app[NOTIFIER].status(),
+            "connections": gateway.connection_counts(),
+            "sessions": request.app[ENGINE].counts(),
+            "rooms": gateway.room_count(),
+        }
+    )
 
 
 @routes.post("/api/v1/publish")
@@ -162,10 +164,12 @@ async def list_notifications(request: web.Request) -> web.Response:
     listing = _validate(NotificationsList, query)
     notifier = request.app[NOTIFIER]
     notifications = await notifier.list_notifications(user_id, listing)
-    return json_response({
-        "notifications": [n.to_dict() for n in notifications],
-        "unread": await notifier.unread_count(user_id),
-    })
+    return json_response(
+        {
+            "notifications": [n.to_dict() for n in notifications],
+            "unread": await notifier.unread_count(user_id),
+        }
+    )
 
 
 @routes.post("/api/v1/notifications/read")
@@ -192,9 +196,7 @@ async def list_tasks(request: web.Request) -> web.Response:
         raise NotifierError(
             ErrorCode.INVALID_PAYLOAD, f"status: must be one of {[s.value for s in TaskStatus]}"
         ) from exc
-    tasks = await request.app[NOTIFIER].list_tasks(
-        status_filter, request.query.get("project"), claims
-    )
+    tasks = await request.app[NOTIFIER].list_tasks(status_filter, request.query.get("project"), claims)
     return json_response({"tasks": [task.to_dict() for task in tasks]})
 
 
@@ -213,8 +215,12 @@ async def update_task(request: web.Request) -> web.Response:
     notifier = request.app[NOTIFIER]
     if update.status == "running":
         fields = update.model_dump(include={"progress", "current", "completed", "total", "message"})
-        task = await notifier.report_progress(_validate(TaskProgress, {"task_id": task_id, **{
-            key: value for key, value in fields.items() if value is not None}}))
+        task = await notifier.report_progress(
+            _validate(
+                TaskProgress,
+                {"task_id": task_id, **{key: value for key, value in fields.items() if value is not None}},
+            )
+        )
     elif update.status == "completed":
         task = await notifier.complete_task(task_id, update.result, update.message)
     elif update.status == "failed":
@@ -232,8 +238,14 @@ async def presence(request: web.Request) -> web.Response:
     query = _validate(PresenceRequest, dict(request.query))
     presence = request.app[NOTIFIER].presence
     users = await presence.members(query.room)
-    return json_response({"room": query.room, "users": users, "count": len(users),
-                          "connections": sum(user["connections"] for user in users)})
+    return json_response(
+        {
+            "room": query.room,
+            "users": users,
+            "count": len(users),
+            "connections": sum(user["connections"] for user in users),
+        }
+    )
 
 
 @routes.post("/api/v1/users/{user_id}/disconnect")

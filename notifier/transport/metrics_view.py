@@ -27,8 +27,13 @@ from .socket_api import SocketGateway
 
 
 def read_service(
-    metrics: Metrics, *, engine: EngineServer, fanout: SocketFanOut,
-    gateway: SocketGateway, notifier: Notifier, client_errors: ClientErrorLog,
+    metrics: Metrics,
+    *,
+    engine: EngineServer,
+    fanout: SocketFanOut,
+    gateway: SocketGateway,
+    notifier: Notifier,
+    client_errors: ClientErrorLog,
 ) -> None:
     """Register the readers that turn the service's own counts into metric families."""
     health = notifier.health
@@ -36,35 +41,73 @@ def read_service(
 
     def read() -> Iterable[Metric]:
         connections = SocketServer.connection_counts(list(engine.sessions.values()))
-        yield gauge("notifier_connections", "Socket.IO connections on this process",
-                    ["namespace", "transport"], connections)
-        yield gauge("notifier_sessions", "Engine.IO sessions (connected to a namespace or not)",
-                    [], {(): len(engine.sessions)})
-        yield gauge("notifier_rooms", "Rooms with at least one connection on this process",
-                    [], {(): fanout.room_count()})
-        yield gauge("notifier_ready", "1 while /readyz answers 200", [],
-                    {(): 1.0 if health.ready else 0.0})
-        yield counter("notifier_events_published", "Events appended to room histories here",
-                      ["type"], notifier.published)
-        yield counter("notifier_events_delivered", "Events handed to connections here",
-                      ["type"], fanout.delivered)
-        yield counter("notifier_acks", "Acknowledgements sent, by result (ok or error code)",
-                      ["namespace", "code"], gateway.acks)
-        yield counter("notifier_replays", "Rooms clients asked to recover, by outcome",
-                      ["outcome", "reason"], gateway.replays)
-        yield counter("notifier_sessions_closed", "Engine.IO sessions ended, by reason",
-                      ["reason"], engine.closes)
-        yield counter("notifier_slow_consumer_evictions",
-                      "Sessions ended because their client stopped reading", [],
-                      {(): engine.closes.get(SLOW_CONSUMER, 0)})
-        yield counter("notifier_rate_limited", "Packets refused over a connection's rate limit",
-                      [], {(): engine.rate_limited})
-        yield counter("notifier_handshakes_refused_busy",
-                      "New sessions refused while the event loop was late (admission)",
-                      [], {(): engine.refused_busy})
-        yield counter("notifier_client_errors",
-                      "Malformed or abusive client input (each logged a few times per peer)",
-                      ["reason"], client_errors.counts)
+        yield gauge(
+            "notifier_connections",
+            "Socket.IO connections on this process",
+            ["namespace", "transport"],
+            connections,
+        )
+        yield gauge(
+            "notifier_sessions",
+            "Engine.IO sessions (connected to a namespace or not)",
+            [],
+            {(): len(engine.sessions)},
+        )
+        yield gauge(
+            "notifier_rooms",
+            "Rooms with at least one connection on this process",
+            [],
+            {(): fanout.room_count()},
+        )
+        yield gauge("notifier_ready", "1 while /readyz answers 200", [], {(): 1.0 if health.ready else 0.0})
+        yield counter(
+            "notifier_events_published",
+            "Events appended to room histories here",
+            ["type"],
+            notifier.published,
+        )
+        yield counter(
+            "notifier_events_delivered", "Events handed to connections here", ["type"], fanout.delivered
+        )
+        yield counter(
+            "notifier_acks",
+            "Acknowledgements sent, by result (ok or error code)",
+            ["namespace", "code"],
+            gateway.acks,
+        )
+        yield counter(
+            "notifier_replays",
+            "Rooms clients asked to recover, by outcome",
+            ["outcome", "reason"],
+            gateway.replays,
+        )
+        yield counter(
+            "notifier_sessions_closed", "Engine.IO sessions ended, by reason", ["reason"], engine.closes
+        )
+        yield counter(
+            "notifier_slow_consumer_evictions",
+            "Sessions ended because their client stopped reading",
+            [],
+            {(): engine.closes.get(SLOW_CONSUMER, 0)},
+        )
+        yield counter(
+            "notifier_rate_limited",
+            "Packets refused over a connection's rate limit",
+            [],
+            {(): engine.rate_limited},
+        )
+        yield counter(
+            "notifier_handshakes_refused_busy",
+            "New sessions refused while the event loop was late (admission)",
+            [],
+            {(): engine.refused_busy},
+        )
+        yield counter(
+            "notifier_client_errors",
+            "Malformed or abusive client input (each logged a few times per peer)",
+            ["reason"],
+            client_errors.counts,
+        )
 
     metrics.read_at_scrape(read)
 
@@ -78,8 +121,10 @@ async def public_metrics(request: web.Request) -> web.Response:
     header = request.headers.get("Authorization", "")
     token = header[7:].strip() if header.lower().startswith("bearer ") else None
     if not request.app[VERIFIER].verify(token).is_admin:
-        raise NotifierError(ErrorCode.FORBIDDEN, "/metrics needs an admin token here; "
-                            "Prometheus should scrape NOTIFIER_INTERNAL_PORT")
+        raise NotifierError(
+            ErrorCode.FORBIDDEN,
+            "/metrics needs an admin token here; Prometheus should scrape NOTIFIER_INTERNAL_PORT",
+        )
     return _exposition(request.app[METRICS])
 
 

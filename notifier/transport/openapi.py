@@ -59,45 +59,113 @@ def _query_of(model: type[BaseModel]) -> dict[str, dict[str, Any]]:
     """A flat model's fields as query parameters (their JSON Schemas, inlined)."""
     schema = model.model_json_schema()
     required = set(schema.get("required", ()))
-    return {name: {"schema": prop, "required": name in required}
-            for name, prop in schema["properties"].items()}
+    return {
+        name: {"schema": prop, "required": name in required} for name, prop in schema["properties"].items()
+    }
 
 
 OPERATIONS = [
     Operation("get", "/healthz", "Liveness: the process answers", "anyone", {200: AliveAnswer}),
-    Operation("get", "/readyz", "Readiness: 503 while the store or broker fails or the service "
-              "drains", "anyone", {200: ReadyAnswer, 503: ReadyAnswer}),
-    Operation("get", "/api/v1/status", "The process and the cluster: connections, sessions, "
-              "rooms, nodes", "admin", {200: StatusAnswer}),
-    Operation("post", "/api/v1/publish", "Send an event to a room", "publisher",
-              {201: EnvelopeOut}, body=PublishRequest),
-    Operation("post", "/api/v1/notifications", "Store a notification for each user, then push "
-              "it", "publisher", {201: NotificationsAnswer}, body=NotifyRequest),
-    Operation("get", "/api/v1/notifications", "A user's inbox, newest first (admins may name "
-              "another user)", "user", {200: NotificationsListAnswer},
-              query={**_query_of(NotificationsList),
-                     "user_id": {"schema": _IDENTIFIER, "required": False}}),
-    Operation("post", "/api/v1/notifications/read", "Mark the caller's notifications read",
-              "user", {200: MarkReadAnswer}, body=MarkRead),
-    Operation("post", "/api/v1/tasks", "Create a task", "publisher", {201: TaskAnswer},
-              body=TaskCreate),
-    Operation("get", "/api/v1/tasks", "Tasks the caller may see", "user", {200: TasksAnswer},
-              query={"status": {"schema": {"enum": [s.value for s in TaskStatus]},
-                                "required": False},
-                     "project": {"schema": _IDENTIFIER, "required": False}}),
-    Operation("get", "/api/v1/tasks/{task_id}", "One task", "user", {200: TaskAnswer},
-              query={"task_id": {"in": "path", "schema": _IDENTIFIER, "required": True}}),
-    Operation("patch", "/api/v1/tasks/{task_id}", "Report progress, complete, fail or cancel",
-              "publisher", {200: TaskAnswer}, body=TaskUpdate,
-              query={"task_id": {"in": "path", "schema": _IDENTIFIER, "required": True}}),
-    Operation("get", "/api/v1/presence", "Users present in a project or task room",
-              "publisher", {200: PresenceAnswer}, query=_query_of(PresenceRequest)),
-    Operation("post", "/api/v1/users/{user_id}/disconnect", "Close the user's connections on "
-              "every node; their older tokens are refused for NOTIFIER_REVOCATION_SECONDS",
-              "admin", {200: DisconnectAnswer},
-              query={"user_id": {"in": "path", "schema": _IDENTIFIER, "required": True}}),
-    Operation("put", "/api/v1/config/refresh-interval", "Change the refresh interval everywhere",
-              "admin", {200: RefreshIntervalAnswer}, body=RefreshIntervalRequest),
+    Operation(
+        "get",
+        "/readyz",
+        "Readiness: 503 while the store or broker fails or the service drains",
+        "anyone",
+        {200: ReadyAnswer, 503: ReadyAnswer},
+    ),
+    Operation(
+        "get",
+        "/api/v1/status",
+        "The process and the cluster: connections, sessions, rooms, nodes",
+        "admin",
+        {200: StatusAnswer},
+    ),
+    Operation(
+        "post",
+        "/api/v1/publish",
+        "Send an event to a room",
+        "publisher",
+        {201: EnvelopeOut},
+        body=PublishRequest,
+    ),
+    Operation(
+        "post",
+        "/api/v1/notifications",
+        "Store a notification for each user, then push it",
+        "publisher",
+        {201: NotificationsAnswer},
+        body=NotifyRequest,
+    ),
+    Operation(
+        "get",
+        "/api/v1/notifications",
+        "A user's inbox, newest first (admins may name another user)",
+        "user",
+        {200: NotificationsListAnswer},
+        query={**_query_of(NotificationsList), "user_id": {"schema": _IDENTIFIER, "required": False}},
+    ),
+    Operation(
+        "post",
+        "/api/v1/notifications/read",
+        "Mark the caller's notifications read",
+        "user",
+        {200: MarkReadAnswer},
+        body=MarkRead,
+    ),
+    Operation("post", "/api/v1/tasks", "Create a task", "publisher", {201: TaskAnswer}, body=TaskCreate),
+    Operation(
+        "get",
+        "/api/v1/tasks",
+        "Tasks the caller may see",
+        "user",
+        {200: TasksAnswer},
+        query={
+            "status": {"schema": {"enum": [s.value for s in TaskStatus]}, "required": False},
+            "project": {"schema": _IDENTIFIER, "required": False},
+        },
+    ),
+    Operation(
+        "get",
+        "/api/v1/tasks/{task_id}",
+        "One task",
+        "user",
+        {200: TaskAnswer},
+        query={"task_id": {"in": "path", "schema": _IDENTIFIER, "required": True}},
+    ),
+    Operation(
+        "patch",
+        "/api/v1/tasks/{task_id}",
+        "Report progress, complete, fail or cancel",
+        "publisher",
+        {200: TaskAnswer},
+        body=TaskUpdate,
+        query={"task_id": {"in": "path", "schema": _IDENTIFIER, "required": True}},
+    ),
+    Operation(
+        "get",
+        "/api/v1/presence",
+        "Users present in a project or task room",
+        "publisher",
+        {200: PresenceAnswer},
+        query=_query_of(PresenceRequest),
+    ),
+    Operation(
+        "post",
+        "/api/v1/users/{user_id}/disconnect",
+        "Close the user's connections on "
+        "every node; their older tokens are refused for NOTIFIER_REVOCATION_SECONDS",
+        "admin",
+        {200: DisconnectAnswer},
+        query={"user_id": {"in": "path", "schema": _IDENTIFIER, "required": True}},
+    ),
+    Operation(
+        "put",
+        "/api/v1/config/refresh-interval",
+        "Change the refresh interval everywhere",
+        "admin",
+        {200: RefreshIntervalAnswer},
+        body=RefreshIntervalRequest,
+    ),
 ]
 
 _ACCESS_NOTE = {
@@ -116,9 +184,11 @@ def _operation_id(op: Operation) -> str:
 def document() -> dict[str, Any]:
     Mode = Literal["validation", "serialization"]
     bodies: list[tuple[type[BaseModel], Mode]] = [
-        (op.body, "validation") for op in OPERATIONS if op.body is not None]
+        (op.body, "validation") for op in OPERATIONS if op.body is not None
+    ]
     answers: list[tuple[type[BaseModel], Mode]] = [
-        (model, "serialization") for op in OPERATIONS for model in op.answers.values()]
+        (model, "serialization") for op in OPERATIONS for model in op.answers.values()
+    ]
     error: tuple[type[BaseModel], Mode] = (ErrorAnswer, "serialization")
     models = list(dict.fromkeys([*bodies, *answers, error]))
     refs, schema = models_json_schema(models, ref_template="#/components/schemas/{model}")
@@ -129,10 +199,10 @@ def document() -> dict[str, Any]:
             "description": _ACCESS_NOTE[op.access],
             "operationId": _operation_id(op),
             "responses": {
-                str(status): {"description": model.__doc__.splitlines()[0] if model.__doc__
-                              else model.__name__,
-                              "content": {"application/json": {
-                                  "schema": refs[(model, "serialization")]}}}
+                str(status): {
+                    "description": model.__doc__.splitlines()[0] if model.__doc__ else model.__name__,
+                    "content": {"application/json": {"schema": refs[(model, "serialization")]}},
+                }
                 for status, model in op.answers.items()
             },
         }
@@ -143,25 +213,33 @@ def document() -> dict[str, Any]:
         if op.access != "anyone":
             entry["security"] = [{"bearer": []}]
         parameters = [
-            {"name": name, "in": spec.get("in", "query"), "required": spec["required"],
-             "schema": spec["schema"]}
+            {
+                "name": name,
+                "in": spec.get("in", "query"),
+                "required": spec["required"],
+                "schema": spec["schema"],
+            }
             for name, spec in op.query.items()
         ]
         if parameters:
             entry["parameters"] = parameters
         if op.body is not None:
-            entry["requestBody"] = {"required": True, "content": {"application/json": {
-                "schema": refs[(op.body, "validation")]}}}
+            entry["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": refs[(op.body, "validation")]}},
+            }
         paths.setdefault(op.path, {})[op.method] = entry
     return {
         "openapi": "3.1.0",
-        "info": {"title": "notifier", "version": __version__,
-                 "description": "REST API of notifier. The Socket.IO protocol (events, acks, "
-                                "recovery) is described in docs/protocol.md."},
+        "info": {
+            "title": "notifier",
+            "version": __version__,
+            "description": "REST API of notifier. The Socket.IO protocol (events, acks, "
+            "recovery) is described in docs/protocol.md.",
+        },
         "paths": paths,
         "components": {
             "schemas": schema.get("$defs", {}),
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
-                                           "bearerFormat": "JWT"}},
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
         },
     }

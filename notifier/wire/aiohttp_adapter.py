@@ -88,7 +88,9 @@ _OWNER = _Owner()
 
 
 def new_frame_reader(
-    on_message: MessageHandler, on_failure: FailureHandler, max_message_bytes: int,
+    on_message: MessageHandler,
+    on_failure: FailureHandler,
+    max_message_bytes: int,
     loop: asyncio.AbstractEventLoop | None = None,
 ) -> WebSocketReader:
     """A websocket frame reader: `feed_data(bytes)` calls `on_message` for every complete
@@ -141,9 +143,7 @@ class _GuardedRequestHandler(web_protocol.RequestHandler):
         super().connection_lost(exc)
 
     def _start_header_timer(self) -> None:
-        self._header_timer = self._loop.call_later(
-            self._settings.header_timeout, self._headers_too_slow
-        )
+        self._header_timer = self._loop.call_later(self._settings.header_timeout, self._headers_too_slow)
 
     def _headers_too_slow(self) -> None:
         self._header_timer = None
@@ -173,7 +173,8 @@ class _GuardedRequestHandler(web_protocol.RequestHandler):
         code = WireCode.TOO_LARGE if status == 413 else WireCode.MALFORMED
         body = self._settings.error_body(code, f"malformed HTTP request: {detail}"[:300])
         response = web.Response(
-            status=status, body=body,
+            status=status,
+            body=body,
             content_type="application/json",
         )
         response.force_close()

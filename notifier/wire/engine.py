@@ -22,7 +22,7 @@ from .ids import new_sid
 from .packets import open_packet, text_frame
 from .ratelimit import TokenBucket
 from .session import EngineSession, SessionListener
-from .timewheel import TimeWheel
+from .timewheel import Deadlines
 from .websocket import HandshakeError, WebSocketLink, WriteBatcher, accept_key, open_link
 
 # Deadlines fire at most this late: the protocol's heartbeat is exact to well within it.
@@ -89,9 +89,7 @@ class EngineServer:
         self._error_body = error_body
         # Asked before each new session: False while the process is overloaded.
         self._admit = admit
-        self._wheel: TimeWheel[EngineSession] = TimeWheel(_RESOLUTION)
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = 0.0
+        self.deadlines: Deadlines[EngineSession] = Deadlines(_RESOLUTION, self._fire)
         self._poll_check: asyncio.TimerHandle | None = None
         self._polling: set[EngineSession] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -101,13 +99,13 @@ class EngineServer:
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._poll_check = self._loop.call_later(_POLL_CHECK, self._check_polls)
-        self._arm()
+        self.deadlines.start(self._loop)
 
     def stop(self) -> None:
-        for timer in (self._timer, self._poll_check):
-            if timer is not None:
-                timer.cancel()
-        self._timer = self._poll_check = None
+        if self._poll_check is not None:
+            self._poll_check.cancel()
+            self._poll_check = None
+        self.deadlines.stop()
         self._loop = None
 
     async def drop_all(self, deadline: float = 3.0) -> None:
@@ -130,21 +128,16 @@ class EngineServer:
 
     def schedule(self, session: EngineSession, due: float) -> None:
         before = session.wheel_at
-        if before == due:
-            return
-        if before is not None:
-            self._wheel.discard(session, before)
-        session.wheel_at = due
-        self._wheel.add(session, due)
-        if self._loop is not None and (self._timer is None or due < self._timer_at):
-            self._arm()
+        if before != due:
+            session.wheel_at = due
+            self.deadlines.move(session, before, due)
 
     def forget(self, session: EngineSession, reason: str) -> None:
         self.closes[reason] += 1
         self.sessions.pop(session.sid, None)
         self._polling.discard(session)
         if session.wheel_at is not None:
-            self._wheel.discard(session, session.wheel_at)
+            self.deadlines.cancel(session, session.wheel_at)
             session.wheel_at = None
 
     def report(self, reason: str, detail: str, peer: str) -> None:
@@ -152,27 +145,6 @@ class EngineServer:
 
     def count_rate_limited(self) -> None:
         self.rate_limited += 1
-
-    # Deadlines: one timer, armed for the earliest bucket of the wheel
-
-    def _arm(self) -> None:
-        loop = self._loop
-        if loop is None:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        due = self._wheel.next_due()
-        if due is not None:
-            self._timer_at = due
-            self._timer = loop.call_at(due, self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        try:
-            self._wheel.sweep(self.now(), self._fire)
-        finally:
-            self._arm()
 
     def _fire(self, session: EngineSession) -> None:
         if session.closed:
@@ -201,15 +173,13 @@ class EngineServer:
         header = request.headers.get("Authorization")
         # Kept even when query tokens are refused: the refusal then says why.
         query_token = request.query.get("token")
-        session = EngineSession(self, sid, self.peer(request), self._new_bucket(), header,
-                                query_token)
+        session = EngineSession(self, sid, self.peer(request), self._new_bucket(), header, query_token)
         self.sessions[sid] = session
         session.listener = self._listen(session)
         return session
 
     def _open_packet(self, sid: str, upgrades: list[str]) -> str:
-        return open_packet(sid, upgrades, self.ping_interval, self.ping_timeout,
-                           self.max_message_bytes)
+        return open_packet(sid, upgrades, self.ping_interval, self.ping_timeout, self.max_message_bytes)
 
     def peer(self, request: web.BaseRequest) -> str:
         return peer_of(request, self.options.trusted_proxies)
@@ -334,8 +304,16 @@ class EngineServer:
             transport, tail = take_transport(request)
         except ConnectionResetError:
             raise TransportError(400, WireCode.MALFORMED, "the connection closed") from None
-        return open_link(transport, tail, accept, self.batcher, self.max_message_bytes,
-                         self.max_backlog, self.peer(request), first)
+        return open_link(
+            transport,
+            tail,
+            accept,
+            self.batcher,
+            self.max_message_bytes,
+            self.max_backlog,
+            self.peer(request),
+            first,
+        )
 
     # Origins and CORS
 
@@ -357,11 +335,15 @@ class EngineServer:
         return origin == f"{scheme}://{host}"
 
     def _response(
-        self, request: web.BaseRequest, status: int, body: str | bytes,
+        self,
+        request: web.BaseRequest,
+        status: int,
+        body: str | bytes,
         content_type: str = _POLLING_CONTENT_TYPE,
     ) -> web.Response:
         response = web.Response(
-            status=status, body=body.encode() if isinstance(body, str) else body,
+            status=status,
+            body=body.encode() if isinstance(body, str) else body,
             headers={"Content-Type": content_type},
         )
         origin = request.headers.get("Origin")

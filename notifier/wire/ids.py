@@ -23,7 +23,7 @@ class _RandomBlocks:
         if self._at + count > len(self._block):
             self._block, self._at = os.urandom(_BLOCK), 0
         start, self._at = self._at, self._at + count
-        return self._block[start:self._at]
+        return self._block[start : self._at]
 
 
 _random = _RandomBlocks()

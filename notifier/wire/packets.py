@@ -91,13 +91,22 @@ class Outbound:
 # Engine.IO
 
 
-def open_packet(sid: str, upgrades: list[str], ping_interval: float, ping_timeout: float,
-                max_payload: int) -> str:
+def open_packet(
+    sid: str, upgrades: list[str], ping_interval: float, ping_timeout: float, max_payload: int
+) -> str:
     """The OPEN packet: sid, upgrades, heartbeat (milliseconds) and the largest message."""
-    return OPEN + orjson.dumps({
-        "sid": sid, "upgrades": upgrades, "pingInterval": int(ping_interval * 1000),
-        "pingTimeout": int(ping_timeout * 1000), "maxPayload": max_payload,
-    }).decode()
+    return (
+        OPEN
+        + orjson.dumps(
+            {
+                "sid": sid,
+                "upgrades": upgrades,
+                "pingInterval": int(ping_interval * 1000),
+                "pingTimeout": int(ping_timeout * 1000),
+                "maxPayload": max_payload,
+            }
+        ).decode()
+    )
 
 
 def polling_payload(packets: list[str]) -> str:
@@ -167,8 +176,7 @@ def event_with_json(event: str, data_json: str, namespace: str = "/") -> Outboun
     appended the event). The name must be safe (`is_safe_event_name`): a name that is not is
     encoded the slow way, so the packet is always valid JSON."""
     if not is_safe_event_name(event):
-        return Outbound(_event_prefix(namespace) + "[" + orjson.dumps(event).decode() + ","
-                        + data_json + "]")
+        return Outbound(_event_prefix(namespace) + "[" + orjson.dumps(event).decode() + "," + data_json + "]")
     return Outbound(f'{_event_prefix(namespace)}["{event}",{data_json}]')
 
 

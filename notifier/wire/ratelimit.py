@@ -27,8 +27,14 @@ class TokenBucket:
     """
 
     __slots__ = (
-        "_burst", "_clock", "_flood_seconds", "_flood_started", "_last_rejected", "_rate",
-        "_tokens", "_updated",
+        "_burst",
+        "_clock",
+        "_flood_seconds",
+        "_flood_started",
+        "_last_rejected",
+        "_rate",
+        "_tokens",
+        "_updated",
     )
 
     def __init__(self, rate: float, burst: int, flood_seconds: float, clock: MonotonicClock) -> None:

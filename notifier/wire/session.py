@@ -105,14 +105,38 @@ _NO_LISTENER = _NoListener()
 
 class EngineSession:
     __slots__ = (
-        "auth_header", "awaiting_connect", "bucket", "closed", "connect_by", "flooding", "host",
-        "link", "listener", "lost_reason", "outbox", "peer", "ping_at", "poll", "poll_transport",
-        "pong_by", "posting", "probe", "query_token", "rejections", "sid", "wheel_at",
+        "auth_header",
+        "awaiting_connect",
+        "bucket",
+        "closed",
+        "connect_by",
+        "flooding",
+        "host",
+        "link",
+        "listener",
+        "lost_reason",
+        "outbox",
+        "peer",
+        "ping_at",
+        "poll",
+        "poll_transport",
+        "pong_by",
+        "posting",
+        "probe",
+        "query_token",
+        "rejections",
+        "sid",
+        "wheel_at",
     )
 
     def __init__(
-        self, host: SessionHost, sid: str, peer: str, bucket: TokenBucket,
-        auth_header: str | None, query_token: str | None,
+        self,
+        host: SessionHost,
+        sid: str,
+        peer: str,
+        bucket: TokenBucket,
+        auth_header: str | None,
+        query_token: str | None,
     ) -> None:
         self.host = host
         self.sid = sid
@@ -170,8 +194,7 @@ class EngineSession:
             # A client that stopped polling. Not closed here: this may run in the middle of
             # a fan-out over a room (or inside a commit).
             self.lost_reason = SLOW_CONSUMER
-            asyncio.get_running_loop().call_soon(
-                functools.partial(self.close, SLOW_CONSUMER, notify=False))
+            asyncio.get_running_loop().call_soon(functools.partial(self.close, SLOW_CONSUMER, notify=False))
             return
         outbox.append(text)
         poll = self.poll

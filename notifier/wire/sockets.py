@@ -180,8 +180,9 @@ class SocketServer:
         # Told of every ack sent: (namespace, payload).
         self.on_ack: Callable[[str, Any], None] = lambda namespace, reply: None
         # Told of a client's mistake: (reason, detail, peer, extra fields).
-        self.on_refusal: Callable[[str, str, str, dict[str, Any]], None] = \
+        self.on_refusal: Callable[[str, str, str, dict[str, Any]], None] = (
             lambda reason, detail, peer, extra: None
+        )
 
     def register(self, name: str, namespace: Namespace) -> None:
         self.namespaces[name] = namespace
@@ -196,8 +197,14 @@ class SocketServer:
         if connection.state is not State.CLOSED:
             connection.send(encode_event(event, data, connection.namespace))
 
-    def _send(self, client: SocketClient, packet_type: int, namespace: str, data: Any = None,
-              ack_id: int | None = None) -> None:
+    def _send(
+        self,
+        client: SocketClient,
+        packet_type: int,
+        namespace: str,
+        data: Any = None,
+        ack_id: int | None = None,
+    ) -> None:
         client.session.send(Outbound(encode(packet_type, namespace, data, ack_id)))
 
     def _ack(self, client: SocketClient, namespace: str, reply: Any, ack_id: int) -> None:
@@ -292,19 +299,31 @@ class SocketServer:
             session.protocol_error(f"a client may not send packet type {kind}")
 
     def _connect(
-        self, client: SocketClient, namespace: str, auth: Any,
+        self,
+        client: SocketClient,
+        namespace: str,
+        auth: Any,
         connection: SocketConnection | None,
     ) -> None:
         session = client.session
         handler = self.namespaces.get(namespace)
         if handler is None:
-            message = f"no namespace {namespace[:64]!r}; use " + " or ".join(
-                repr(n) for n in self.namespaces)
-            self.on_refusal("connect_refused", message, session.peer,
-                            {"namespace": namespace[:64], "code": WireCode.NOT_FOUND.value})
-            self._send(client, CONNECT_ERROR, namespace, {
-                "message": "Invalid namespace",
-                "data": self._shapes.connect_error(WireCode.NOT_FOUND, message)})
+            message = f"no namespace {namespace[:64]!r}; use " + " or ".join(repr(n) for n in self.namespaces)
+            self.on_refusal(
+                "connect_refused",
+                message,
+                session.peer,
+                {"namespace": namespace[:64], "code": WireCode.NOT_FOUND.value},
+            )
+            self._send(
+                client,
+                CONNECT_ERROR,
+                namespace,
+                {
+                    "message": "Invalid namespace",
+                    "data": self._shapes.connect_error(WireCode.NOT_FOUND, message),
+                },
+            )
             return
         if auth is not None and not isinstance(auth, dict):
             session.protocol_error("a CONNECT payload that is not an object")
@@ -328,8 +347,13 @@ class SocketServer:
             return
         except Exception:
             log.exception("connect_handler_failed namespace=%s", connection.namespace)
-            self._refuse(connection, Refused("connection set-up failed", self._shapes.connect_error(
-                WireCode.INTERNAL, "connection set-up failed")))
+            self._refuse(
+                connection,
+                Refused(
+                    "connection set-up failed",
+                    self._shapes.connect_error(WireCode.INTERNAL, "connection set-up failed"),
+                ),
+            )
             return
         if connection.state is not State.CONNECTING:
             # The session ended while the handler ran: undo what it set up.
@@ -354,13 +378,15 @@ class SocketServer:
         sockets = client.sockets
         if sockets is not None and sockets.get(connection.namespace) is connection:
             del sockets[connection.namespace]
-        self._send(client, CONNECT_ERROR, connection.namespace,
-                   {"message": refused.message, "data": refused.data})
+        self._send(
+            client, CONNECT_ERROR, connection.namespace, {"message": refused.message, "data": refused.data}
+        )
 
     def _event(self, connection: SocketConnection, ack_id: int | None, data: Any, raw: str) -> None:
         if not isinstance(data, list) or not data or not isinstance(data[0], str):
             connection.client.session.protocol_error(
-                f"an EVENT whose payload is not [name, ...]: {raw[:40]!r}")
+                f"an EVENT whose payload is not [name, ...]: {raw[:40]!r}"
+            )
             return
         handler = self.namespaces[connection.namespace]
         self._spawn(self._run_event(connection, handler.event(connection, data[0], data[1:]), ack_id))
@@ -392,11 +418,16 @@ class SocketServer:
             return
         namespace, ack_id = header
         connection = client.connection(namespace)
-        self.on_refusal("payload_too_large", f"an event of {len(data)} bytes", client.session.peer,
-                        {"namespace": namespace[:64]})
+        self.on_refusal(
+            "payload_too_large",
+            f"an event of {len(data)} bytes",
+            client.session.peer,
+            {"namespace": namespace[:64]},
+        )
         if ack_id is not None and connection is not None and connection.connected:
             reply = self._shapes.ack_error(
-                WireCode.TOO_LARGE, f"event is {len(data)} bytes; the limit is {self.max_event_bytes}")
+                WireCode.TOO_LARGE, f"event is {len(data)} bytes; the limit is {self.max_event_bytes}"
+            )
             self._ack(client, namespace, reply, ack_id)
 
     def _end(self, connection: SocketConnection, reason: str) -> None:

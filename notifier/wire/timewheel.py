@@ -2,8 +2,9 @@
 
 A timer handle per connection per deadline (ping, pong, connect timeout, token expiry) was
 measured at about 200 bytes each; idle connections are most of a notification service's, so
-their deadlines are kept here instead, and one loop timer is armed for the earliest bucket
-(`next_due`). A deadline fires no earlier than due and at most `resolution` late.
+their deadlines are kept here instead (`TimeWheel`), and one loop timer is armed for the
+earliest bucket (`Deadlines`). A deadline fires no earlier than due and at most `resolution`
+late.
 
 The owner keeps the deadline it set for an item and `discard`s it when the deadline moves or
 the item ends, so the wheel never holds an item that has nothing left to time: a closed
@@ -12,6 +13,7 @@ connection is freed at once.
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import math
 from collections.abc import Callable, Hashable
@@ -76,3 +78,63 @@ class TimeWheel(Generic[T]):
 
     def __len__(self) -> int:
         return sum(len(bucket) for bucket in self._buckets.values())
+
+
+class Deadlines(Generic[T]):
+    """A time wheel with one loop timer, armed for its earliest bucket: `fire(item)` runs no
+    earlier than the item's deadline and at most `resolution` (plus the loop's own lateness)
+    after it. The owner keeps each item's current deadline and passes it back to move or
+    cancel it."""
+
+    def __init__(self, resolution: float, fire: Callable[[T], None]) -> None:
+        self._wheel: TimeWheel[T] = TimeWheel(resolution)
+        self._fire = fire
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._arm()
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = None
+        self._loop = None
+
+    def move(self, item: T, before: float | None, due: float) -> None:
+        """The item's deadline is now `due` (it was `before`, None for none)."""
+        if before is not None:
+            self._wheel.discard(item, before)
+        self._wheel.add(item, due)
+        if self._loop is not None and (self._timer is None or due < self._timer_at):
+            self._arm()
+
+    def cancel(self, item: T, due: float) -> None:
+        self._wheel.discard(item, due)
+
+    def __len__(self) -> int:
+        return len(self._wheel)
+
+    def _arm(self) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        due = self._wheel.next_due()
+        if due is not None:
+            self._timer_at = due
+            self._timer = loop.call_at(due, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        loop = self._loop
+        if loop is None:
+            return
+        try:
+            self._wheel.sweep(loop.time(), self._fire)
+        finally:
+            self._arm()

@@ -127,8 +127,18 @@ class WebSocketLink(asyncio.Protocol):
     """One websocket connection, after the handshake, carrying one Engine.IO session."""
 
     __slots__ = (
-        "_abort_reason", "_batcher", "_max_backlog", "_pending", "_reader", "_resume", "_stash",
-        "_writing_paused", "closed", "owner", "peer", "transport",
+        "_abort_reason",
+        "_batcher",
+        "_max_backlog",
+        "_pending",
+        "_reader",
+        "_resume",
+        "_stash",
+        "_writing_paused",
+        "closed",
+        "owner",
+        "peer",
+        "transport",
     )
 
     def __init__(
@@ -153,8 +163,7 @@ class WebSocketLink(asyncio.Protocol):
         self._resume: asyncio.TimerHandle | None = None
         if batcher.loop is None:
             batcher.loop = asyncio.get_running_loop()
-        self._reader = new_frame_reader(self._on_message, self._on_failure, max_message_bytes,
-                                        batcher.loop)
+        self._reader = new_frame_reader(self._on_message, self._on_failure, max_message_bytes, batcher.loop)
 
     # Reading
 

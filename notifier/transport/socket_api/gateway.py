@@ -87,12 +87,19 @@ class SocketGateway:
         # For the metrics: acks sent, by namespace and result (`ok` or the error code).
         self.acks = Tally()
         self.rooms = RoomMembership(notifier, fanout)
-        self._credentials = Credentials(notifier, verifier, settings, close=self._close,
-                                        send=self._send_direct, revoke_rooms=self._revoke_rooms)
+        self._credentials = Credentials(
+            notifier,
+            verifier,
+            settings,
+            close=self._close,
+            send=self._send_direct,
+            revoke_rooms=self._revoke_rooms,
+        )
         notifier.revocations.on_revoked = self._user_revoked
         server.on_ack = self._count_ack
         server.on_refusal = lambda reason, detail, peer, extra: client_errors.note(
-            reason, detail, peer, **extra)
+            reason, detail, peer, **extra
+        )
         self._register(SocketContext(notifier, settings, self.rooms, self._credentials))
 
     @property
@@ -101,10 +108,14 @@ class SocketGateway:
 
     def _register(self, context: SocketContext) -> None:
         connects: dict[str, ConnectHandler] = {
-            USER_NAMESPACE: self._on_user_connect, WORKER_NAMESPACE: self._on_worker_connect}
+            USER_NAMESPACE: self._on_user_connect,
+            WORKER_NAMESPACE: self._on_worker_connect,
+        }
         for namespace, table in TABLES.items():
-            events = {event: acked(event, model, functools.partial(handler, context))
-                      for event, (model, handler) in table.items()}
+            events = {
+                event: acked(event, model, functools.partial(handler, context))
+                for event, (model, handler) in table.items()
+            }
             self._server.register(namespace, _Namespace(self, connects[namespace], events))
 
     def start(self) -> None:
@@ -148,14 +159,14 @@ class SocketGateway:
         }
         self._welcome[connection] = (session, batch)
         self._counts[USER_NAMESPACE] += 1
-        log.info("connected", namespace="/", sid=connection.sid, user=claims.sub,
-                 peer=connection.peer)
+        log.info("connected", namespace="/", sid=connection.sid, user=claims.sub, peer=connection.peer)
 
     async def _on_worker_connect(self, connection: SocketConnection, auth: Any) -> None:
         claims = self._authenticate(connection, auth)
         if not claims.can_publish:
             error = NotifierError(
-                ErrorCode.FORBIDDEN, "the /workers namespace needs a publisher or admin token")
+                ErrorCode.FORBIDDEN, "the /workers namespace needs a publisher or admin token"
+            )
             self._refusal(connection, error, claims.sub)
             raise refused(error)
         connection.data = Connection(claims=claims, joined={})
@@ -163,8 +174,9 @@ class SocketGateway:
         connection.raise_rate_limit(settings.worker_rate_per_second, settings.worker_rate_burst)
         self._counts[WORKER_NAMESPACE] += 1
         self._workers.add(connection)
-        log.info("connected", namespace=WORKER_NAMESPACE, sid=connection.sid, user=claims.sub,
-                 peer=connection.peer)
+        log.info(
+            "connected", namespace=WORKER_NAMESPACE, sid=connection.sid, user=claims.sub, peer=connection.peer
+        )
 
     def on_connected(self, connection: SocketConnection) -> None:
         """The CONNECT packet is queued: send the session and the replay, then live events."""
@@ -184,8 +196,13 @@ class SocketGateway:
         state: Connection | None = connection.data
         if state is not None:
             self._counts[connection.namespace] -= 1
-            log.info("disconnected", namespace=connection.namespace, sid=connection.sid,
-                     user=state.claims.sub, reason=reason)
+            log.info(
+                "disconnected",
+                namespace=connection.namespace,
+                sid=connection.sid,
+                user=state.claims.sub,
+                reason=reason,
+            )
 
     def _authenticate(self, connection: SocketConnection, auth: Any) -> Claims:
         try:
@@ -197,8 +214,14 @@ class SocketGateway:
 
     def _refusal(self, connection: SocketConnection, error: NotifierError, user: str | None) -> None:
         # Anyone can cause these: logged a few times per peer, then counted (ClientErrorLog).
-        self._client_errors.note("connect_refused", error.message, connection.peer,
-                                 namespace=connection.namespace, code=error.code.value, user=user)
+        self._client_errors.note(
+            "connect_refused",
+            error.message,
+            connection.peer,
+            namespace=connection.namespace,
+            code=error.code.value,
+            user=user,
+        )
 
     # Forced disconnects
 
@@ -207,8 +230,12 @@ class SocketGateway:
     ) -> None:
         """Tell the client why it is being disconnected (before the DISCONNECT packet)."""
         state: Connection | None = connection.data
-        log.info("server_disconnect", sid=connection.sid, code=reason.code.value,
-                 user=state.claims.sub if state else None)
+        log.info(
+            "server_disconnect",
+            sid=connection.sid,
+            code=reason.code.value,
+            user=state.claims.sub if state else None,
+        )
         self._send_direct(connection, event, reason.to_dict())
 
     def _send_direct(self, connection: SocketConnection, event: str, data: dict[str, Any]) -> None:
@@ -227,9 +254,17 @@ class SocketGateway:
         """A renewed token no longer allows these rooms: leave them and say so."""
         for room in rooms:
             self.rooms.leave(connection, room)
-        self._send_direct(connection, "rooms.revoked", {
-            "rooms": rooms, "reason": {"code": ErrorCode.FORBIDDEN.value,
-                                       "message": "your renewed token does not allow these rooms"}})
+        self._send_direct(
+            connection,
+            "rooms.revoked",
+            {
+                "rooms": rooms,
+                "reason": {
+                    "code": ErrorCode.FORBIDDEN.value,
+                    "message": "your renewed token does not allow these rooms",
+                },
+            },
+        )
 
     def _direct_envelope(self, event_type: str, data: dict[str, Any]) -> dict[str, Any]:
         """An envelope for one connection only: it belongs to no room, so it has no offset."""

@@ -96,8 +96,7 @@ class RoomMembership:
                 result["replayed"] = len(replay.events)
                 if replay.reason:
                     result["reason"] = replay.reason
-                self.replays.add(("recovered" if replay.recovered else "not_recovered",
-                                  replay.reason or ""))
+                self.replays.add(("recovered" if replay.recovered else "not_recovered", replay.reason or ""))
             if task is not None:
                 result["task"] = task.to_dict()
             batch.results[room] = result
@@ -189,6 +188,8 @@ class RoomMembership:
                 elif self.leave(connection, room):
                     results[room] = {"left": True}
                 else:
-                    results[room] = {"left": False, "error": {
-                        "code": ErrorCode.NOT_FOUND.value, "message": "not subscribed"}}
+                    results[room] = {
+                        "left": False,
+                        "error": {"code": ErrorCode.NOT_FOUND.value, "message": "not subscribed"},
+                    }
         return {"rooms": results}

@@ -15,8 +15,7 @@ WORKER_NAMESPACE = "/workers"
 TABLES: dict[str, EventTable] = {USER_NAMESPACE: USER_EVENTS, WORKER_NAMESPACE: WORKER_EVENTS}
 
 EVENT_MODELS: dict[str, dict[str, type[BaseModel]]] = {
-    namespace: {event: model for event, (model, _) in table.items()}
-    for namespace, table in TABLES.items()
+    namespace: {event: model for event, (model, _) in table.items()} for namespace, table in TABLES.items()
 }
 
 __all__ = ["EVENT_MODELS", "TABLES", "USER_NAMESPACE", "WORKER_NAMESPACE"]

@@ -24,9 +24,7 @@ async def subscribe(ctx: SocketContext, connection: SocketConnection, request: S
     return await ctx.rooms.subscribe(connection, request)
 
 
-async def unsubscribe(
-    ctx: SocketContext, connection: SocketConnection, request: UnsubscribeRequest
-) -> Reply:
+async def unsubscribe(ctx: SocketContext, connection: SocketConnection, request: UnsubscribeRequest) -> Reply:
     return await ctx.rooms.unsubscribe(connection, request)
 
 
@@ -73,16 +71,12 @@ async def auth_refresh(ctx: SocketContext, connection: SocketConnection, request
         return await ctx.credentials.refresh(connection, request.token)
 
 
-async def presence_get(
-    ctx: SocketContext, connection: SocketConnection, request: PresenceRequest
-) -> Reply:
+async def presence_get(ctx: SocketContext, connection: SocketConnection, request: PresenceRequest) -> Reply:
     await ctx.notifier.authorize_presence(claims_of(connection), request.room)
     return {"room": request.room, "users": await ctx.notifier.presence.members(request.room)}
 
 
-async def presence_stats(
-    ctx: SocketContext, connection: SocketConnection, request: PresenceRequest
-) -> Reply:
+async def presence_stats(ctx: SocketContext, connection: SocketConnection, request: PresenceRequest) -> Reply:
     await ctx.notifier.authorize_presence(claims_of(connection), request.room)
     return {"room": request.room, **await ctx.notifier.presence.stats(request.room)}
 

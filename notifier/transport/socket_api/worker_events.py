@@ -37,7 +37,9 @@ def scoped_key(connection: SocketConnection, key: str | None) -> str | None:
 
 
 def _once(
-    ctx: SocketContext, connection: SocketConnection, key: str | None,
+    ctx: SocketContext,
+    connection: SocketConnection,
+    key: str | None,
     action: Callable[[], Awaitable[Reply]],
 ) -> Awaitable[Reply]:
     return ctx.notifier.once(scoped_key(connection, key), action)
@@ -48,8 +50,12 @@ async def publish(ctx: SocketContext, connection: SocketConnection, request: Pub
 
     async def run() -> Reply:
         envelope = await ctx.notifier.publish(request, key)
-        return {"id": envelope["id"], "room": envelope["room"], "offset": envelope["offset"],
-                "epoch": envelope["epoch"]}
+        return {
+            "id": envelope["id"],
+            "room": envelope["room"],
+            "offset": envelope["offset"],
+            "epoch": envelope["epoch"],
+        }
 
     if key is None:  # the hot path of a busy worker: nothing to remember
         return await run()
@@ -73,16 +79,12 @@ async def task_create(ctx: SocketContext, connection: SocketConnection, request:
     return await _once(ctx, connection, request.idempotency_key, run)
 
 
-async def task_progress(
-    ctx: SocketContext, connection: SocketConnection, request: TaskProgress
-) -> Reply:
+async def task_progress(ctx: SocketContext, connection: SocketConnection, request: TaskProgress) -> Reply:
     # Progress needs no key: a repeated value is accepted and coalesced away.
     return {"task": (await ctx.notifier.report_progress(request)).to_dict()}
 
 
-async def task_complete(
-    ctx: SocketContext, connection: SocketConnection, request: TaskComplete
-) -> Reply:
+async def task_complete(ctx: SocketContext, connection: SocketConnection, request: TaskComplete) -> Reply:
     async def run() -> Reply:
         task = await ctx.notifier.complete_task(request.task_id, request.result, request.message)
         return {"task": task.to_dict()}
