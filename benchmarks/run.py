@@ -8,6 +8,7 @@
     .venv/bin/python -m benchmarks.run connect --clients 10000      # set-up rate, JWT checked
     .venv/bin/python -m benchmarks.run hold --clients 19000 --seconds 120
     .venv/bin/python -m benchmarks.run storm --clients 10000        # restart, and a killed node
+    .venv/bin/python -m benchmarks.run runner     # GuardedRunner against aiohttp's own AppRunner
 
 Servers under test, each in its own process on 127.0.0.1: notifier (`python -m notifier serve`,
 SQLite store, publishing through `/workers` `publish`), notifier-inprocess (fan-out only: the
@@ -38,6 +39,7 @@ import aiohttp
 import socketio
 import uvloop
 
+from benchmarks.http_runner import runner_command
 from benchmarks.node_process import NodeGenerator
 from notifier.auth import Role, issue_token
 
@@ -609,6 +611,7 @@ async def main() -> None:
             "connect",
             "hold",
             "storm",
+            "runner",
             "all",
         ],
     )
@@ -638,7 +641,7 @@ async def main() -> None:
         help="which servers to measure (default: all; ratios need notifier)",
     )
     args = parser.parse_args()
-    if args.command not in ("progress", "hostile"):
+    if args.command not in ("progress", "hostile", "runner"):
         _install_node_packages()
     commands = {
         "fanout": fanout_command,
@@ -650,6 +653,7 @@ async def main() -> None:
         "connect": connect_command,
         "hold": hold_command,
         "storm": storm_command,
+        "runner": runner_command,
     }
     if args.command == "all":
         memory_clients = args.clients or [1000, 10000]

@@ -4,15 +4,28 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from .models import NotifyRequest, PublishRequest, TaskCreate, TaskProgress
 from .records import Envelope, Notification, Task
 
-if TYPE_CHECKING:
-    from .service import Notifier
-
 T = TypeVar("T")
+
+
+class _Service(Protocol):
+    """The service's calls this façade makes blocking (`service.Notifier`)."""
+
+    async def publish(self, request: PublishRequest, key: str | None = None) -> Envelope: ...
+
+    async def notify(self, request: NotifyRequest, key: str | None = None) -> list[Notification]: ...
+
+    async def create_task(self, request: TaskCreate) -> Task: ...
+
+    async def report_progress(self, request: TaskProgress) -> Task: ...
+
+    async def complete_task(self, task_id: str, result: Any = None, message: str | None = None) -> Task: ...
+
+    async def fail_task(self, task_id: str, error: str) -> Task: ...
 
 
 class ThreadSafeNotifier:
@@ -22,7 +35,7 @@ class ThreadSafeNotifier:
     sockets live on the service's loop.)
     """
 
-    def __init__(self, notifier: Notifier, loop: asyncio.AbstractEventLoop, timeout: float = 10.0):
+    def __init__(self, notifier: _Service, loop: asyncio.AbstractEventLoop, timeout: float = 10.0):
         self._notifier = notifier
         self._loop = loop
         self._timeout = timeout

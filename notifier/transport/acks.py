@@ -34,6 +34,16 @@ class Connection:
     wheel_at: float | None = None
 
 
+def state_of(connection: SocketConnection) -> Connection:
+    """What the gateway keeps for a connection that was accepted."""
+    state: Connection = connection.data
+    return state
+
+
+def claims_of(connection: SocketConnection) -> Claims:
+    return state_of(connection).claims
+
+
 Handler = Callable[[SocketConnection, M], Awaitable[Reply]]
 EventHandler = Callable[[SocketConnection, list[Any]], Awaitable[Reply]]
 

@@ -10,6 +10,7 @@ replay goes first and nothing is delivered twice or skipped at the seam.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Callable
 from typing import Any
@@ -171,7 +172,9 @@ class SocketFanOut:
     def _failed(self, connection: SocketConnection) -> None:
         """Handing an event to this connection raised (a defect, not the client's doing): it
         alone ends, and recovers what it missed when it reconnects. Logged once a process:
-        this runs inside a commit and must not flood the log either."""
+        this runs inside a commit and must not flood the log either. The session is dropped
+        after this pass, not during it: leaving its rooms now would change the member list
+        being walked."""
         self.failures += 1
         if self.failures == 1:
             log.exception(
@@ -179,8 +182,7 @@ class SocketFanOut:
                 sid=connection.sid,
                 detail="the connection is dropped; further failures are counted only",
             )
-        with contextlib.suppress(Exception):
-            connection.drop("delivery failed")
+        asyncio.get_running_loop().call_soon(_drop_quietly, connection)
 
     def drop_members(self, room: str, reason: str) -> None:
         """End the sessions of the room's connections here without a goodbye: their clients
@@ -219,3 +221,8 @@ class SocketFanOut:
             through = self._through.get(room)
             if through is None or through[0] != epoch or through[1] < offset:
                 self._floors.setdefault(room, {})[connection] = (epoch, offset)
+
+
+def _drop_quietly(connection: SocketConnection) -> None:
+    with contextlib.suppress(Exception):
+        connection.drop("delivery failed")

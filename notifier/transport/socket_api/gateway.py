@@ -17,11 +17,11 @@ from ...rooms import BROADCAST_ROOM, room_for_user
 from ...service import Notifier
 from ...settings import Settings
 from ...wire import Outbound, Refused, SocketConnection, SocketServer, encode_event
-from ..acks import Connection, EventHandler, Reply, acked, unknown_event
+from ..acks import Connection, EventHandler, Reply, acked, claims_of, unknown_event
 from ..credentials import Credentials
 from ..fanout import USER_NAMESPACE, SocketFanOut
 from .connecting import positions_from, presence_from, token_from
-from .context import SocketContext, claims_of
+from .context import SocketContext
 from .rooms import JoinBatch, RoomMembership
 from .tables import TABLES, WORKER_NAMESPACE
 

@@ -20,9 +20,8 @@ from ...presence import tracked
 from ...rooms import ALL_PROJECTS_ROOM, BROADCAST_ROOM, presence_feed, room_for_user
 from ...service import Notifier
 from ...wire import Outbound, SocketConnection, encode_event
-from ..acks import Connection, Reply
+from ..acks import Connection, Reply, claims_of, state_of
 from ..fanout import USER_NAMESPACE, SocketFanOut
-from .context import claims_of, state_of
 
 # Replayed packets kept for reuse: the newest events of the rooms being recovered.
 _REPLAY_PACKETS = 20_000

@@ -16,8 +16,8 @@ from ...models import (
     UnsubscribeRequest,
 )
 from ...wire import SocketConnection
-from ..acks import Reply
-from .context import EventTable, SocketContext, claims_of
+from ..acks import Reply, claims_of
+from .context import EventTable, SocketContext
 
 
 async def subscribe(ctx: SocketContext, connection: SocketConnection, request: SubscribeRequest) -> Reply:

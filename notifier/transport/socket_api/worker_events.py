@@ -22,8 +22,8 @@ from ...models import (
     TaskRef,
 )
 from ...wire import SocketConnection
-from ..acks import Reply
-from .context import EventTable, SocketContext, claims_of
+from ..acks import Reply, claims_of
+from .context import EventTable, SocketContext
 from .user_events import auth_refresh, ping, presence_get, presence_stats, task_get
 
 
