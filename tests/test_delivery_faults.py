@@ -9,7 +9,7 @@ import asyncio
 import pytest
 
 from notifier.broker.local import LocalBroker
-from notifier.wire import SocketConnection
+from notifier.wire import EngineSession, Outbound
 from tests.conftest import RunningServer, until
 
 
@@ -25,7 +25,7 @@ async def publish(server: RunningServer, n: int) -> None:
 
 
 async def test_a_connection_whose_delivery_raises_costs_only_itself(
-    server: RunningServer, caplog: pytest.LogCaptureFixture
+    server: RunningServer, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     alice = await server.connect("alice", projects=["p1"])
     bob = await server.connect("bob", projects=["p1"])
@@ -35,10 +35,14 @@ async def test_a_connection_whose_delivery_raises_costs_only_itself(
     fanout = server.notifier._transport
     (broken,) = [c for c in fanout.members("project:p1") if c.data.claims.sub == "bob"]
 
-    def raising(_: object) -> None:
-        raise RuntimeError("a defect in delivery")
+    session, send = broken.session, EngineSession.send
 
-    broken.send = raising  # bob's connection fails; it alone must pay
+    def failing_for_bob(self: EngineSession, packet: Outbound) -> None:
+        if self is session:
+            raise RuntimeError("a defect in delivery")
+        send(self, packet)
+
+    monkeypatch.setattr(EngineSession, "send", failing_for_bob)  # bob's fails; he alone pays
 
     for n in range(5):
         await publish(server, n)
@@ -68,8 +72,3 @@ async def test_an_after_commit_hook_that_raises_leaves_no_writer_waiting(
     await alice.wait_until(lambda: len(alice.of_type("tick")) == 3, what="3 ticks")
     hook_lines = [r for r in caplog.records if "after_commit_hook_failed" in r.getMessage()]
     assert len(hook_lines) == 1
-
-
-def test_connections_send_is_the_sessions_queue() -> None:
-    """The fan-out calls `connection.send` per recipient: a slot, not a method lookup."""
-    assert "send" in SocketConnection.__slots__

@@ -102,7 +102,7 @@ class SocketFanOut:
             for connection in members:
                 try:
                     if connection.gate is None:
-                        connection.send(packet)
+                        connection.session.send(packet)
                     else:
                         connection.gate.append((room, offset, packet))
                 except Exception:
@@ -119,7 +119,7 @@ class SocketFanOut:
             try:
                 gate = connection.gate
                 if gate is None:
-                    connection.send(packet)
+                    connection.session.send(packet)
                 else:
                     gate.append((room, offset, packet))
             except Exception:
@@ -137,7 +137,7 @@ class SocketFanOut:
                 continue
             try:
                 if connection.gate is None:
-                    connection.send(packet)
+                    connection.session.send(packet)
                 else:
                     connection.gate.append((delivery.room, UNKEPT, packet))
             except Exception:
@@ -158,7 +158,7 @@ class SocketFanOut:
             try:
                 gate = connection.gate
                 if gate is None:
-                    connection.send(packet)
+                    connection.session.send(packet)
                 else:
                     gate.append((room, offset, packet))
             except Exception:
@@ -210,7 +210,7 @@ class SocketFanOut:
         held, connection.gate = connection.gate or [], None
         if not connection.connected:
             return
-        send = connection.send
+        send = connection.session.send
         for packet in first:
             send(packet)
         for room, offset, packet in held:

@@ -76,16 +76,17 @@ class State(Enum):
 class SocketConnection:
     """One client's connection to one namespace."""
 
-    __slots__ = ("client", "data", "gate", "namespace", "send", "sid", "state", "waiting")
+    __slots__ = ("client", "data", "gate", "namespace", "session", "sid", "state", "waiting")
 
     def __init__(self, client: SocketClient, namespace: str) -> None:
         self.sid = new_sid()
         self.client = client
+        # The Engine.IO session: `session.send(packet)` queues a packet (the fan-out's hot
+        # path calls it directly, one attribute away).
+        self.session = client.session
         self.namespace = namespace
         self.state = State.CONNECTING
         self.waiting: list[str | bytes] | None = []
-        # The session's packet queue itself: the fan-out's hot path calls it directly.
-        self.send: Callable[[Outbound], None] = client.session.send
         # While not None, the owner holds this connection's deliveries here (a replay is
         # being prepared); the owner decides what the list holds.
         self.gate: list[Any] | None = None
@@ -96,29 +97,32 @@ class SocketConnection:
     def connected(self) -> bool:
         return self.state is State.CONNECTED
 
+    def send(self, packet: Outbound) -> None:
+        self.session.send(packet)
+
     @property
     def peer(self) -> str:
-        return self.client.session.peer
+        return self.session.peer
 
     @property
     def auth_header(self) -> str | None:
-        return self.client.session.auth_header
+        return self.session.auth_header
 
     @property
     def query_token(self) -> str | None:
-        return self.client.session.query_token
+        return self.session.query_token
 
     @property
     def transport_name(self) -> str:
-        return self.client.session.transport_name
+        return self.session.transport_name
 
     def raise_rate_limit(self, rate: float, burst: int) -> None:
         """Allow this connection's session more packets (a proven publisher)."""
-        self.client.session.raise_rate_limit(rate, burst)
+        self.session.raise_rate_limit(rate, burst)
 
     def drop(self, reason: str) -> None:
         """End the whole session without a goodbye: the client reconnects and recovers."""
-        self.client.session.drop(reason)
+        self.session.drop(reason)
 
 
 class Namespace(Protocol):
@@ -140,16 +144,23 @@ class Namespace(Protocol):
         """The session is closed for flooding; tell the client why (before it goes)."""
 
 
-class SocketClient:
-    """The Socket.IO side of one Engine.IO session (its `SessionListener`)."""
+class SocketClient(dict[str, SocketConnection]):
+    """The Socket.IO side of one Engine.IO session (its `SessionListener`): the namespaces it
+    has joined, by name. (A dict itself: one object per session, not two.)"""
 
-    __slots__ = ("attachments_due", "server", "session", "sockets")
+    __slots__ = ("attachments_due", "server", "session")
 
     def __init__(self, server: SocketServer, session: EngineSession) -> None:
+        super().__init__()
         self.server = server
         self.session = session
-        self.sockets: dict[str, SocketConnection] | None = None  # by namespace
         self.attachments_due = 0  # binary attachments still to come for a refused event
+
+    # A dict compared by identity: each session's is its own.
+    __hash__ = object.__hash__  # type: ignore[assignment]
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
 
     def on_message(self, data: str | bytes) -> None:
         self.server.receive(self, data)
@@ -162,10 +173,6 @@ class SocketClient:
 
     def on_close(self, reason: str) -> None:
         self.server.closed(self, reason)
-
-    def connection(self, namespace: str) -> SocketConnection | None:
-        sockets = self.sockets
-        return sockets.get(namespace) if sockets is not None else None
 
 
 class SocketServer:
@@ -244,7 +251,7 @@ class SocketServer:
             header = event_header(data)
             if header is not None:
                 namespace, ack_id = header
-                connection = client.connection(namespace)
+                connection = client.get(namespace)
                 if ack_id is None:
                     return
                 if connection is not None and connection.connected:
@@ -252,13 +259,14 @@ class SocketServer:
                     self._ack(client, namespace, reply, ack_id)
 
     def flooded(self, client: SocketClient) -> None:
-        for connection in list((client.sockets or {}).values()):
+        for connection in list(client.values()):
             if connection.connected:
                 self.namespaces[connection.namespace].flooding(connection)
 
     def closed(self, client: SocketClient, reason: str) -> None:
-        sockets, client.sockets = client.sockets, None
-        for connection in (sockets or {}).values():
+        connections = list(client.values())
+        client.clear()
+        for connection in connections:
             self._end(connection, reason)
 
     # Packets
@@ -269,12 +277,12 @@ class SocketServer:
         if not isinstance(kind, int) or not 0 <= kind <= BINARY_ACK or namespace[:1] != "/":
             session.protocol_error(f"invalid Socket.IO packet {raw[:40]!r}")
             return
-        connection = client.connection(namespace)
+        connection = client.get(namespace)
         if kind == CONNECT:
             self._connect(client, namespace, packet.data, connection)
             return
         if connection is None:
-            if not client.sockets:
+            if not client:
                 # "If the server does not receive a CONNECT packet first, then it MUST close."
                 session.protocol_error("a packet before any CONNECT")
             return  # a namespace this session has left: ignored, as the reference server does
@@ -332,9 +340,7 @@ class SocketServer:
             session.protocol_error(f"a second CONNECT to {namespace}")
             return
         connection = SocketConnection(client, namespace)
-        if client.sockets is None:
-            client.sockets = {}
-        client.sockets[namespace] = connection
+        client[namespace] = connection
         self._spawn(self._run_connect(handler, connection, auth))
 
     async def _run_connect(
@@ -375,9 +381,8 @@ class SocketServer:
             return
         connection.state = State.CLOSED
         client = connection.client
-        sockets = client.sockets
-        if sockets is not None and sockets.get(connection.namespace) is connection:
-            del sockets[connection.namespace]
+        if client.get(connection.namespace) is connection:
+            del client[connection.namespace]
         self._send(
             client, CONNECT_ERROR, connection.namespace, {"message": refused.message, "data": refused.data}
         )
@@ -417,7 +422,7 @@ class SocketServer:
             client.session.protocol_error("an oversized, malformed event")
             return
         namespace, ack_id = header
-        connection = client.connection(namespace)
+        connection = client.get(namespace)
         self.on_refusal(
             "payload_too_large",
             f"an event of {len(data)} bytes",
@@ -436,10 +441,9 @@ class SocketServer:
         was_connected = connection.state is State.CONNECTED
         connection.state = State.CLOSED
         client = connection.client
-        sockets = client.sockets
-        if sockets is not None and sockets.get(connection.namespace) is connection:
-            del sockets[connection.namespace]
-            if was_connected and not any(c.connected for c in sockets.values()):
+        if client.get(connection.namespace) is connection:
+            del client[connection.namespace]
+            if was_connected and not any(c.connected for c in client.values()):
                 client.session.namespaces_left()
         if was_connected:
             self.namespaces[connection.namespace].disconnected(connection, reason)
@@ -467,7 +471,7 @@ class SocketServer:
             client = session.listener
             if isinstance(client, SocketClient):
                 transport = session.transport_name
-                for namespace, connection in (client.sockets or {}).items():
+                for namespace, connection in client.items():
                     if connection.connected:
                         counts[(namespace, transport)] += 1
         return counts
