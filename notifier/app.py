@@ -32,6 +32,7 @@ from .transport.http import error_middleware, health_routes, routes
 from .transport.socket_api import SocketGateway
 from .transport.wire_errors import NotifierErrorShapes, http_error_body
 from .wire import EngineOptions, EngineServer, GuardedRunner, SocketServer, TokenBucket
+from .wire.limits import ConnectionLimits, OpenConnections
 
 log = get_logger("notifier.app")
 
@@ -76,6 +77,12 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         connect_timeout=settings.connect_timeout_seconds,
         cors_origins=settings.cors_origins,
         trusted_proxies=frozenset(settings.trusted_proxies),
+        limits=ConnectionLimits(
+            max_connections=settings.connection_limit,
+            max_http_per_peer=settings.max_http_connections_per_peer,
+            max_pending_per_peer=settings.max_pending_sessions_per_peer,
+            exempt=frozenset(settings.trusted_proxies),
+        ),
     )
     engine = EngineServer(
         options,
@@ -91,6 +98,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         # New sessions wait (503, the client retries) while the event loop is late: a
         # reconnect storm must not hold up the connections already here.
         admit=(lambda: metrics.latest_lag <= max_lag) if max_lag else (lambda: True),
+        open_connections=OpenConnections(),
     )
     fanout = SocketFanOut()
     fanout.on_room_empty = notifier.unfollow
@@ -157,6 +165,8 @@ def make_runner(app: web.Application, **kwargs: Any) -> web.AppRunner:
         header_timeout=settings.http_header_timeout_seconds,
         on_protocol_error=lambda reason, detail, peer: engine.report(reason, detail, str(peer)),
         error_body=http_error_body,
+        open_connections=engine.open_connections,
+        limits=engine.options.limits,
         **kwargs,
     )
 

@@ -15,6 +15,7 @@ import jwt
 from .errors import ErrorCode, NotifierError, StartupError
 from .keys_pem import algorithms_for, parse_public_key
 from .logs import get_logger
+from .rooms import MAX_USER_ID, is_user_id
 from .settings import Settings
 
 log = get_logger("notifier.auth")
@@ -144,8 +145,12 @@ def _timestamp(payload: dict[str, Any], claim: str, required: bool) -> float | N
 
 def _claims_from_payload(payload: dict[str, Any]) -> Claims:
     sub = payload.get("sub")
-    if not isinstance(sub, str) or not sub or len(sub) > 128:
-        raise NotifierError(ErrorCode.AUTH_INVALID, "claim 'sub' must be a non-empty string")
+    if not isinstance(sub, str) or not is_user_id(sub):
+        raise NotifierError(
+            ErrorCode.AUTH_INVALID,
+            f"claim 'sub' must be a non-empty string of at most {MAX_USER_ID} characters, "
+            "without control characters",
+        )
     try:
         role = Role(payload.get("role", Role.USER))
     except ValueError as exc:

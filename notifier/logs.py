@@ -12,6 +12,7 @@ left out, so no client can grow the log without bound.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 from collections import Counter, OrderedDict
@@ -59,9 +60,14 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
     return getattr(record, _FIELDS, None) or {}
 
 
+# What a value may not hold bare in a key=value line: separators, quotes, and control
+# characters (a client's ESC or CR must not reach a terminal or split a line).
+_NEEDS_QUOTES = re.compile(r'[\s"=\\\x00-\x1f\x7f-\x9f]')
+
+
 def _text_value(value: Any) -> str:
     text = str(value)
-    if not text or any(c in text for c in ' "=\n'):
+    if not text or _NEEDS_QUOTES.search(text):
         return orjson.dumps(text).decode()
     return text
 

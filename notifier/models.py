@@ -15,7 +15,10 @@ from pydantic import (
 )
 
 Identifier = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@-]+$")]
-RoomName = Annotated[str, Field(min_length=1, max_length=200)]
+# A token's subject as identity providers issue them (rooms.is_user_id): any text but control
+# characters.
+UserId = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f-\x9f]+$")]
+RoomName = Annotated[str, Field(min_length=1, max_length=300)]
 EventType = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_.:-]*$")]
 Number = StrictInt | StrictFloat
 JsonObject = dict[str, Any]
@@ -101,7 +104,7 @@ class PublishRequest(Idempotent):
 
 
 class NotifyRequest(Idempotent):
-    user_ids: Annotated[list[Identifier], Field(min_length=1, max_length=1000)]
+    user_ids: Annotated[list[UserId], Field(min_length=1, max_length=1000)]
     title: Annotated[str, Field(min_length=1, max_length=200)]
     body: Annotated[str | None, Field(max_length=4000)] = None
     data: JsonObject = {}
@@ -110,7 +113,7 @@ class NotifyRequest(Idempotent):
 class TaskCreate(Idempotent):
     id: Identifier | None = None
     project_id: Identifier
-    owner: Identifier | None = None
+    owner: UserId | None = None
     title: Annotated[str, Field(max_length=200)] = ""
     total: Annotated[int | None, Field(ge=0)] = None
     message: Annotated[str | None, Field(max_length=1000)] = None

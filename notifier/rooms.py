@@ -12,6 +12,15 @@ BROADCAST_ROOM = "*"
 # Every project's events, live (no history, no replay): for tokens with `projects: "*"`.
 ALL_PROJECTS_ROOM = "project:*"
 _ID = re.compile(r"^[A-Za-z0-9_.:@-]{1,128}$")
+# A user id is a token's subject, as identity providers issue them (`auth0|5f7c...`,
+# `a+b@example.com`, `josé`, `Alice Smith`, `user/1`): any text up to 255 characters but
+# control characters, which no format downstream (logs, Redis arguments) has to escape.
+MAX_USER_ID = 255
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def is_user_id(text: str) -> bool:
+    return 0 < len(text) <= MAX_USER_ID and _CONTROL.search(text) is None
 
 
 class RoomKind(StrEnum):
@@ -58,7 +67,8 @@ def parse_room(name: str) -> Room:
     if name == ALL_PROJECTS_ROOM:
         return Room(RoomKind.PROJECT, "*")
     kind, sep, ident = name.partition(":")
-    if not sep or kind not in {"user", "project", "task"} or not _ID.match(ident):
+    valid = is_user_id(ident) if kind == "user" else _ID.match(ident) is not None
+    if not sep or kind not in {"user", "project", "task"} or not valid:
         raise NotifierError(
             ErrorCode.INVALID_PAYLOAD,
             f"room {name!r} is not one of user:<id>, project:<id>, task:<id> or '*'",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import resource
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -123,6 +124,18 @@ class Settings(BaseSettings):
     # later than this: set-ups of a reconnect storm wait, the connections already here don't.
     # 0 admits every session.
     admission_max_lag_ms: float = Field(200.0, ge=0)
+    # Every TCP connection of the process (HTTP and websockets). Unset: the open-files limit
+    # less a reserve (1 in 40, at least 64) kept for health checks, metrics and the store.
+    max_connections: int | None = Field(None, ge=1)
+    # Socket.IO connections of one user (token subject) on this process.
+    max_connections_per_user: int = Field(100, ge=1)
+    # Engine.IO sessions from one address that have not connected a namespace yet, and open
+    # HTTP connections from one address (trusted proxies are exempt: their clients are many).
+    max_pending_sessions_per_peer: int = Field(1000, ge=1)
+    max_http_connections_per_peer: int = Field(1000, ge=1)
+    # Rooms one connection may be in (`*` tokens, publishers and admins: the second figure).
+    max_rooms_per_connection: int = Field(1000, ge=3)
+    max_rooms_per_privileged_connection: int = Field(100_000, ge=3)
 
     user_rate_per_second: float = Field(100.0, gt=0)
     user_rate_burst: int = Field(50, ge=1)
@@ -201,6 +214,15 @@ class Settings(BaseSettings):
             dotenv_settings,
             file_secret_settings,
         )
+
+    @property
+    def connection_limit(self) -> int:
+        """`max_connections`, or what the open-files limit allows with a reserve kept."""
+        if self.max_connections is not None:
+            return self.max_connections
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        files = hard if hard != resource.RLIM_INFINITY else 1_000_000
+        return max(16, files - max(64, files // 40))
 
     @property
     def uses_public_key(self) -> bool:

@@ -24,6 +24,7 @@ from aiohttp._websocket.reader import WebSocketDataQueue, WebSocketReader
 from aiohttp.http import WSMessage
 
 from .codes import WireCode
+from .limits import ConnectionLimits, OpenConnections
 
 MessageHandler = Callable[[WSMessage], None]
 FailureHandler = Callable[[BaseException], None]
@@ -105,10 +106,10 @@ def new_frame_reader(
 # HTTP protocol errors and slow headers
 
 
-def _raw_response(status: int, reason: str, body: bytes) -> bytes:
+def _raw_response(status: int, reason: str, body: bytes, extra_headers: str = "") -> bytes:
     return (
         f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        f"Content-Length: {len(body)}\r\n{extra_headers}Connection: close\r\n\r\n"
     ).encode() + body
 
 
@@ -118,14 +119,30 @@ class _GuardedRequestHandler(web_protocol.RequestHandler):
     Its settings come from the server that made it (`_GuardedServer`).
     """
 
-    __slots__ = ("_header_timer", "_settings")
+    __slots__ = ("_header_timer", "_peer_host", "_settings")
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._header_timer: asyncio.TimerHandle | None = None
+        self._peer_host: str | None = None  # counted in the server's open connections
         assert isinstance(self._manager, _GuardedServer)
         self._settings: _GuardedServer = self._manager
         super().connection_made(transport)
+        if self._settings.over_peer_limit(self._peer_host):
+            self._refuse_busy(transport)
+            return
         self._start_header_timer()
+
+    def _refuse_busy(self, transport: asyncio.BaseTransport) -> None:
+        """One address holds too many connections already: answered and closed at once."""
+        settings = self._settings
+        settings.on_protocol_error(
+            "too_many_connections", "too many connections from one address", self._peer_host
+        )
+        body = settings.error_body(WireCode.BUSY, "too many connections from your address")
+        extra = f"Retry-After: {settings.limits.retry_after}\r\n"
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(_raw_response(503, "Service Unavailable", body, extra))
+        self.force_close()
 
     def data_received(self, data: bytes) -> None:
         before = self._request_count
@@ -190,6 +207,30 @@ class _GuardedServer(web_server.Server):
     header_timeout: float = 10.0
     on_protocol_error: ProtocolErrorHandler
     error_body: ErrorBody
+    open: OpenConnections
+    limits: ConnectionLimits
+
+    def connection_made(self, handler: web_protocol.RequestHandler, transport: asyncio.Transport) -> None:
+        super().connection_made(handler, transport)
+        if isinstance(handler, _GuardedRequestHandler):
+            peer = transport.get_extra_info("peername")
+            handler._peer_host = str(peer[0]) if isinstance(peer, tuple) else "unix"
+            self.open.http_opened(handler._peer_host)
+
+    def connection_lost(self, handler: web_protocol.RequestHandler, exc: BaseException | None = None) -> None:
+        # Also what `take_transport` calls when a websocket leaves aiohttp: counted once.
+        if isinstance(handler, _GuardedRequestHandler) and handler._peer_host is not None:
+            self.open.http_closed(handler._peer_host)
+            handler._peer_host = None
+        super().connection_lost(handler, exc)
+
+    def over_peer_limit(self, peer: str | None) -> bool:
+        limits = self.limits
+        return (
+            peer is not None
+            and peer not in limits.exempt
+            and self.open.http_by_peer[peer] > limits.max_http_per_peer
+        )
 
     def __call__(self) -> web_protocol.RequestHandler:
         return _GuardedRequestHandler(self, loop=self._loop, **self._kwargs)
@@ -205,12 +246,17 @@ class GuardedRunner(web.AppRunner):
         header_timeout: float,
         on_protocol_error: ProtocolErrorHandler,
         error_body: ErrorBody,
+        open_connections: OpenConnections | None = None,
+        limits: ConnectionLimits | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(app, **kwargs)
         self._header_timeout = header_timeout
         self._on_protocol_error = on_protocol_error
         self._error_body = error_body
+        # Shared with the engine, which counts the websockets that left aiohttp.
+        self.open_connections = open_connections or OpenConnections()
+        self._limits = limits or ConnectionLimits()
 
     async def _make_server(self) -> web_server.Server:
         server = await super()._make_server()
@@ -220,4 +266,6 @@ class GuardedRunner(web.AppRunner):
         server.header_timeout = self._header_timeout
         server.on_protocol_error = self._on_protocol_error
         server.error_body = self._error_body
+        server.open = self.open_connections
+        server.limits = self._limits
         return server

@@ -19,6 +19,7 @@ from aiohttp import web
 from .aiohttp_adapter import ErrorBody, take_transport
 from .codes import PARSE_ERROR, SHUTTING_DOWN, TRANSPORT_ERROR, WireCode
 from .ids import new_sid
+from .limits import ConnectionLimits, OpenConnections
 from .packets import open_packet, text_frame
 from .ratelimit import TokenBucket
 from .session import EngineSession, SessionListener
@@ -44,16 +45,18 @@ class EngineOptions:
     connect_timeout: float
     cors_origins: list[str] = field(default_factory=list)
     trusted_proxies: frozenset[str] = frozenset()
+    limits: ConnectionLimits = field(default_factory=ConnectionLimits)
 
 
 class TransportError(Exception):
     """A request the Engine.IO protocol refuses: an HTTP status, a code and a message."""
 
-    def __init__(self, status: int, code: WireCode, message: str) -> None:
+    def __init__(self, status: int, code: WireCode, message: str, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.retry_after = retry_after
 
 
 class EngineServer:
@@ -68,6 +71,7 @@ class EngineServer:
         report: Reporter,
         error_body: ErrorBody,
         admit: Callable[[], bool] = lambda: True,
+        open_connections: OpenConnections | None = None,
     ) -> None:
         self.options = options
         self.ping_interval = options.ping_interval
@@ -83,6 +87,12 @@ class EngineServer:
         self.refused_busy = 0
         self.batcher = WriteBatcher()
         self.draining = False
+        # Every connection of the process (shared with the runner, which counts HTTP ones),
+        # and the sessions per peer that have not connected a namespace yet.
+        self.open_connections = open_connections or OpenConnections()
+        self._limits = options.limits
+        self._pending_by_peer: Counter[str] = Counter()
+        self.refused_limit = 0
         self._listen = listen
         self._new_bucket = new_bucket
         self._report = report
@@ -132,7 +142,20 @@ class EngineServer:
             session.wheel_at = due
             self.deadlines.move(session, before, due)
 
+    def awaiting_connect(self, session: EngineSession, awaiting: bool) -> None:
+        peer = session.peer
+        if awaiting:
+            self._pending_by_peer[peer] += 1
+            return
+        left = self._pending_by_peer[peer] - 1
+        if left > 0:
+            self._pending_by_peer[peer] = left
+        else:
+            self._pending_by_peer.pop(peer, None)
+
     def forget(self, session: EngineSession, reason: str) -> None:
+        if session.awaiting_connect:
+            self.awaiting_connect(session, False)
         self.closes[reason] += 1
         self.sessions.pop(session.sid, None)
         self._polling.discard(session)
@@ -169,11 +192,26 @@ class EngineServer:
             # Cheaper than a whole set-up: the client retries after its (jittered) backoff.
             self.refused_busy += 1
             raise TransportError(503, WireCode.BUSY, "the server is busy; retry shortly")
+        limits = self._limits
+        if self.open_connections.total > limits.max_connections:
+            self.refused_limit += 1
+            raise TransportError(
+                503, WireCode.BUSY, "the server is at its connection limit; retry shortly", limits.retry_after
+            )
+        peer = self.peer(request)
+        if self._pending_by_peer[peer] >= limits.max_pending_per_peer and peer not in limits.exempt:
+            self.refused_limit += 1
+            raise TransportError(
+                429,
+                WireCode.RATE_LIMITED,
+                "too many sessions from your address are not connected yet; retry shortly",
+                limits.retry_after,
+            )
         sid = new_sid()
         header = request.headers.get("Authorization")
         # Kept even when query tokens are refused: the refusal then says why.
         query_token = request.query.get("token")
-        session = EngineSession(self, sid, self.peer(request), self._new_bucket(), header, query_token)
+        session = EngineSession(self, sid, peer, self._new_bucket(), header, query_token)
         self.sessions[sid] = session
         session.listener = self._listen(session)
         return session
@@ -199,6 +237,8 @@ class EngineServer:
             self._report("bad_transport_request", exc.message, self.peer(request))
             body = self._error_body(exc.code, exc.message)
             response = self._response(request, exc.status, body, "application/json")
+            if exc.retry_after is not None:
+                response.headers["Retry-After"] = str(exc.retry_after)
             if exc.status == 503:
                 response.force_close()
             return response
@@ -312,6 +352,7 @@ class EngineServer:
             self.max_message_bytes,
             self.max_backlog,
             self.peer(request),
+            self.open_connections,
             first,
         )
 

@@ -289,6 +289,16 @@ class EngineSession:
     def raise_rate_limit(self, rate: float, burst: int) -> None:
         self.bucket.raise_to(rate, burst)
 
+    def charge(self, packets: int) -> bool:
+        """Count `packets` more against the rate limit (work a packet asks for that is worth
+        several); False when they are over it."""
+        for _ in range(packets):
+            if self.bucket.take() is not Verdict.ALLOW:
+                self.rejections += 1
+                self.host.count_rate_limited()
+                return False
+        return True
+
     # The websocket (LinkOwner)
 
     def link_message(self, link: WebSocketLink, data: str | bytes) -> None:

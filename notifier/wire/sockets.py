@@ -120,6 +120,10 @@ class SocketConnection:
         """Allow this connection's session more packets (a proven publisher)."""
         self.session.raise_rate_limit(rate, burst)
 
+    def charge(self, packets: int) -> bool:
+        """Count work worth `packets` packets against the session's rate limit."""
+        return self.session.charge(packets)
+
     def drop(self, reason: str) -> None:
         """End the whole session without a goodbye: the client reconnects and recovers."""
         self.session.drop(reason)

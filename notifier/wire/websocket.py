@@ -25,6 +25,7 @@ from typing import Protocol
 from aiohttp.http import WS_KEY, WSMessage, WSMsgType
 
 from .aiohttp_adapter import new_frame_reader
+from .limits import OpenConnections
 from .packets import OP_PONG, close_frame, websocket_frame
 
 # Past this many bytes waiting in the transport, frames wait here, where they are counted
@@ -130,6 +131,7 @@ class WebSocketLink(asyncio.Protocol):
         "_abort_reason",
         "_batcher",
         "_max_backlog",
+        "_open",
         "_pending",
         "_reader",
         "_resume",
@@ -148,6 +150,7 @@ class WebSocketLink(asyncio.Protocol):
         max_message_bytes: int,
         max_backlog: int,
         peer: str,
+        open_connections: OpenConnections,
     ) -> None:
         self.transport = transport
         self.peer = peer
@@ -155,6 +158,9 @@ class WebSocketLink(asyncio.Protocol):
         self.owner: LinkOwner | None = None
         self.closed = False
         self._abort_reason: str | None = None
+        # Counted among the process's connections from now until the connection is lost.
+        self._open: OpenConnections | None = open_connections
+        open_connections.websockets += 1
         self._batcher = batcher
         self._max_backlog = max_backlog
         self._pending: list[bytes] | None = None  # frames of this iteration, or the backlog
@@ -301,6 +307,9 @@ class WebSocketLink(asyncio.Protocol):
         self.transport.abort()
 
     def _closed(self) -> None:
+        if self._open is not None:
+            self._open.websockets -= 1
+            self._open = None
         self.closed = True
         self._pending = None
         self._stash = None
@@ -320,13 +329,14 @@ def open_link(
     max_message_bytes: int,
     max_backlog: int,
     peer: str,
+    open_connections: OpenConnections,
     first: bytes = b"",
 ) -> WebSocketLink:
     """Answer the handshake (101) on a transport taken from aiohttp and serve it here.
     `tail`: bytes the client sent behind the handshake; `first`: frames to send with the
     answer, in the same write."""
     transport.write(handshake_response(accept) + first)
-    link = WebSocketLink(transport, batcher, max_message_bytes, max_backlog, peer)
+    link = WebSocketLink(transport, batcher, max_message_bytes, max_backlog, peer, open_connections)
     transport.set_protocol(link)
     transport.set_write_buffer_limits(high=TRANSPORT_BUFFER_BYTES)
     transport.resume_reading()

@@ -35,11 +35,18 @@ def token_from(connection: SocketConnection, auth: Any, allow_query_token: bool)
     return query_token
 
 
-def positions_from(auth: Any) -> dict[str, Position | None]:
-    """Rooms a reconnecting client had, with where it stood (`auth.positions`)."""
+def positions_from(auth: Any, limit: int) -> dict[str, Position | None]:
+    """Rooms a reconnecting client had, with where it stood (`auth.positions`): at most as
+    many as a connection may be in."""
     raw = auth.get("positions") if isinstance(auth, dict) else None
     if not raw:
         return {}
+    if isinstance(raw, dict) and len(raw) > limit:
+        raise NotifierError(
+            ErrorCode.LIMIT_REACHED,
+            f"auth.positions names {len(raw)} rooms; a connection may be in {limit} "
+            "(NOTIFIER_MAX_ROOMS_PER_CONNECTION)",
+        )
     try:
         return _POSITIONS.validate_python(raw)
     except ValidationError:

@@ -4,6 +4,7 @@ disconnecting, closing connections on the server's behalf, and the counts."""
 from __future__ import annotations
 
 import functools
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -84,9 +85,11 @@ class SocketGateway:
         self._welcome: dict[SocketConnection, tuple[dict[str, Any], JoinBatch]] = {}
         self._counts = {USER_NAMESPACE: 0, WORKER_NAMESPACE: 0}
         self._workers: set[SocketConnection] = set()
+        # Connections per user on this process, counted from the start of their set-up.
+        self._per_user: Counter[str] = Counter()
         # For the metrics: acks sent, by namespace and result (`ok` or the error code).
         self.acks = Tally()
-        self.rooms = RoomMembership(notifier, fanout)
+        self.rooms = RoomMembership(notifier, fanout, settings)
         self._credentials = Credentials(
             notifier,
             verifier,
@@ -132,8 +135,16 @@ class SocketGateway:
 
     async def _on_user_connect(self, connection: SocketConnection, auth: Any) -> None:
         claims = self._authenticate(connection, auth)
+        try:
+            positions = positions_from(auth, self.rooms.room_limit(claims))
+            # A reconnect's rooms cost what subscribing to them would: a packet per 100.
+            if not connection.charge(len(positions) // 100):
+                raise NotifierError(ErrorCode.RATE_LIMITED, "too many rooms recovered too fast; retry")
+        except NotifierError as exc:
+            self._refusal(connection, exc, claims.sub)
+            raise refused(exc) from exc
+        self._take_slot(connection, claims)
         connection.data = Connection(claims=claims, joined={})
-        positions = positions_from(auth)
         rooms = [BROADCAST_ROOM, room_for_user(claims.sub), *positions]
         self._fanout.hold(connection)
         try:
@@ -142,10 +153,12 @@ class SocketGateway:
             unread = await self._notifier.unread_count(claims.sub)
         except NotifierError as exc:  # the store failing: no traceback, the client retries
             self.rooms.leave_all(connection)
+            self._release_slot(claims.sub)
             log.info("connect_failed", sid=connection.sid, user=claims.sub, code=exc.code.value)
             raise refused(NotifierError(exc.code, f"connection set-up failed: {exc.message}")) from exc
         except Exception as exc:
             self.rooms.leave_all(connection)
+            self._release_slot(claims.sub)
             log.exception("connect_failed", sid=connection.sid, user=claims.sub)
             raise refused(NotifierError(ErrorCode.INTERNAL, "connection set-up failed")) from exc
         session = {
@@ -169,6 +182,7 @@ class SocketGateway:
             )
             self._refusal(connection, error, claims.sub)
             raise refused(error)
+        self._take_slot(connection, claims)
         connection.data = Connection(claims=claims, joined={})
         settings = self._settings
         connection.raise_rate_limit(settings.worker_rate_per_second, settings.worker_rate_burst)
@@ -195,6 +209,7 @@ class SocketGateway:
         self.rooms.leave_all(connection)
         state: Connection | None = connection.data
         if state is not None:
+            self._release_slot(state.claims.sub)
             self._counts[connection.namespace] -= 1
             log.info(
                 "disconnected",
@@ -203,6 +218,26 @@ class SocketGateway:
                 user=state.claims.sub,
                 reason=reason,
             )
+
+    def _take_slot(self, connection: SocketConnection, claims: Claims) -> None:
+        """Count the connection against its user's limit, or refuse it."""
+        limit = self._settings.max_connections_per_user
+        if self._per_user[claims.sub] >= limit:
+            error = NotifierError(
+                ErrorCode.LIMIT_REACHED,
+                f"you have {limit} connections open already "
+                "(NOTIFIER_MAX_CONNECTIONS_PER_USER); close one first",
+            )
+            self._refusal(connection, error, claims.sub)
+            raise refused(error)
+        self._per_user[claims.sub] += 1
+
+    def _release_slot(self, user: str) -> None:
+        left = self._per_user[user] - 1
+        if left > 0:
+            self._per_user[user] = left
+        else:
+            self._per_user.pop(user, None)
 
     def _authenticate(self, connection: SocketConnection, auth: Any) -> Claims:
         try:

@@ -13,12 +13,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ...auth import ALL_PROJECTS, Claims
 from ...errors import ErrorCode, NotifierError
 from ...metrics import Tally
 from ...models import Position, SubscribeRequest, UnsubscribeRequest
 from ...presence import tracked
 from ...rooms import ALL_PROJECTS_ROOM, BROADCAST_ROOM, presence_feed, room_for_user
 from ...service import Notifier
+from ...settings import Settings
 from ...wire import Outbound, SocketConnection, encode_event
 from ..acks import Connection, Reply, claims_of, state_of
 from ..fanout import USER_NAMESPACE, SocketFanOut
@@ -37,13 +39,21 @@ class JoinBatch:
 
 
 class RoomMembership:
-    def __init__(self, notifier: Notifier, fanout: SocketFanOut) -> None:
+    def __init__(self, notifier: Notifier, fanout: SocketFanOut, settings: Settings) -> None:
         self._notifier = notifier
         self._fanout = fanout
+        self._room_limit = settings.max_rooms_per_connection
+        self._privileged_room_limit = settings.max_rooms_per_privileged_connection
         self._join_locks: dict[SocketConnection, asyncio.Lock] = {}
         self._replay_packets: OrderedDict[tuple[str, int, str], Outbound] = OrderedDict()
         # For the metrics: rooms clients asked to recover, by outcome and reason.
         self.replays = Tally()
+
+    def room_limit(self, claims: Claims) -> int:
+        """How many rooms a connection with these claims may be in: publishers, admins and
+        `projects: *` tokens follow many more."""
+        privileged = claims.can_publish or ALL_PROJECTS in claims.projects
+        return self._privileged_room_limit if privileged else self._room_limit
 
     def join_lock(self, connection: SocketConnection) -> asyncio.Lock:
         """Held by whatever changes the connection's rooms (subscribe, renewal)."""
@@ -63,7 +73,16 @@ class RoomMembership:
         `since` asks for into `batch`."""
         state = state_of(connection)
         own = (BROADCAST_ROOM, room_for_user(state.claims.sub))  # everyone's, and the user's
+        limit = self.room_limit(state.claims)
         for room in dict.fromkeys(rooms):
+            if room not in state.joined and len(state.joined) >= limit:
+                error = NotifierError(
+                    ErrorCode.LIMIT_REACHED,
+                    f"a connection may be in {limit} rooms "
+                    "(NOTIFIER_MAX_ROOMS_PER_CONNECTION); leave some first",
+                )
+                batch.results[room] = {"joined": False, "error": error.to_dict()}
+                continue
             try:
                 task = None if room in own else await self._notifier.authorize_room(state.claims, room)
             except NotifierError as exc:
