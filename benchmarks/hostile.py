@@ -75,6 +75,25 @@ async def flood_noops(url: str, seconds: float) -> int:
     return sent
 
 
+async def flood_pings(url: str, seconds: float) -> int:
+    """One anonymous websocket sending websocket PING control frames as fast as the socket
+    takes them, never reading a PONG."""
+    _, writer = await raw_websocket(url)
+    batch = masked_frame(b"x" * 100, opcode=0x9) * 2000
+    sent = 0
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline and not writer.is_closing():
+            writer.write(batch)
+            await writer.drain()
+            sent += 2000
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        writer.close()
+    return sent
+
+
 async def _run_bounded(one: Callable[[], Awaitable[None]], count: int, concurrency: int) -> None:
     """`one` run `count` times, at most `concurrency` at once."""
     slots = asyncio.Semaphore(concurrency)
@@ -298,13 +317,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("attack", choices=["flood", "malformed", "abandoned-polls", "posts"])
+    parser.add_argument("attack", choices=["flood", "pings", "malformed", "abandoned-polls", "posts"])
     parser.add_argument("--url", required=True)
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=3.0)
     args = parser.parse_args()
     if args.attack == "flood":
         print(asyncio.run(flood_noops(args.url, args.seconds)), flush=True)
+    elif args.attack == "pings":
+        print(asyncio.run(flood_pings(args.url, args.seconds)), flush=True)
     elif args.attack == "malformed":
         print(asyncio.run(malformed_sessions(args.url, args.count)), flush=True)
     elif args.attack == "abandoned-polls":

@@ -75,6 +75,9 @@ class SessionHost(Protocol):
     def schedule(self, session: EngineSession, due: float) -> None:
         """Call `session.on_deadline` at `due` (replacing the deadline set before)."""
 
+    def awaiting_connect(self, session: EngineSession, awaiting: bool) -> None:
+        """The session starts (True) or stops (False) waiting for a namespace to connect."""
+
     def forget(self, session: EngineSession, reason: str) -> None:
         """The session ended: drop it and its deadline."""
 
@@ -163,6 +166,7 @@ class EngineSession:
         self.awaiting_connect = True
         self.connect_by = now + host.connect_timeout
         self.wheel_at: float | None = None  # the deadline the host has for this session
+        host.awaiting_connect(self, True)
         host.schedule(self, self.next_deadline())
 
     @property
@@ -388,6 +392,7 @@ class EngineSession:
         """A namespace is connected: the connect timeout no longer applies."""
         if self.awaiting_connect:
             self.awaiting_connect = False
+            self.host.awaiting_connect(self, False)
             self.host.schedule(self, self.next_deadline())
 
     def namespaces_left(self) -> None:
@@ -395,6 +400,7 @@ class EngineSession:
         again. (A refused CONNECT does not restart it: the first deadline stands.)"""
         if not self.awaiting_connect and not self.closed:
             self.awaiting_connect = True
+            self.host.awaiting_connect(self, True)
             self.connect_by = self.host.now() + self.host.connect_timeout
             self.host.schedule(self, self.next_deadline())
 
