@@ -243,9 +243,12 @@ class Notifier:
         """Store a notification for each user, then push it and their unread count to them."""
         return await self.inbox.notify(request, key)
 
-    async def once(self, key: str | None, action: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
-        """Run `action` once per idempotency key; a retry gets the first answer back."""
-        return await self.idempotency.once(key, action)
+    async def once(
+        self, key: str | None, action: Callable[[], Awaitable[dict[str, Any]]], fingerprint: str = ""
+    ) -> dict[str, Any]:
+        """Run `action` once per idempotency key; a retry gets the first answer back (the
+        same key with another request: IDEMPOTENCY_CONFLICT)."""
+        return await self.idempotency.once(key, action, fingerprint)
 
     # Tasks
 

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+from pydantic import BaseModel
+
+from ...idempotency import fingerprint_of
 from ...models import (
     AuthRefresh,
     NotifyRequest,
@@ -39,10 +42,16 @@ def scoped_key(connection: SocketConnection, key: str | None) -> str | None:
 def _once(
     ctx: SocketContext,
     connection: SocketConnection,
-    key: str | None,
+    event: str,
+    request: BaseModel,
     action: Callable[[], Awaitable[Reply]],
 ) -> Awaitable[Reply]:
-    return ctx.notifier.once(scoped_key(connection, key), action)
+    """`action` once per idempotency key; the key's fingerprint is the event and its payload."""
+    key = scoped_key(connection, getattr(request, "idempotency_key", None))
+    if key is None:
+        return action()
+    payload = request.model_dump(mode="json", exclude={"idempotency_key"})
+    return ctx.notifier.once(key, action, fingerprint_of(event, payload))
 
 
 async def publish(ctx: SocketContext, connection: SocketConnection, request: PublishRequest) -> Reply:
@@ -59,7 +68,7 @@ async def publish(ctx: SocketContext, connection: SocketConnection, request: Pub
 
     if key is None:  # the hot path of a busy worker: nothing to remember
         return await run()
-    return await ctx.notifier.once(key, run)
+    return await _once(ctx, connection, "publish", request, run)
 
 
 async def notify(ctx: SocketContext, connection: SocketConnection, request: NotifyRequest) -> Reply:
@@ -69,14 +78,14 @@ async def notify(ctx: SocketContext, connection: SocketConnection, request: Noti
         notifications = await ctx.notifier.notify(request, key)
         return {"notifications": [{"id": n.id, "user_id": n.user_id} for n in notifications]}
 
-    return await ctx.notifier.once(key, run)
+    return await _once(ctx, connection, "notify", request, run)
 
 
 async def task_create(ctx: SocketContext, connection: SocketConnection, request: TaskCreate) -> Reply:
     async def run() -> Reply:
         return {"task": (await ctx.notifier.create_task(request)).to_dict()}
 
-    return await _once(ctx, connection, request.idempotency_key, run)
+    return await _once(ctx, connection, "task.create", request, run)
 
 
 async def task_progress(ctx: SocketContext, connection: SocketConnection, request: TaskProgress) -> Reply:
@@ -89,14 +98,14 @@ async def task_complete(ctx: SocketContext, connection: SocketConnection, reques
         task = await ctx.notifier.complete_task(request.task_id, request.result, request.message)
         return {"task": task.to_dict()}
 
-    return await _once(ctx, connection, request.idempotency_key, run)
+    return await _once(ctx, connection, "task.complete", request, run)
 
 
 async def task_fail(ctx: SocketContext, connection: SocketConnection, request: TaskFail) -> Reply:
     async def run() -> Reply:
         return {"task": (await ctx.notifier.fail_task(request.task_id, request.error)).to_dict()}
 
-    return await _once(ctx, connection, request.idempotency_key, run)
+    return await _once(ctx, connection, "task.fail", request, run)
 
 
 async def task_cancel(ctx: SocketContext, connection: SocketConnection, request: TaskCancel) -> Reply:
@@ -104,7 +113,7 @@ async def task_cancel(ctx: SocketContext, connection: SocketConnection, request:
         task = await ctx.notifier.cancel_task(request.task_id, request.reason)
         return {"task": task.to_dict()}
 
-    return await _once(ctx, connection, request.idempotency_key, run)
+    return await _once(ctx, connection, "task.cancel", request, run)
 
 
 WORKER_EVENTS: EventTable = {
