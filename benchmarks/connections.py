@@ -23,7 +23,7 @@ import aiohttp
 import socketio
 from prometheus_client.parser import text_string_to_metric_families
 
-from benchmarks.node_process import NodeGenerator
+from benchmarks.node_process import LOAD_GENERATOR_LIMITS, NodeGenerator
 from notifier.auth import Role, issue_token
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -271,6 +271,7 @@ async def notifier_process(
         NOTIFIER_REFRESH_INTERVAL_SECONDS="0",
         NOTIFIER_WORKER_RATE_PER_SECOND="1000000",
         NOTIFIER_WORKER_RATE_BURST="100000",
+        **LOAD_GENERATOR_LIMITS,
         **env,
     )
     process = await asyncio.create_subprocess_exec(

@@ -61,3 +61,12 @@ class NodeGenerator:
         except TimeoutError:
             self.process.kill()
             await self.process.wait()
+
+
+# The load generators stand in for thousands of users from one address with one token: the
+# limits meant for one real user or address are lifted for the server under test.
+LOAD_GENERATOR_LIMITS = {
+    "NOTIFIER_MAX_CONNECTIONS_PER_USER": "1000000",
+    "NOTIFIER_MAX_PENDING_SESSIONS_PER_PEER": "1000000",
+    "NOTIFIER_MAX_HTTP_CONNECTIONS_PER_PEER": "1000000",
+}

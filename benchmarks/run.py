@@ -40,7 +40,7 @@ import socketio
 import uvloop
 
 from benchmarks.http_runner import runner_command
-from benchmarks.node_process import NodeGenerator
+from benchmarks.node_process import LOAD_GENERATOR_LIMITS, NodeGenerator
 from notifier.auth import Role, issue_token
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,6 +94,7 @@ async def run_server(name: str, **extra_env: str) -> AsyncIterator[Server]:
                 NOTIFIER_REFRESH_INTERVAL_SECONDS="0",
                 NOTIFIER_WORKER_RATE_PER_SECOND="1000000",
                 NOTIFIER_WORKER_RATE_BURST="100000",
+                **LOAD_GENERATOR_LIMITS,
                 **extra_env,
             )
             namespace = "/workers"

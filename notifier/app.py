@@ -19,7 +19,7 @@ from .broker import open_broker
 from .clock import Clock, SystemClock
 from .errors import StartupError
 from .health import Health
-from .keys import ENGINE, GATEWAY, HEALTH, METRICS, NOTIFIER, SETTINGS, VERIFIER
+from .keys import ENGINE, GATEWAY, HEALTH, METRICS, NOTIFIER, REST_LIMIT, SETTINGS, VERIFIER
 from .logs import ClientErrorLog, get_logger
 from .metrics import Metrics
 from .service import Notifier
@@ -29,6 +29,7 @@ from .transport import dashboard, metrics_view
 from .transport.access_log import AccessLog
 from .transport.fanout import SocketFanOut
 from .transport.http import error_middleware, health_routes, routes
+from .transport.rest_limits import RestRateLimit
 from .transport.socket_api import SocketGateway
 from .transport.wire_errors import NotifierErrorShapes, http_error_body
 from .wire import EngineOptions, EngineServer, GuardedRunner, SocketServer, TokenBucket
@@ -116,6 +117,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     app[ENGINE] = engine
     app[HEALTH] = health
     app[METRICS] = metrics
+    app[REST_LIMIT] = RestRateLimit(settings, clock)
     app.router.add_route("*", SOCKETIO_PATH, engine.handle)
     app.router.add_get("/metrics", metrics_view.public_metrics)
     app.add_routes(health_routes)

@@ -96,6 +96,9 @@ class TokenVerifier:
                 options={"require": ["exp", "sub"], "verify_aud": self._audience is not None},
             )
         except jwt.ExpiredSignatureError as exc:
+            # PyJWT reads `exp: true` as 1: a claim that is no date is invalid, not expired.
+            unverified = jwt.decode(token, options={"verify_signature": False})
+            _timestamp(unverified, "exp", required=True)
             raise NotifierError(ErrorCode.AUTH_EXPIRED, "the token has expired") from exc
         except jwt.InvalidTokenError as exc:
             raise NotifierError(ErrorCode.AUTH_INVALID, _plain_reason(exc)) from exc

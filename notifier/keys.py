@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from .metrics import Metrics
     from .service import Notifier
     from .settings import Settings
+    from .transport.rest_limits import RestRateLimit
     from .transport.socket_api import SocketGateway
     from .wire import EngineServer
 
@@ -22,3 +23,4 @@ GATEWAY: web.AppKey[SocketGateway] = web.AppKey("gateway")
 ENGINE: web.AppKey[EngineServer] = web.AppKey("engine")
 HEALTH: web.AppKey[Health] = web.AppKey("health")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+REST_LIMIT: web.AppKey[RestRateLimit] = web.AppKey("rest_limit")

@@ -124,17 +124,29 @@ class ClientErrorLog:
 
     Each key may log `burst` lines, then one every `interval` seconds carrying how many were
     left out since. At most `max_keys` keys are remembered (the oldest are forgotten), so the
-    limiter's own memory is bounded too.
+    limiter's own memory is bounded too. Over all keys together, at most `total_burst` lines,
+    then `total_rate` a second: many addresses (or connections, or users) cannot add up to a
+    flood either; a line after a stretch of that says how many all keys had left out
+    (`suppressed_all`).
     """
 
     def __init__(
-        self, logger: EventLogger, burst: int = 3, interval: float = 60.0, max_keys: int = 10_000
+        self,
+        logger: EventLogger,
+        burst: int = 3,
+        interval: float = 60.0,
+        max_keys: int = 2_000,
+        total_burst: int = 100,
+        total_rate: float = 2.0,
     ) -> None:
         self._log = logger
         self._burst = burst
         self._interval = interval
         self._max_keys = max_keys
         self._keys: OrderedDict[tuple[str, str], list[float]] = OrderedDict()
+        self._total_burst = float(total_burst)
+        self._total_rate = total_rate
+        self._total = [float(total_burst), time.monotonic(), 0.0]  # allowance, refilled, left out
         self.counts: Counter[str] = Counter()
 
     def note(self, reason: str, detail: str, peer: Any, **extra: Any) -> None:
@@ -155,11 +167,21 @@ class ClientErrorLog:
         if state[0] < 1.0:
             state[2] += 1
             return
+        total = self._total
+        total[0] = min(self._total_burst, total[0] + (now - total[1]) * self._total_rate)
+        total[1] = now
+        if total[0] < 1.0:
+            total[2] += 1
+            state[2] += 1
+            return
+        total[0] -= 1.0
         state[0] -= 1.0
         suppressed, state[2] = int(state[2]), 0.0
         fields: dict[str, Any] = {"reason": reason, "peer": peer_text, **extra, "detail": detail[:200]}
         if suppressed:
             fields["suppressed"] = suppressed
+        if total[2]:
+            fields["suppressed_all"], total[2] = int(total[2]), 0.0
         self._log.info("client_error", **fields)
 
 

@@ -23,8 +23,13 @@ SIGNAL = "revoke"
 
 
 class Revocations:
-    def __init__(self, store: Store, broker: Broker, clock: Clock, duration_seconds: float) -> None:
+    def __init__(
+        self, store: Store, broker: Broker, clock: Clock, duration_seconds: float, leeway_seconds: float = 0.0
+    ) -> None:
         self._store = store
+        # A token may say it was issued up to the leeway ahead of our clock (skew): one issued
+        # before the revocation by its issuer's clock is refused too.
+        self._leeway_ms = int(leeway_seconds * 1000)
         self._broker = broker
         self._clock = clock
         self._duration_ms = int(duration_seconds * 1000)
@@ -69,7 +74,7 @@ class Revocations:
             del self._revoked[claims.sub]
             return False
         # Tokens carry whole seconds: one issued in the revocation's own second is refused.
-        return claims.issued_at is None or claims.issued_at * 1000 <= revoked_at
+        return claims.issued_at is None or claims.issued_at * 1000 - self._leeway_ms <= revoked_at
 
     def check(self, claims: Claims) -> None:
         if self.revoked(claims):

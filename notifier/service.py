@@ -88,7 +88,9 @@ class Notifier:
             self._announce_presence,
             ttl_seconds=settings.presence_ttl_seconds,
         )
-        self.revocations = Revocations(store, broker, self.clock, settings.revocation_seconds)
+        self.revocations = Revocations(
+            store, broker, self.clock, settings.revocation_seconds, settings.jwt_leeway_seconds
+        )
         self._replays = SharedReplays(broker, settings.history_max_events)
         self._refresh = RefreshTimer(self.clock, settings.refresh_interval_seconds, self._send_refresh)
         self._transport: Transport = _NoTransport()

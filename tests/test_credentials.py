@@ -117,8 +117,8 @@ async def test_disconnecting_a_user_closes_their_connections_and_refuses_old_tok
     with pytest.raises(ConnectRefused) as refused:
         await server.connect(auth={"token": old_token})
     assert refused.value.code == "AUTH_REVOKED"
-    status, _ = await server.http("GET", "/api/v1/notifications", old_token)
-    assert status == 200  # REST reads still work: revocation ends connections, not accounts
+    status, refusal = await server.http("GET", "/api/v1/notifications", old_token)
+    assert (status, refusal["error"]["code"]) == (401, "AUTH_REVOKED")  # REST refuses it too
 
     # A token issued after the revocation (in a later second) connects.
     await until(lambda: int(time.time()) * 1000 > body["revoked_at"], timeout=2)

@@ -217,10 +217,16 @@ async def test_a_database_replaced_by_garbage_is_refused_then_recovered(tmp_path
         await service.kill()
 
 
-def run_serve(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+def run_serve(
+    env: dict[str, str], cwd: Path, seconds: float | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`notifier serve` until it exits (or, with `seconds`, until SIGTERM after that long)."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER_")}
+    command = [sys.executable, "-m", "notifier", "serve"]
+    if seconds is not None:
+        command = ["timeout", "-s", "TERM", str(seconds), *command]
     return subprocess.run(
-        [sys.executable, "-m", "notifier", "serve"],
+        command,
         env={**clean, "NOTIFIER_JWT_SECRET": SECRET, **env},
         cwd=cwd,
         capture_output=True,
@@ -230,7 +236,16 @@ def run_serve(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str
 
 
 @pytest.mark.parametrize(
-    "case", ["corrupt", "unwritable", "port-in-use", "missing-key", "unsupported-url", "redis-with-sqlite"]
+    "case",
+    [
+        "corrupt",
+        "corrupt-pages",
+        "unwritable",
+        "port-in-use",
+        "missing-key",
+        "unsupported-url",
+        "redis-with-sqlite",
+    ],
 )
 def test_start_up_failures_are_one_line_and_exit_2(tmp_path: Path, case: str) -> None:
     data = tmp_path / "data"
@@ -240,6 +255,14 @@ def test_start_up_failures_are_one_line_and_exit_2(tmp_path: Path, case: str) ->
     holder = None
     if case == "corrupt":
         (data / "notifier.db").write_bytes(b"this is not a database" * 100)
+        expected = str(data / "notifier.db")
+    elif case == "corrupt-pages":
+        # A whole database whose pages past the first were overwritten: its header is fine.
+        made = run_serve({**env, "NOTIFIER_DRAIN_SECONDS": "0"}, tmp_path, seconds=2.0)
+        assert made.returncode in (0, 124), made.stderr  # 124: `timeout` ended it
+        with (data / "notifier.db").open("r+b") as database:
+            database.seek(4096)
+            database.write(os.urandom(4096 * 3))
         expected = str(data / "notifier.db")
     elif case == "unwritable":
         blocker = tmp_path / "a-file"
@@ -303,3 +326,63 @@ async def test_reads_between_writes_commit_each_transaction_once(
     finally:
         await store.close()
     assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
+
+
+async def test_a_deleted_write_ahead_log_loses_nothing_acknowledged_after_kill_9(tmp_path: Path) -> None:
+    service = ServiceProcess(
+        tmp_path / "data", SECRET, log_path=tmp_path / "service.log", NOTIFIER_LOG_LEVEL="INFO"
+    )
+    await service.start()
+    async with aiohttp.ClientSession() as http:
+        statuses = [await notify(http, service.url, "alice", f"before {n}") for n in range(50)]
+        (tmp_path / "data" / "notifier.db-wal").unlink()
+        statuses += [await notify(http, service.url, "alice", f"meanwhile {n}") for n in range(50)]
+
+        async def noticed() -> bool:
+            return "store_wal_lost" in (tmp_path / "service.log").read_text()
+
+        await eventually(noticed, timeout=5)
+        statuses += [await notify(http, service.url, "alice", f"after {n}") for n in range(50)]
+        assert service.process is not None
+        os.kill(service.process.pid, 9)
+        await service.process.wait()
+        acked = sum(1 for status, _ in statuses if status == 201)
+        await service.start()
+        try:
+            assert await unread(http, service.url, "alice") == acked == 150
+        finally:
+            await service.kill()
+
+
+@pytest.mark.parametrize("overwrite", ["another-database", "random-bytes"])
+async def test_a_database_overwritten_in_place_is_noticed_and_refused(tmp_path: Path, overwrite: str) -> None:
+    other = tmp_path / "other"
+    if overwrite == "another-database":
+        made = run_serve({"NOTIFIER_DATA_DIR": str(other), "NOTIFIER_PORT": str(free_port())}, tmp_path, 2.0)
+        assert (other / "notifier.db").exists(), made.stderr
+    service = ServiceProcess(
+        tmp_path / "data", SECRET, log_path=tmp_path / "service.log", NOTIFIER_LOG_LEVEL="INFO"
+    )
+    await service.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            assert (await notify(http, service.url, "alice", "kept"))[0] == 201
+            database = tmp_path / "data" / "notifier.db"
+            inode = database.stat().st_ino
+            replacement = (
+                (other / "notifier.db").read_bytes() if overwrite == "another-database" else os.urandom(65536)
+            )
+            with database.open("r+b") as file:  # in place: the same file, other contents
+                file.write(replacement)
+            assert database.stat().st_ino == inode
+
+            async def refused() -> bool:
+                status, body = await notify(http, service.url, "alice", "refused?")
+                return status == 503 and body["error"]["code"] == "STORE_UNAVAILABLE"
+
+            await eventually(refused, timeout=5)
+            assert (await ready(http, service.url))[0] == 503
+            assert "store_file_damaged" in (tmp_path / "service.log").read_text()
+            assert "Traceback" not in (tmp_path / "service.log").read_text()
+    finally:
+        await service.kill()

@@ -379,3 +379,23 @@ async def test_sessions_are_forgotten_when_they_end(server: RunningServer, http)
 
     await until(lambda: not engine.sessions, timeout=5)
     assert len(engine.deadlines) == 0, "the time wheel still holds ended sessions"
+
+
+async def test_an_unmasked_client_frame_closes_with_1002(server: RunningServer) -> None:
+    from benchmarks.hostile import raw_websocket
+    from notifier.wire.packets import websocket_frame
+
+    reader, writer = await raw_websocket(server.url)
+    try:
+        writer.write(websocket_frame(b"40"))  # server-style: no mask
+        received = b""
+        while b"\x88" not in received[:1] and len(received) < 4:
+            chunk = await asyncio.wait_for(reader.read(65536), 5)
+            if not chunk:
+                break
+            received += chunk
+        close_at = received.find(b"\x88\x02")
+        assert close_at >= 0, received
+        assert received[close_at + 2 : close_at + 4] == (1002).to_bytes(2, "big")
+    finally:
+        writer.close()

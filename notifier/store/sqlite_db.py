@@ -16,6 +16,14 @@ gets STORE_UNAVAILABLE, and writes are refused at once until a probe succeeds ag
 runs every second: a tiny write, and a check that the file at the path is still the one we
 have open. A deleted database is written back from the open connection (nothing is lost); a
 replaced one is kept aside as `<name>.orphaned-<time>` and the new file is opened.
+
+What else can happen to the files is watched too. A deleted write-ahead log (what it holds is
+in the open connection's file handle only) is checkpointed into the database from that handle
+and a new log started. A database overwritten in place (another database copied over it, or
+garbage) is noticed by its header: the SQLite magic and this database's own identity (a random
+`user_version` given at creation); the store is then unready until the file is right again,
+since what the open connection would write back is no longer whole. `PRAGMA quick_check`
+runs at start (a corrupt database is one line naming it, exit 2) and once a minute.
 """
 
 from __future__ import annotations
@@ -40,6 +48,9 @@ Hook = Callable[[sqlite3.Connection], None]
 
 COMPONENT = "store"
 _PROBE_SECONDS = 1.0
+# Every this many probes, the whole database is read back (`PRAGMA quick_check`).
+_QUICK_CHECK_EVERY = 60
+_MAGIC = b"SQLite format 3\x00"
 
 
 def unavailable(detail: str = "the store is not writable right now") -> NotifierError:
@@ -61,6 +72,10 @@ class SqliteDatabase:
         self._before_commit: list[Hook] = []
         self._after_commit: list[Callable[[], None]] = []
         self._hook_failures = 0
+        # The database's own identity, in its header (user_version): a copy of another one
+        # at our path, or garbage, does not carry it.
+        self._database_id = 0
+        self._probes = 0
         self._after_rollback: list[Callable[[], None]] = []
         self._after_reopen: list[Callable[[], None]] = []
         self._probe: asyncio.TimerHandle | None = None
@@ -132,6 +147,15 @@ class SqliteDatabase:
                     conn.executescript(script)
                 else:
                     script(conn)
+            if not self.in_memory:
+                self._database_id = _database_id(conn)
+                problem = _quick_check(conn)
+                if problem is not None:
+                    conn.close()
+                    raise StartupError(
+                        f"NOTIFIER_STORE_URL: {self.path} is corrupt ({problem}); restore it from a backup "
+                        "or move it aside to start with an empty one"
+                    )
         except sqlite3.DatabaseError as exc:
             raise StartupError(
                 f"NOTIFIER_STORE_URL: {self.path} is not a usable SQLite database ({exc})"
@@ -262,13 +286,81 @@ class SqliteDatabase:
             self._health.recover(COMPONENT)
 
     def _check(self) -> None:
-        """Every second: is the file still ours, and can we write?"""
+        """Every second: is the file still ours, whole, with its log, and can we write?"""
         try:
+            self._probes += 1
             self._check_file()
-            if self._failure is not None and self._conn is not None:
+            if self._conn is not None and self._check_contents() and self._failure is not None:
                 self._probe_write()
         finally:
             self._probe = asyncio.get_running_loop().call_later(_PROBE_SECONDS, self._check)
+
+    def _check_contents(self) -> bool:
+        """The header is ours, the log is there, and now and then every page reads back."""
+        problem = self._header_problem()
+        if problem is None and self._probes % _QUICK_CHECK_EVERY == 0:
+            try:
+                problem = _quick_check(self.connection)
+            except (sqlite3.Error, NotifierError) as exc:
+                problem = str(exc)
+        if problem is not None:
+            if self._failure is None:
+                log.error("store_file_damaged", path=self.path, detail=problem)
+            self._fail(f"{self.path} {problem}")
+            return False
+        if self._wal_lost():
+            self._restart_wal()
+        return True
+
+    def _header_problem(self) -> str | None:
+        try:
+            with open(self.path, "rb") as file:
+                header = file.read(100)
+        except OSError as exc:
+            return f"cannot be read ({exc.strerror})"
+        if not header.startswith(_MAGIC):
+            return "was overwritten: it is no SQLite database any more"
+        if self._database_id and int.from_bytes(header[60:64], "big") != self._database_id:
+            return "was overwritten in place by another database"
+        return None
+
+    def _wal_lost(self) -> bool:
+        wal = _identity(f"{self.path}-wal")
+        if self._wal_identity is None:
+            self._wal_identity = wal  # the log appeared with the first write
+            return False
+        return wal != self._wal_identity
+
+    def _restart_wal(self) -> None:
+        """The write-ahead log was deleted (or replaced) under us: what it holds lives on in the
+        open handle only. Copy it into the database from there, then start a new log."""
+        log.warning(
+            "store_wal_lost",
+            path=f"{self.path}-wal",
+            detail="checkpointed from the open handle; a new log is started",
+        )
+        with contextlib.suppress(NotifierError):
+            self.commit_now()
+        conn = self.connection
+        try:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            conn.close()
+        except sqlite3.Error as exc:
+            self._fail(f"could not save the write-ahead log of {self.path}: {exc}")
+            return
+        self._conn = None
+        for leftover in (f"{self.path}-wal", f"{self.path}-shm"):
+            with contextlib.suppress(OSError):
+                os.unlink(leftover)  # not ours any more, whatever is there
+        try:
+            self._conn = self._connect()
+        except StartupError as exc:
+            self._fail(str(exc).removeprefix("NOTIFIER_STORE_URL: "))
+            return
+        self._remember_files()
+        for reopened in self._after_reopen:
+            reopened()
+        self._probe_write()
 
     def _check_file(self) -> None:
         identity = _identity(self.path)
@@ -357,3 +449,21 @@ def _identity(path: str) -> tuple[int, int] | None:
     except FileNotFoundError:
         return None
     return stat.st_dev, stat.st_ino
+
+
+def _database_id(conn: sqlite3.Connection) -> int:
+    """The database's identity (its `user_version`), given once, at random, when it is new."""
+    (value,) = conn.execute("PRAGMA user_version").fetchone()
+    if value:
+        return int(value)
+    value = int.from_bytes(os.urandom(4), "big") & 0x7FFFFFFF or 1
+    conn.execute(f"PRAGMA user_version = {value}")
+    # Into the file's own header at once (not only the log): the probe reads it from there.
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return value
+
+
+def _quick_check(conn: sqlite3.Connection) -> str | None:
+    """None when every page reads back; otherwise SQLite's first complaint."""
+    (result,) = conn.execute("PRAGMA quick_check(1)").fetchone()
+    return None if result == "ok" else "quick_check: " + " ".join(str(result).split())[:200]

@@ -142,7 +142,7 @@ class Credentials:
         self.watch(connection)
         if lost:
             self._revoke_rooms(connection, lost)
-        log.info("token_renewed", sid=connection.sid, user=claims.sub, rooms_revoked=len(lost))
+        log.debug("token_renewed", sid=connection.sid, user=claims.sub, rooms_revoked=len(lost))
         return {"expires_at": millis(claims.expires_at), "rooms_revoked": lost}
 
     # Revocation

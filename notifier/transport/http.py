@@ -11,7 +11,7 @@ from pydantic import BaseModel, ValidationError
 
 from ..auth import Claims
 from ..errors import HTTP_STATUS, ErrorCode, NotifierError
-from ..keys import ENGINE, GATEWAY, HEALTH, NOTIFIER, VERIFIER
+from ..keys import ENGINE, GATEWAY, HEALTH, NOTIFIER, REST_LIMIT, VERIFIER
 from ..logs import get_logger
 from ..models import (
     MarkRead,
@@ -65,7 +65,10 @@ async def error_middleware(
     try:
         return await handler(request)
     except NotifierError as exc:
-        return _error_response(exc.code, exc.message)
+        response = _error_response(exc.code, exc.message)
+        if exc.code is ErrorCode.RATE_LIMITED:
+            response.headers["Retry-After"] = "1"
+        return response
     except web.HTTPRequestEntityTooLarge:
         return _error_response(ErrorCode.PAYLOAD_TOO_LARGE, "request body is too large")
     except web.HTTPException as exc:
@@ -79,9 +82,14 @@ async def error_middleware(
 
 
 def _claims(request: web.Request) -> Claims:
+    """The token's claims: valid, not revoked, and within its rate limit."""
     header = request.headers.get("Authorization", "")
     token = header[7:].strip() if header.lower().startswith("bearer ") else None
-    return request.app[VERIFIER].verify(token)
+    claims = request.app[VERIFIER].verify(token)
+    request.app[NOTIFIER].revocations.check(claims)
+    assert token is not None
+    request.app[REST_LIMIT].charge(token, claims)
+    return claims
 
 
 def _publisher_claims(request: web.Request) -> Claims:

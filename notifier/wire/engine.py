@@ -368,11 +368,15 @@ class EngineServer:
         allowed = self.options.cors_origins
         if allowed == ["*"] or origin in allowed:
             return True
-        # Same origin: the scheme and host the browser used to reach us (through a proxy,
-        # the forwarded ones).
+        if allowed:
+            return False  # an allow-list is the whole answer: no Host a client chose counts
+        # Same origin: the scheme and host the browser used to reach us. Forwarded ones only
+        # from a trusted proxy: anyone else can write those headers.
         headers = request.headers
-        scheme = headers.get("X-Forwarded-Proto", request.scheme).split(",")[0].strip()
-        host = headers.get("X-Forwarded-Host", headers.get("Host", "")).split(",")[0].strip()
+        scheme, host = request.scheme, headers.get("Host", "")
+        if request.remote in self.options.trusted_proxies:
+            scheme = headers.get("X-Forwarded-Proto", scheme).split(",")[0].strip()
+            host = headers.get("X-Forwarded-Host", host).split(",")[0].strip()
         return origin == f"{scheme}://{host}"
 
     def _response(

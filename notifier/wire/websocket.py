@@ -22,6 +22,7 @@ import hashlib
 from collections.abc import Mapping
 from typing import Protocol
 
+from aiohttp import WebSocketError
 from aiohttp.http import WS_KEY, WSMessage, WSMsgType
 
 from .aiohttp_adapter import new_frame_reader
@@ -130,6 +131,8 @@ class WebSocketLink(asyncio.Protocol):
     __slots__ = (
         "_abort_reason",
         "_batcher",
+        "_frame_head",
+        "_frame_left",
         "_max_backlog",
         "_open",
         "_pending",
@@ -158,6 +161,10 @@ class WebSocketLink(asyncio.Protocol):
         self.owner: LinkOwner | None = None
         self.closed = False
         self._abort_reason: str | None = None
+        # Where the client's frames start (aiohttp's reader does not check their mask): the
+        # bytes of a header still incomplete, and what is left of the current frame's payload.
+        self._frame_head = b""
+        self._frame_left = 0
         # Counted among the process's connections from now until the connection is lost.
         self._open: OpenConnections | None = open_connections
         open_connections.websockets += 1
@@ -190,6 +197,10 @@ class WebSocketLink(asyncio.Protocol):
             else:
                 chunk, data = data[:size], data[size:]
             refused = owner.rejections if owner is not None else 0
+            if not self._all_masked(chunk):
+                # RFC 6455 section 5.1: a server MUST close on an unmasked client frame.
+                self._on_failure(WebSocketError(CLOSE_PROTOCOL_ERROR, "an unmasked client frame"))
+                return
             self._reader.feed_data(chunk)
             if owner is not None and owner.rejections != refused and not self.closed:
                 # Over its limit: the rest waits, and reading pauses, until it has had time
@@ -199,6 +210,35 @@ class WebSocketLink(asyncio.Protocol):
                 loop = asyncio.get_running_loop()
                 self._resume = loop.call_later(_THROTTLE_PAUSE, self._resume_reading)
                 return
+
+    def _all_masked(self, data: bytes) -> bool:
+        """Walk the frame headers in `data` (a frame at a time, not a byte): are all masked?"""
+        at, end = 0, len(data)
+        while at < end:
+            if self._frame_left:
+                step = min(self._frame_left, end - at)
+                self._frame_left -= step
+                at += step
+                continue
+            head = self._frame_head + data[at : at + 14]
+            if len(head) < 2:
+                self._frame_head = head
+                return True
+            if not head[1] & 0x80:
+                return False
+            length = head[1] & 0x7F
+            size = 6 + (2 if length == 126 else 8 if length == 127 else 0)
+            if len(head) < size:
+                self._frame_head = head
+                return True
+            if length == 126:
+                length = int.from_bytes(head[2:4], "big")
+            elif length == 127:
+                length = int.from_bytes(head[2:10], "big")
+            at += size - len(self._frame_head)
+            self._frame_head = b""
+            self._frame_left = length
+        return True
 
     def _resume_reading(self) -> None:
         self._resume = None
