@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import json
 import os
 import struct
 import time
@@ -250,6 +251,75 @@ async def _attacker(url: str, *args: str) -> asyncio.subprocess.Process:
     )
 
 
+async def _open_from(address: str, url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    parts = urlsplit(url)
+    return await asyncio.open_connection(parts.hostname, parts.port, local_addr=(address, 0))
+
+
+async def _handshake(writer: asyncio.StreamWriter, reader: asyncio.StreamReader, query: str) -> int:
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(
+        (
+            f"GET /socket.io/?{query} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    return int(head.split(b" ", 2)[1])
+
+
+async def exhaust(url: str, kind: str, count: int, token: str = "") -> list[asyncio.StreamWriter]:
+    """Try to take `count` file descriptors of the server, one way each (bounded, loopback):
+    `user`: websockets connected with one user's token; `idle`: HTTP connections that send
+    nothing, from 127.0.0.2; `pending`: sessions that keep sending a refused CONNECT, from
+    127.0.0.3. Returns what the server let it keep open."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def one() -> None:
+        address = {"user": "127.0.0.1", "idle": "127.0.0.2", "pending": "127.0.0.3"}[kind]
+        try:
+            reader, writer = await _open_from(address, url)
+        except OSError:
+            return
+        try:
+            if kind == "idle":
+                try:
+                    if not await asyncio.wait_for(reader.read(1), 0.5):
+                        writer.close()
+                        return
+                except TimeoutError:
+                    held.append(writer)  # neither answered nor closed: it holds a descriptor
+                    return
+                writer.close()
+                return
+            if await _handshake(writer, reader, "EIO=4&transport=websocket") != 101:
+                writer.close()
+                return
+            auth = json.dumps({"token": token if kind == "user" else "refused"}).encode()
+            writer.write(masked_frame(b"40" + auth))
+            await writer.drain()
+            held.append(writer)
+        except (OSError, TimeoutError, asyncio.IncompleteReadError):
+            writer.close()
+
+    await _run_bounded(one, count, 50)
+    return held
+
+
+async def _fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+async def _healthy(url: str) -> bool:
+    import aiohttp
+
+    try:
+        async with aiohttp.ClientSession() as http, http.get(url + "/healthz") as response:
+            return response.status == 200
+    except aiohttp.ClientError:
+        return False
+
+
 async def measure(service, user_token: str, publisher_token: str) -> dict[str, float]:
     """Every figure against one running service (`service` as tests.service_process makes)."""
     import aiohttp
@@ -285,6 +355,26 @@ async def measure(service, user_token: str, publisher_token: str) -> dict[str, f
     figures["bystander_p99_ms_idle"] = idle[int(len(idle) * 0.99) - 1]
     figures["bystander_p50_ms_under_flood"] = flooded[len(flooded) // 2]
     figures["bystander_p99_ms_under_flood"] = flooded[int(len(flooded) * 0.99) - 1]
+
+    rss_before = service.rss_kb()
+    pinger = await _attacker(service.url, "pings", "--seconds", "6")
+    await asyncio.sleep(0.5)
+    pinged = await _bystander(service.url, user_token, 4)
+    figures["rss_growth_kb_under_ping_frame_flood"] = service.rss_kb() - rss_before
+    if pinger.returncode is None:
+        pinger.kill()
+    await pinger.wait()
+    figures["bystander_p99_ms_under_ping_frame_flood"] = pinged[int(len(pinged) * 0.99) - 1]
+
+    pid = service.process.pid
+    for kind in ("user", "idle", "pending"):
+        before = await _fds(pid)
+        held = await exhaust(service.url, kind, 3000, user_token)
+        figures[f"server_fds_added_by_3000_{kind}_attempts"] = await _fds(pid) - before
+        figures[f"healthz_during_{kind}_attack"] = 1.0 if await _healthy(service.url) else 0.0
+        for writer in held:
+            writer.close()
+        await asyncio.sleep(1.5)  # the server lets go of them
 
     lost = 0
     async with aiohttp.ClientSession() as http:

@@ -228,13 +228,19 @@ def load_or_create_dev_secret(data_dir: Path) -> tuple[str, bool]:
     """Development mode: a random secret kept (mode 0600) in the data directory; the secret
     and whether it was created now."""
     path = dev_secret_path(data_dir)
-    if path.exists():
-        return path.read_text().strip(), False
-    data_dir.mkdir(parents=True, exist_ok=True)
-    secret = secrets.token_urlsafe(48)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(secret)
+    try:
+        if path.exists():
+            return path.read_text().strip(), False
+        data_dir.mkdir(parents=True, exist_ok=True)
+        secret = secrets.token_urlsafe(48)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secret)
+    except OSError as exc:
+        raise StartupError(
+            f"NOTIFIER_DATA_DIR: development mode keeps its secret in {path}, which cannot be "
+            f"written ({exc.strerror}); set NOTIFIER_JWT_SECRET, or make {data_dir} writable"
+        ) from exc
     log.warning(
         "dev_mode_secret_created",
         path=str(path),

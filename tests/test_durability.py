@@ -218,16 +218,19 @@ async def test_a_database_replaced_by_garbage_is_refused_then_recovered(tmp_path
 
 
 def run_serve(
-    env: dict[str, str], cwd: Path, seconds: float | None = None
+    env: dict[str, str], cwd: Path, seconds: float | None = None, secret: str | None = SECRET
 ) -> subprocess.CompletedProcess[str]:
-    """`notifier serve` until it exits (or, with `seconds`, until SIGTERM after that long)."""
+    """`notifier serve` until it exits (or, with `seconds`, until SIGTERM after that long);
+    `secret=None`: development mode."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER_")}
+    if secret is not None:
+        clean["NOTIFIER_JWT_SECRET"] = secret
     command = [sys.executable, "-m", "notifier", "serve"]
     if seconds is not None:
         command = ["timeout", "-s", "TERM", str(seconds), *command]
     return subprocess.run(
         command,
-        env={**clean, "NOTIFIER_JWT_SECRET": SECRET, **env},
+        env={**clean, **env},
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -241,6 +244,7 @@ def run_serve(
         "corrupt",
         "corrupt-pages",
         "unwritable",
+        "development-mode-unwritable",
         "port-in-use",
         "missing-key",
         "unsupported-url",
@@ -269,6 +273,13 @@ def test_start_up_failures_are_one_line_and_exit_2(tmp_path: Path, case: str) ->
         blocker.write_text("")
         env["NOTIFIER_DATA_DIR"] = str(blocker / "data")
         expected = str(blocker)
+    elif case == "development-mode-unwritable":
+        # No secret given, and the data directory holds a directory where the secret goes:
+        # not writable for anyone, root included.
+        env["NOTIFIER_STORE_URL"] = "memory://"
+        (data / "jwt-secret").mkdir()
+        (data / "jwt-secret" / "x").write_text("")
+        expected = "NOTIFIER_DATA_DIR"
     elif case == "port-in-use":
         import socket
 
@@ -286,7 +297,7 @@ def test_start_up_failures_are_one_line_and_exit_2(tmp_path: Path, case: str) ->
         env["NOTIFIER_BROKER_URL"] = "redis://127.0.0.1:6379/9"
         expected = "NOTIFIER_BROKER_URL"
     try:
-        result = run_serve(env, tmp_path)
+        result = run_serve(env, tmp_path, secret=None if case.startswith("development") else SECRET)
     finally:
         if holder is not None:
             holder.close()
