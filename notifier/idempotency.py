@@ -97,6 +97,12 @@ class Idempotency:
 _VERSION = "idempotency"
 
 
+def scoped(subject: str, key: str) -> str:
+    """A key as the store keeps it: its owner's, without ambiguity (the subject's length comes
+    first, so that (`w`, `x:k`) and (`w:x`, `k`) stay apart)."""
+    return f"{len(subject)}:{subject}:{key}"
+
+
 def fingerprint_of(operation: str, payload: Any) -> str:
     """A request's fingerprint: its operation and payload, hashed (keys in a fixed order)."""
     text = orjson.dumps([operation, payload], option=orjson.OPT_SORT_KEYS)

@@ -144,7 +144,7 @@ class TaskCancel(TaskRef, Idempotent):
     reason: Annotated[str | None, Field(max_length=1000)] = None
 
 
-class TaskUpdate(Payload):
+class TaskUpdate(Idempotent):
     """REST `PATCH /api/v1/tasks/{id}`: one of progress, complete, fail or cancel."""
 
     status: Annotated[str, Field(pattern=r"^(running|completed|failed|cancelled)$")] = "running"

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ValidationError
 
 from ..auth import Claims
 from ..errors import HTTP_STATUS, ErrorCode, NotifierError
+from ..idempotency import fingerprint_of, scoped
 from ..keys import ENGINE, GATEWAY, HEALTH, NOTIFIER, REST_LIMIT, VERIFIER
 from ..logs import get_logger
 from ..models import (
@@ -24,7 +25,8 @@ from ..models import (
     TaskProgress,
     TaskUpdate,
 )
-from ..records import TaskStatus
+from ..records import Task, TaskStatus
+from ..service import Notifier
 from . import openapi
 from .acks import validation_message
 
@@ -148,18 +150,75 @@ async def status(request: web.Request) -> web.Response:
     )
 
 
+# Idempotency (the IETF draft's header, or the body's `idempotency_key`)
+
+Answer = tuple[int, Any]
+
+
+def _idempotency_key(request: web.Request, body: BaseModel) -> str | None:
+    in_body = getattr(body, "idempotency_key", None)
+    header = request.headers.get("Idempotency-Key")
+    if header is None:
+        return in_body
+    header = header.strip().strip('"')  # the draft writes it as a quoted string
+    if not 1 <= len(header) <= 128:
+        raise NotifierError(ErrorCode.INVALID_PAYLOAD, "Idempotency-Key: 1 to 128 characters")
+    if in_body is not None and in_body != header:
+        raise NotifierError(
+            ErrorCode.INVALID_PAYLOAD, "the Idempotency-Key header and the body's idempotency_key differ"
+        )
+    return header
+
+
+async def _once(
+    request: web.Request,
+    claims: Claims,
+    operation: str,
+    body: BaseModel,
+    run: Callable[[str | None], Awaitable[Answer]],
+) -> web.Response:
+    """Answer `run(key)` once per idempotency key: a repeat gets the first answer (status and
+    body) with `Idempotent-Replayed: true`; another request under the key, 422
+    IDEMPOTENCY_CONFLICT."""
+    key = _idempotency_key(request, body)
+    if key is None:
+        status, answer = await run(None)
+        return json_response(answer, status)
+    key = scoped(claims.sub, key)
+
+    async def action() -> dict[str, Any]:
+        status, answer = await run(key)
+        return {"status": status, "body": answer}
+
+    payload = body.model_dump(mode="json", exclude={"idempotency_key"})
+    stored = await request.app[NOTIFIER].once(key, action, fingerprint_of(f"rest:{operation}", payload))
+    response = json_response(stored["body"], int(stored["status"]))
+    if stored.get("duplicate"):
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
 @routes.post("/api/v1/publish")
 async def publish(request: web.Request) -> web.Response:
-    _publisher_claims(request)
-    envelope = await request.app[NOTIFIER].publish(await _body(request, PublishRequest))
-    return json_response(envelope, 201)
+    claims = _publisher_claims(request)
+    body = await _body(request, PublishRequest)
+
+    async def run(key: str | None) -> Answer:
+        return 201, await request.app[NOTIFIER].publish(body, key)
+
+    return await _once(request, claims, "publish", body, run)
 
 
 @routes.post("/api/v1/notifications")
 async def notify(request: web.Request) -> web.Response:
-    _publisher_claims(request)
-    notifications = await request.app[NOTIFIER].notify(await _body(request, NotifyRequest))
-    return json_response({"notifications": [n.to_dict() for n in notifications]}, 201)
+    claims = _publisher_claims(request)
+    body = await _body(request, NotifyRequest)
+
+    async def run(key: str | None) -> Answer:
+        notifications = await request.app[NOTIFIER].notify(body, key)
+        return 201, {"notifications": [n.to_dict() for n in notifications]}
+
+    return await _once(request, claims, "notify", body, run)
 
 
 @routes.get("/api/v1/notifications")
@@ -189,9 +248,13 @@ async def mark_read(request: web.Request) -> web.Response:
 
 @routes.post("/api/v1/tasks")
 async def create_task(request: web.Request) -> web.Response:
-    _publisher_claims(request)
-    task = await request.app[NOTIFIER].create_task(await _body(request, TaskCreate))
-    return json_response({"task": task.to_dict()}, 201)
+    claims = _publisher_claims(request)
+    body = await _body(request, TaskCreate)
+
+    async def run(key: str | None) -> Answer:
+        return 201, {"task": (await request.app[NOTIFIER].create_task(body)).to_dict()}
+
+    return await _once(request, claims, "task.create", body, run)
 
 
 @routes.get("/api/v1/tasks")
@@ -217,10 +280,17 @@ async def get_task(request: web.Request) -> web.Response:
 
 @routes.patch("/api/v1/tasks/{task_id}")
 async def update_task(request: web.Request) -> web.Response:
-    _publisher_claims(request)
+    claims = _publisher_claims(request)
     task_id = request.match_info["task_id"]
     update = await _body(request, TaskUpdate)
-    notifier = request.app[NOTIFIER]
+
+    async def run(key: str | None) -> Answer:
+        return 200, {"task": (await _apply_update(request.app[NOTIFIER], task_id, update)).to_dict()}
+
+    return await _once(request, claims, f"task.update:{task_id}", update, run)
+
+
+async def _apply_update(notifier: Notifier, task_id: str, update: TaskUpdate) -> Task:
     if update.status == "running":
         fields = update.model_dump(include={"progress", "current", "completed", "total", "message"})
         task = await notifier.report_progress(
@@ -236,7 +306,7 @@ async def update_task(request: web.Request) -> web.Response:
         task = await notifier.fail_task(task_id, update.error)
     else:
         task = await notifier.cancel_task(task_id, update.message)
-    return json_response({"task": task.to_dict()})
+    return task
 
 
 @routes.get("/api/v1/presence")

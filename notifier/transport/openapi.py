@@ -221,6 +221,18 @@ def document() -> dict[str, Any]:
             }
             for name, spec in op.query.items()
         ]
+        if op.body is not None and "idempotency_key" in op.body.model_fields:
+            parameters.append(
+                {
+                    "name": "Idempotency-Key",
+                    "in": "header",
+                    "required": False,
+                    "description": "A repeat with the same key gets the first answer (and "
+                    "`Idempotent-Replayed: true`); another request under it, 422 IDEMPOTENCY_CONFLICT. "
+                    "The body's `idempotency_key` does the same.",
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 128},
+                }
+            )
         if parameters:
             entry["parameters"] = parameters
         if op.body is not None:

@@ -1,7 +1,7 @@
 """The publishers' namespace (`/workers`): its events, their payload models and handlers.
 
-Idempotency keys are scoped to the token's subject, so one worker cannot replay another's
-answers; the scope is a tuple-like encoding that no choice of subject or key can forge.
+Idempotency keys are scoped to the token's subject (`idempotency.scoped`), so one worker cannot
+replay another's answers, whatever the subjects and keys.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 
 from pydantic import BaseModel
 
-from ...idempotency import fingerprint_of
+from ...idempotency import fingerprint_of, scoped
 from ...models import (
     AuthRefresh,
     NotifyRequest,
@@ -31,12 +31,7 @@ from .user_events import auth_refresh, ping, presence_get, presence_stats, task_
 
 
 def scoped_key(connection: SocketConnection, key: str | None) -> str | None:
-    """The key as the store keeps it: the subject's length first, so that (`w`, `x:k`) and
-    (`w:x`, `k`) stay apart."""
-    if key is None:
-        return None
-    subject = claims_of(connection).sub
-    return f"{len(subject)}:{subject}:{key}"
+    return None if key is None else scoped(claims_of(connection).sub, key)
 
 
 def _once(
