@@ -12,7 +12,7 @@ import aiohttp
 from notifier.auth import Role, issue_token
 from notifier.client import NotifierClientError, Subscriber, Worker
 from tests.cluster import Cluster, PostgresServer, RedisServer, cluster
-from tests.conftest import ADMIN, SECRET, until
+from tests.conftest import ADMIN, SECRET, eventually, until
 from tests.faults import SilencingProxy
 
 PUBLISHER = issue_token(SECRET, "HS256", "svc", role=Role.PUBLISHER)
@@ -361,3 +361,69 @@ async def test_a_postgresql_restart_gives_coded_errors_then_normal_service(tmp_p
         await redis.stop()
         await postgres.stop()
         postgres.remove()
+
+
+async def test_readiness_returns_with_the_next_redis_call_that_works(tmp_path: Path) -> None:
+    """One killed Redis connection must not take a node out of rotation for good: readiness
+    follows the next call that works, whichever call failed."""
+    async with cluster(tmp_path, nodes=1) as running:
+        (node,) = running.nodes
+        async with aiohttp.ClientSession() as http:
+
+            async def ready() -> bool:
+                async with http.get(node.url + "/readyz") as response:
+                    return response.status == 200
+
+            publishing = asyncio.create_task(publish_many(node.url, 400))
+            await asyncio.sleep(0.2)
+            await running.redis.command("CLIENT", "KILL", "TYPE", "normal")
+            killed_at = time.monotonic()
+            samples: list[tuple[float, bool]] = []
+            while time.monotonic() - killed_at < 2.0:
+                samples.append((time.monotonic() - killed_at, await ready()))
+                await asyncio.sleep(0.05)
+            await publishing
+            assert samples[-1][1], "not ready 2 s after one killed connection"
+            unready = [at for at, ok in samples if not ok]
+            assert not unready or max(unready) < 1.0, f"unready until {max(unready):.2f} s after the kill"
+
+
+async def test_terminated_postgresql_sessions_answer_with_a_code_never_internal(tmp_path: Path) -> None:
+    import asyncpg
+
+    async with cluster(tmp_path, nodes=1) as running:
+        (node,) = running.nodes
+        statuses: list[int] = []
+        async with aiohttp.ClientSession() as http:
+
+            async def notify_many(count: int) -> None:
+                for n in range(count):
+                    async with http.post(
+                        f"{node.url}/api/v1/notifications",
+                        json={"user_ids": ["alice"], "title": f"n{n}"},
+                        headers={"Authorization": f"Bearer {PUBLISHER}"},
+                    ) as response:
+                        statuses.append(response.status)
+                        if response.status != 201:
+                            assert (await response.json())["error"]["code"] == "STORE_UNAVAILABLE"
+
+            writing = asyncio.create_task(notify_many(300))
+            admin = await asyncpg.connect(running.store_url)
+            try:
+                for _ in range(3):
+                    await asyncio.sleep(0.1)
+                    await admin.execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    )
+            finally:
+                await admin.close()
+            await writing
+            assert set(statuses) <= {201, 503}, f"answers other than stored or unavailable: {set(statuses)}"
+
+            async def ready() -> bool:
+                async with http.get(node.url + "/readyz") as response:
+                    return response.status == 200
+
+            await eventually(ready, timeout=10)
+        assert "Traceback" not in (tmp_path / "node0.log").read_text()

@@ -53,6 +53,8 @@ from .redis_presence import RedisPresence
 log = get_logger("notifier.broker")
 
 COMPONENT = "broker"
+# The subscription fails and recovers on its own: calls can work while it is being renewed.
+SUBSCRIPTION = "broker subscription"
 _HEARTBEAT_SECONDS = 1.0
 _SILENCE_SECONDS = 3.0  # no heartbeat of our own heard for this long: the subscription is dead
 _NODE_TTL_SECONDS = 5.0  # a process unheard of for this long is gone
@@ -261,6 +263,8 @@ class RedisBroker:
             raise NotifierError(
                 ErrorCode.STORE_UNAVAILABLE, "the broker cannot be reached right now; retry"
             ) from exc
+        # Ready again on the next call that works, whichever call failed before.
+        self._health.recover(COMPONENT)
         self._health.timed(COMPONENT, operation, time.perf_counter() - started)
         return result
 
@@ -427,7 +431,7 @@ class RedisBroker:
                 await self._catch_up()
                 if self._subscribed.is_set():  # a subscription again: signals may be lost
                     self._node.signals_missed()
-                self._health.recover(COMPONENT)
+                self._health.recover(SUBSCRIPTION)
                 self._subscribed.set()
                 backoff = 0.1
                 async for message in pubsub.listen():
@@ -443,7 +447,7 @@ class RedisBroker:
             except asyncio.CancelledError:
                 raise
             except (*_REDIS_ERRORS, NotifierError) as exc:
-                self._health.fail(COMPONENT, f"Redis subscription at {_where(self._url)}: {exc}")
+                self._health.fail(SUBSCRIPTION, f"Redis subscription at {_where(self._url)}: {exc}")
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
             finally:
@@ -540,12 +544,13 @@ class RedisBroker:
                 *_, living = await asyncio.wait_for(pipe.execute(), _HEARTBEAT_SECONDS * 2)
                 infos = await self._redis.hmget(nodes, living) if living else []
                 self._cluster = _cluster(self.node_id, living, infos)
+                self._health.recover(COMPONENT)
             except (TimeoutError, *_REDIS_ERRORS) as exc:
                 self._health.fail(COMPONENT, f"Redis at {_where(self._url)}: {exc!r}")
             if time.monotonic() - self._heard_own > _SILENCE_SECONDS:
                 # Our own heartbeats no longer come back: the subscription is dead, however
                 # alive its connection looks. Drop it; the listener subscribes again.
-                self._health.fail(COMPONENT, "the Redis subscription went silent; resubscribing")
+                self._health.fail(SUBSCRIPTION, "the Redis subscription went silent; resubscribing")
                 self._heard_own = time.monotonic()
                 if self._listener is not None:
                     self._listener.cancel()

@@ -66,7 +66,9 @@ _UNAVAILABLE_CLASSES = ("08", "53", "57", "58")
 
 
 def _unavailable(exc: BaseException) -> bool:
-    if isinstance(exc, (OSError, asyncio.TimeoutError, asyncpg.InterfaceError)):
+    # InternalClientError: what asyncpg raises on a connection whose server session was
+    # terminated under it (pg_terminate_backend, a restart): an outage, not our bug.
+    if isinstance(exc, (OSError, asyncio.TimeoutError, asyncpg.InterfaceError, asyncpg.InternalClientError)):
         return True
     sqlstate = getattr(exc, "sqlstate", None) or ""
     return isinstance(exc, asyncpg.PostgresError) and sqlstate[:2] in _UNAVAILABLE_CLASSES
