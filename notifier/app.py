@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import logging
 import resource
@@ -23,7 +24,7 @@ from .keys import ENGINE, GATEWAY, HEALTH, METRICS, NOTIFIER, REST_LIMIT, SETTIN
 from .logs import ClientErrorLog, get_logger
 from .metrics import Metrics
 from .service import Notifier
-from .settings import Settings
+from .settings import Settings, masked_url
 from .store import open_store
 from .transport import dashboard, metrics_view
 from .transport.access_log import AccessLog
@@ -55,7 +56,13 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     settings = settings or Settings()
     clock = clock or SystemClock()
     health = Health()
-    store = open_store(settings.resolved_store_url, health, sqlite_synchronous=settings.sqlite_synchronous)
+    store = open_store(
+        settings.resolved_store_url,
+        health,
+        sqlite_synchronous=settings.sqlite_synchronous,
+        # The default database lives in the data directory: its problems are that setting's.
+        variable="NOTIFIER_STORE_URL" if settings.store_url else "NOTIFIER_DATA_DIR",
+    )
     broker = open_broker(
         settings.broker_url,
         store,
@@ -135,7 +142,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
                 detail=f"tokens are signed with a generated secret in {settings.data_dir}; "
                 "set NOTIFIER_JWT_SECRET or NOTIFIER_JWT_PUBLIC_KEY in production",
             )
-        log.info("started", store=settings.resolved_store_url)
+        log.info("started", store=masked_url(settings.resolved_store_url))
         yield
         await metrics.stop()
         gateway.stop()
@@ -191,20 +198,27 @@ def raise_open_files_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def _listen(variable: str, host: str, port: int) -> socket.socket:
+def _listen(host_variable: str, port_variable: str, host: str, port: int) -> socket.socket:
+    """A listening socket; a failure names the variable at fault: the address when it does
+    not resolve or is not this machine's, the port otherwise (taken, privileged)."""
     try:
         return socket.create_server((host, port), backlog=_LISTEN_BACKLOG)
+    except socket.gaierror as exc:
+        raise StartupError(f"{host_variable}: {host!r} is not an address here: {exc.strerror}") from exc
     except OSError as exc:
+        variable = host_variable if exc.errno == errno.EADDRNOTAVAIL else port_variable
         raise StartupError(f"{variable}: cannot listen on {host}:{port}: {exc.strerror}") from exc
 
 
 async def serve(settings: Settings, host: str, port: int) -> None:
     """Run the service until SIGTERM or SIGINT, then close connections and exit promptly."""
     # Bound before anything starts, so a taken port is the only thing reported.
-    listener = _listen("NOTIFIER_PORT", host, port)
+    listener = _listen("NOTIFIER_HOST", "NOTIFIER_PORT", host, port)
     internal = None
     if settings.internal_port is not None:
-        internal = _listen("NOTIFIER_INTERNAL_PORT", settings.internal_host, settings.internal_port)
+        internal = _listen(
+            "NOTIFIER_INTERNAL_HOST", "NOTIFIER_INTERNAL_PORT", settings.internal_host, settings.internal_port
+        )
     app = create_app(settings)
     runner = make_runner(app, shutdown_timeout=5.0)
     await runner.setup()

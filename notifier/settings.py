@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import resource
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -56,6 +57,10 @@ class _SecretFiles(PydanticBaseSettingsSource):
             if value is not None:
                 values[key] = value
         return values
+
+
+# An origin as browsers send it: scheme, host, an optional port; nothing after.
+_ORIGIN = re.compile(r"https?://[A-Za-z0-9.\-\[\]:]+(:[0-9]{1,5})?")
 
 
 class Settings(BaseSettings):
@@ -166,6 +171,14 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if origin != "*" and not _ORIGIN.fullmatch(origin):
+                raise ValueError(f"{origin!r} is not an origin: scheme://host[:port], no path (or * for any)")
+        return value
+
     @field_validator("jwt_algorithms")
     @classmethod
     def _known_algorithms(cls, value: list[str]) -> list[str]:
@@ -257,18 +270,23 @@ def unknown_variables(environ: dict[str, str] | None = None) -> list[str]:
     return reports
 
 
-def described(settings: Settings) -> dict[str, str]:
-    """The effective configuration, variable by variable, with secrets masked."""
+def masked_url(url: str) -> str:
+    """A URL as logs and `notifier config` show it: its password replaced by ***."""
     from urllib.parse import urlsplit
 
+    password = urlsplit(url).password
+    return url.replace(f":{password}@", ":***@", 1) if password else url
+
+
+def described(settings: Settings) -> dict[str, str]:
+    """The effective configuration, variable by variable, with secrets masked."""
     lines: dict[str, str] = {}
     for name in Settings.model_fields:
         value = getattr(settings, name)
         if name == "jwt_secret":
             shown = "(not set: development mode)" if value is None else "*** (set)"
         elif name in ("store_url", "broker_url") and value:
-            parts = urlsplit(str(value))
-            shown = str(value).replace(parts.password, "***") if parts.password else str(value)
+            shown = masked_url(str(value))
         elif name == "jwt_public_key" and value:
             shown = "(a PEM public key)"
         elif isinstance(value, list):

@@ -427,3 +427,14 @@ async def test_terminated_postgresql_sessions_answer_with_a_code_never_internal(
 
             await eventually(ready, timeout=10)
         assert "Traceback" not in (tmp_path / "node0.log").read_text()
+
+
+async def test_the_store_password_is_in_no_log_line(tmp_path: Path) -> None:
+    async with cluster(tmp_path, nodes=0) as running:
+        assert running.store_url.startswith("postgresql://postgres@")
+        with_password = running.store_url.replace("postgres@", "postgres:hunter2-secret@", 1)
+        node = await running.add_node(NOTIFIER_STORE_URL=with_password)  # trust auth: any password
+        await publish_many(node.url, 3)
+        log = (tmp_path / "node0.log").read_text()
+        assert "hunter2-secret" not in log
+        assert "postgres:***@" in log  # the start-up line names the store, masked

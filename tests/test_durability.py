@@ -244,6 +244,9 @@ def run_serve(
         "corrupt",
         "corrupt-pages",
         "unwritable",
+        "second-process",
+        "bad-host",
+        "cors-without-scheme",
         "development-mode-unwritable",
         "port-in-use",
         "missing-key",
@@ -257,6 +260,7 @@ def test_start_up_failures_are_one_line_and_exit_2(tmp_path: Path, case: str) ->
     env = {"NOTIFIER_DATA_DIR": str(data), "NOTIFIER_PORT": str(free_port())}
     expected = "NOTIFIER_STORE_URL"
     holder = None
+    holder_process: subprocess.Popen[bytes] | None = None
     if case == "corrupt":
         (data / "notifier.db").write_bytes(b"this is not a database" * 100)
         expected = str(data / "notifier.db")
@@ -272,7 +276,30 @@ def test_start_up_failures_are_one_line_and_exit_2(tmp_path: Path, case: str) ->
         blocker = tmp_path / "a-file"
         blocker.write_text("")
         env["NOTIFIER_DATA_DIR"] = str(blocker / "data")
-        expected = str(blocker)
+        expected = f"NOTIFIER_DATA_DIR: cannot create {blocker / 'data'}"
+    elif case == "second-process":
+        holder_process = subprocess.Popen(
+            [sys.executable, "-m", "notifier", "serve"],
+            env={
+                **{k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER_")},
+                "NOTIFIER_JWT_SECRET": SECRET,
+                "NOTIFIER_DATA_DIR": str(data),
+                "NOTIFIER_PORT": str(free_port()),
+            },
+            stderr=subprocess.PIPE,
+        )
+        assert holder_process.stderr is not None
+        holder_process.stderr.readline()  # its first line: it has the database by then
+        env["NOTIFIER_PORT"] = str(free_port())
+        expected = (
+            f"NOTIFIER_DATA_DIR: {data} is in use by another notifier process (pid {holder_process.pid})"
+        )
+    elif case == "bad-host":
+        env["NOTIFIER_HOST"] = "192.0.2.1"  # TEST-NET-1: no address of this machine, no traffic
+        expected = "NOTIFIER_HOST"
+    elif case == "cors-without-scheme":
+        env["NOTIFIER_CORS_ORIGINS"] = "app.example.com"
+        expected = "NOTIFIER_CORS_ORIGINS"
     elif case == "development-mode-unwritable":
         # No secret given, and the data directory holds a directory where the secret goes:
         # not writable for anyone, root included.
@@ -301,6 +328,9 @@ def test_start_up_failures_are_one_line_and_exit_2(tmp_path: Path, case: str) ->
     finally:
         if holder is not None:
             holder.close()
+        if holder_process is not None:
+            holder_process.kill()
+            holder_process.wait()
 
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2, result.stderr
@@ -397,3 +427,31 @@ async def test_a_database_overwritten_in_place_is_noticed_and_refused(tmp_path: 
             assert "Traceback" not in (tmp_path / "service.log").read_text()
     finally:
         await service.kill()
+
+
+async def test_a_read_only_database_is_unready_from_the_start(tmp_path: Path) -> None:
+    """The database file read-only (its directory writable): unready at once, not at the
+    first write. The file is bind-mounted read-only onto itself (root, as CI runs)."""
+    if os.geteuid() != 0:
+        pytest.skip("a read-only bind mount needs root (CI runs as root)")
+    data = tmp_path / "data"
+    made = run_serve({"NOTIFIER_DATA_DIR": str(data), "NOTIFIER_PORT": str(free_port())}, tmp_path, 2.0)
+    database = data / "notifier.db"
+    assert database.exists(), made.stderr
+    for command in (
+        ["mount", "--bind", str(database), str(database)],
+        ["mount", "-o", "remount,bind,ro", str(database)],
+    ):
+        mounting = await asyncio.create_subprocess_exec(*command)
+        assert await mounting.wait() == 0
+    service = ServiceProcess(data, SECRET, log_path=tmp_path / "service.log")
+    try:
+        await service.start()
+        async with aiohttp.ClientSession() as http:
+            status, body = await ready(http, service.url)
+            assert status == 503 and "store" in body["problems"], body
+            assert (await notify(http, service.url, "alice", "refused"))[0] == 503
+    finally:
+        await service.kill()
+        unmounting = await asyncio.create_subprocess_exec("umount", "-l", str(database))
+        await unmounting.wait()

@@ -98,14 +98,17 @@ class Store(Protocol):
         ...
 
 
-def open_store(url: str, health: Health, *, sqlite_synchronous: str = "NORMAL") -> Store:
-    """`sqlite:///path/to/file.db`, `memory://` (tests; lost on restart) or `postgresql://...`."""
+def open_store(
+    url: str, health: Health, *, sqlite_synchronous: str = "NORMAL", variable: str = "NOTIFIER_STORE_URL"
+) -> Store:
+    """`sqlite:///path/to/file.db`, `memory://` (tests; lost on restart) or `postgresql://...`.
+    `variable`: the setting start-up errors name (the data directory's, for the default URL)."""
     if url == "memory://" or url.startswith("sqlite:///"):
         from .sqlite import SqliteStore
         from .sqlite_db import SqliteDatabase
 
         path = ":memory:" if url == "memory://" else url.removeprefix("sqlite:///")
-        return SqliteStore(SqliteDatabase(path, health, synchronous=sqlite_synchronous))
+        return SqliteStore(SqliteDatabase(path, health, synchronous=sqlite_synchronous, variable=variable))
     if url.startswith(("postgresql://", "postgres://")):
         from .postgres import PostgresStore
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import sqlite3
 import time
@@ -58,8 +59,12 @@ def unavailable(detail: str = "the store is not writable right now") -> Notifier
 
 
 class SqliteDatabase:
-    def __init__(self, path: str, health: Health, *, synchronous: str = "NORMAL") -> None:
+    def __init__(
+        self, path: str, health: Health, *, synchronous: str = "NORMAL", variable: str = "NOTIFIER_STORE_URL"
+    ) -> None:
         self.path = path
+        self._variable = variable  # what start-up errors name
+        self._lock: int | None = None  # the descriptor holding the lock of the database's directory
         self._health = health
         self._synchronous = synchronous
         self._conn: sqlite3.Connection | None = None
@@ -109,9 +114,13 @@ class SqliteDatabase:
         self._users += 1
         if self._conn is not None:
             return
+        if not self.in_memory:
+            self._take_lock()
         self._conn = self._connect()
         if not self.in_memory:
             self._remember_files()
+            # Writable now? A read-only database is unready from the start, not at the first write.
+            self._probe_write()
             self._probe = asyncio.get_running_loop().call_later(_PROBE_SECONDS, self._check)
 
     def close(self) -> None:
@@ -128,6 +137,40 @@ class SqliteDatabase:
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._conn.close()
         self._conn = None
+        if self._lock is not None:
+            os.close(self._lock)  # the lock goes with its descriptor
+            self._lock = None
+
+    def _take_lock(self) -> None:
+        """One process per database: a second one would hand out the same offsets (the
+        first then fails every write on its unique keys). The lock is the kernel's, so a
+        process killed with -9 leaves none behind."""
+        directory = Path(self.path).parent
+        lock = f"{self.path}.lock"
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StartupError(f"{self._variable}: cannot create {directory}: {exc.strerror}") from exc
+        writable = True
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError:
+            try:  # a read-only directory: locked all the same (flock needs no write access)
+                fd, writable = os.open(lock, os.O_RDONLY), False
+            except OSError as exc:
+                raise StartupError(f"{self._variable}: cannot use {directory}: {exc.strerror}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise StartupError(
+                f"{self._variable}: {directory} is in use by another notifier process (pid {holder})"
+            ) from None
+        if writable:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock = fd
 
     def _connect(self) -> sqlite3.Connection:
         if not self.in_memory:
@@ -135,9 +178,9 @@ class SqliteDatabase:
             try:
                 directory.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                raise StartupError(f"NOTIFIER_STORE_URL: cannot create {directory}: {exc.strerror}") from exc
+                raise StartupError(f"{self._variable}: cannot create {directory}: {exc.strerror}") from exc
             if not os.access(directory, os.W_OK):
-                raise StartupError(f"NOTIFIER_STORE_URL: {directory} is not writable")
+                raise StartupError(f"{self._variable}: {directory} is not writable")
         try:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
@@ -153,12 +196,12 @@ class SqliteDatabase:
                 if problem is not None:
                     conn.close()
                     raise StartupError(
-                        f"NOTIFIER_STORE_URL: {self.path} is corrupt ({problem}); restore it from a backup "
+                        f"{self._variable}: {self.path} is corrupt ({problem}); restore it from a backup "
                         "or move it aside to start with an empty one"
                     )
         except sqlite3.DatabaseError as exc:
             raise StartupError(
-                f"NOTIFIER_STORE_URL: {self.path} is not a usable SQLite database ({exc})"
+                f"{self._variable}: {self.path} is not a usable SQLite database ({exc})"
             ) from exc
         return conn
 
@@ -355,7 +398,7 @@ class SqliteDatabase:
         try:
             self._conn = self._connect()
         except StartupError as exc:
-            self._fail(str(exc).removeprefix("NOTIFIER_STORE_URL: "))
+            self._fail(str(exc).removeprefix(f"{self._variable}: "))
             return
         self._remember_files()
         for reopened in self._after_reopen:
@@ -406,7 +449,7 @@ class SqliteDatabase:
         try:
             self._conn = self._connect()
         except StartupError as exc:
-            self._fail(str(exc).removeprefix("NOTIFIER_STORE_URL: "))
+            self._fail(str(exc).removeprefix(f"{self._variable}: "))
             return
         self._remember_files()
         for reopened in self._after_reopen:
