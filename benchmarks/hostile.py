@@ -58,10 +58,10 @@ async def raw_websocket(url: str, query: str = "EIO=4&transport=websocket"):
     return reader, writer
 
 
-async def flood_noops(url: str, seconds: float) -> int:
-    """One anonymous websocket sending Engine.IO NOOP packets as fast as the socket takes them."""
+async def _flood(url: str, frame: bytes, seconds: float) -> int:
+    """One anonymous websocket sending `frame` as fast as the socket takes it, never reading."""
     _, writer = await raw_websocket(url)
-    batch = masked_frame(b"6") * 2000
+    batch = frame * 2000
     sent = 0
     deadline = time.monotonic() + seconds
     try:
@@ -74,25 +74,16 @@ async def flood_noops(url: str, seconds: float) -> int:
     finally:
         writer.close()
     return sent
+
+
+async def flood_noops(url: str, seconds: float) -> int:
+    """Engine.IO NOOP packets, as fast as the socket takes them."""
+    return await _flood(url, masked_frame(b"6"), seconds)
 
 
 async def flood_pings(url: str, seconds: float) -> int:
-    """One anonymous websocket sending websocket PING control frames as fast as the socket
-    takes them, never reading a PONG."""
-    _, writer = await raw_websocket(url)
-    batch = masked_frame(b"x" * 100, opcode=0x9) * 2000
-    sent = 0
-    deadline = time.monotonic() + seconds
-    try:
-        while time.monotonic() < deadline and not writer.is_closing():
-            writer.write(batch)
-            await writer.drain()
-            sent += 2000
-    except (ConnectionError, OSError):
-        pass
-    finally:
-        writer.close()
-    return sent
+    """Websocket PING control frames, as fast as the socket takes them, no PONG ever read."""
+    return await _flood(url, masked_frame(b"x" * 100, opcode=0x9), seconds)
 
 
 async def _run_bounded(one: Callable[[], Awaitable[None]], count: int, concurrency: int) -> None:
@@ -251,12 +242,15 @@ async def _attacker(url: str, *args: str) -> asyncio.subprocess.Process:
     )
 
 
-async def _open_from(address: str, url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+async def open_from(address: str, url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     parts = urlsplit(url)
     return await asyncio.open_connection(parts.hostname, parts.port, local_addr=(address, 0))
 
 
-async def _handshake(writer: asyncio.StreamWriter, reader: asyncio.StreamReader, query: str) -> int:
+async def websocket_handshake(
+    writer: asyncio.StreamWriter, reader: asyncio.StreamReader, query: str
+) -> tuple[int, bytes]:
+    """Send a websocket handshake; the answer's status and head."""
     key = base64.b64encode(os.urandom(16)).decode()
     writer.write(
         (
@@ -265,7 +259,7 @@ async def _handshake(writer: asyncio.StreamWriter, reader: asyncio.StreamReader,
         ).encode()
     )
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-    return int(head.split(b" ", 2)[1])
+    return int(head.split(b" ", 2)[1]), head
 
 
 async def exhaust(url: str, kind: str, count: int, token: str = "") -> list[asyncio.StreamWriter]:
@@ -278,7 +272,7 @@ async def exhaust(url: str, kind: str, count: int, token: str = "") -> list[asyn
     async def one() -> None:
         address = {"user": "127.0.0.1", "idle": "127.0.0.2", "pending": "127.0.0.3"}[kind]
         try:
-            reader, writer = await _open_from(address, url)
+            reader, writer = await open_from(address, url)
         except OSError:
             return
         try:
@@ -292,7 +286,8 @@ async def exhaust(url: str, kind: str, count: int, token: str = "") -> list[asyn
                     return
                 writer.close()
                 return
-            if await _handshake(writer, reader, "EIO=4&transport=websocket") != 101:
+            status, _ = await websocket_handshake(writer, reader, "EIO=4&transport=websocket")
+            if status != 101:
                 writer.close()
                 return
             auth = json.dumps({"token": token if kind == "user" else "refused"}).encode()

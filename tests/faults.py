@@ -3,7 +3,8 @@
 A Redis subscription can die quietly: its connection stays open, nothing arrives (a NAT or
 a failover in the middle). `SilencingProxy` forwards a service's connections to Redis and, on
 `silence_subscriptions()`, stops passing data to the connections that subscribed, without
-closing them; everything else keeps working.
+closing them; everything else keeps working. `delay` holds back everything Redis sends by
+that many seconds (a slow link: each round trip costs at least that much).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ class SilencingProxy:
         self._subscribers: set[asyncio.StreamWriter] = set()
         self._silenced: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self.delay = 0.0
 
     @property
     def url(self) -> str:
@@ -48,6 +50,8 @@ class SilencingProxy:
             while data := await upstream_reader.read(65536):
                 if client_writer in self._silenced:
                     continue  # the connection stays open; nothing more arrives on it
+                if self.delay:
+                    await asyncio.sleep(self.delay)  # the link's latency, on every answer
                 client_writer.write(data)
                 await client_writer.drain()
 

@@ -183,6 +183,12 @@ async def test_a_deleted_database_is_noticed_and_written_back(tmp_path: Path) ->
         await service.kill()
 
 
+async def store_refuses(http: aiohttp.ClientSession, url: str) -> bool:
+    """Writes answer 503 STORE_UNAVAILABLE (nothing acknowledged that is not stored)."""
+    status, body = await notify(http, url, "alice", "refused?")
+    return status == 503 and body["error"]["code"] == "STORE_UNAVAILABLE"
+
+
 async def _log_has(service: ServiceProcess, text: str) -> bool:
     assert service.log_path is not None
     return text in service.log_path.read_text()
@@ -201,11 +207,7 @@ async def test_a_database_replaced_by_garbage_is_refused_then_recovered(tmp_path
             garbage.write_bytes(os.urandom(8192))
             garbage.replace(database)
 
-            async def refused() -> bool:
-                status, body = await notify(http, service.url, "alice", "refused?")
-                return status == 503 and body["error"]["code"] == "STORE_UNAVAILABLE"
-
-            await eventually(refused, timeout=5)
+            await eventually(lambda: store_refuses(http, service.url), timeout=5)
             assert (await ready(http, service.url))[0] == 503
             orphans = list((tmp_path / "data").glob("notifier.db.orphaned-*"))
             assert len(orphans) == 1, "the open database was kept aside"
@@ -417,11 +419,7 @@ async def test_a_database_overwritten_in_place_is_noticed_and_refused(tmp_path: 
                 file.write(replacement)
             assert database.stat().st_ino == inode
 
-            async def refused() -> bool:
-                status, body = await notify(http, service.url, "alice", "refused?")
-                return status == 503 and body["error"]["code"] == "STORE_UNAVAILABLE"
-
-            await eventually(refused, timeout=5)
+            await eventually(lambda: store_refuses(http, service.url), timeout=5)
             assert (await ready(http, service.url))[0] == 503
             assert "store_file_damaged" in (tmp_path / "service.log").read_text()
             assert "Traceback" not in (tmp_path / "service.log").read_text()

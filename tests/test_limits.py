@@ -6,12 +6,9 @@ connects."""
 from __future__ import annotations
 
 import asyncio
-import base64
-import os
 import statistics
 import time
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -50,23 +47,11 @@ async def legitimate_user_connects(server: RunningServer, user: str = "newcomer"
     server.clients.remove(client)
 
 
-async def open_from(address: str, url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    parts = urlsplit(url)
-    return await asyncio.open_connection(parts.hostname, parts.port, local_addr=(address, 0))
-
-
 async def websocket_from(address: str, url: str) -> tuple[int, bytes, asyncio.StreamWriter]:
-    """A websocket handshake from `address`: the status and what followed it."""
-    reader, writer = await open_from(address, url)
-    key = base64.b64encode(os.urandom(16)).decode()
-    writer.write(
-        (
-            f"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        ).encode()
-    )
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-    return int(head.split(b" ", 2)[1]), head, writer
+    """A websocket handshake from `address`: its status, its answer's head, the connection."""
+    reader, writer = await hostile.open_from(address, url)
+    status, head = await hostile.websocket_handshake(writer, reader, "EIO=4&transport=websocket")
+    return status, head, writer
 
 
 # One user
@@ -90,7 +75,7 @@ async def test_one_user_may_hold_so_many_connections(server: RunningServer) -> N
 
 
 async def test_idle_http_connections_from_one_address_are_capped(server: RunningServer) -> None:
-    streams = [await open_from("127.0.0.2", server.url) for _ in range(30)]
+    streams = [await hostile.open_from("127.0.0.2", server.url) for _ in range(30)]
     try:
         closed = 0
         for reader, _ in streams:

@@ -60,6 +60,7 @@ _SILENCE_SECONDS = 3.0  # no heartbeat of our own heard for this long: the subsc
 _NODE_TTL_SECONDS = 5.0  # a process unheard of for this long is gone
 _META_TTL_SECONDS = 30 * 86400  # a room's epoch and last offset outlive its events
 _POOL_SIZE = 32
+_CATCH_UP_BATCH = 500  # rooms whose bounds one pipelined round trip reads after a resubscription
 
 _APPEND = """
 local now, new_epoch, max_len = tonumber(ARGV[1]), ARGV[2], ARGV[3]
@@ -508,21 +509,42 @@ class RedisBroker:
         return expected == until + 1
 
     async def _catch_up(self) -> None:
-        """After (re)subscribing: what the followed rooms got while we were not listening."""
+        """After (re)subscribing: what the followed rooms got while we were not listening.
+
+        The bounds of every followed room are read in pipelined batches: a round trip per
+        batch, not per room, so a node following thousands of rooms catches up in a few round
+        trips even over a slow link; and each batch counts as a sign of life, so the silence
+        check does not restart a catch-up that is making progress."""
+        node = self._node
+        assert node is not None and self._redis is not None
+        for room in [room for room in self._last if room not in self._followed]:
+            self._last.pop(room, None)
+        rooms = list(self._last)
+        for start in range(0, len(rooms), _CATCH_UP_BATCH):
+            batch = rooms[start : start + _CATCH_UP_BATCH]
+            pipe = self._redis.pipeline(transaction=False)
+            for room in batch:
+                self._bounds(
+                    keys=[], args=[self.prefix, room, secrets.token_hex(8), _META_TTL_SECONDS], client=pipe
+                )
+            answers = await self.call(pipe.execute(), "catch_up")
+            self._heard_own = time.monotonic()
+            for room, (epoch, offset, _first) in zip(batch, answers, strict=True):
+                await self._caught_up(room, StreamPosition(epoch, int(offset)))
+
+    async def _caught_up(self, room: str, head: StreamPosition) -> None:
         node = self._node
         assert node is not None
-        for room, last in list(self._last.items()):
-            if room not in self._followed:
-                self._last.pop(room, None)
-                continue
-            head, _ = await self.bounds(room)
-            if head.epoch != last[0]:
-                node.lost(room, "epoch_changed")
-                self._last[room] = (head.epoch, head.offset)
-            elif head.offset > last[1]:
-                if not await self._fill(room, last, head.offset):
-                    node.lost(room, "history_truncated")
-                self._last[room] = (head.epoch, head.offset)
+        last = self._last.get(room)
+        if last is None:
+            return  # left while the batch was read
+        if head.epoch != last[0]:
+            node.lost(room, "epoch_changed")
+            self._last[room] = (head.epoch, head.offset)
+        elif head.offset > last[1]:
+            if not await self._fill(room, last, head.offset):
+                node.lost(room, "history_truncated")
+            self._last[room] = (head.epoch, head.offset)
 
     # Heartbeats, the node registry, and one-offs
 

@@ -395,15 +395,7 @@ class SqliteDatabase:
         for leftover in (f"{self.path}-wal", f"{self.path}-shm"):
             with contextlib.suppress(OSError):
                 os.unlink(leftover)  # not ours any more, whatever is there
-        try:
-            self._conn = self._connect()
-        except StartupError as exc:
-            self._fail(str(exc).removeprefix(f"{self._variable}: "))
-            return
-        self._remember_files()
-        for reopened in self._after_reopen:
-            reopened()
-        self._probe_write()
+        self._open_again()
 
     def _check_file(self) -> None:
         identity = _identity(self.path)
@@ -446,6 +438,10 @@ class SqliteDatabase:
                 path=keep,
                 detail="the open database was written out before reopening",
             )
+        self._open_again()
+
+    def _open_again(self) -> None:
+        """Open the file at the path anew (its caches reloaded) and see whether it works."""
         try:
             self._conn = self._connect()
         except StartupError as exc:

@@ -103,6 +103,12 @@ def read_service(
             {(): engine.refused_busy},
         )
         yield counter(
+            "notifier_handshakes_refused_limit",
+            "New sessions refused over a connection limit (the process's, or one address's)",
+            [],
+            {(): engine.refused_limit},
+        )
+        yield counter(
             "notifier_client_errors",
             "Malformed or abusive client input (each logged a few times per peer)",
             ["reason"],

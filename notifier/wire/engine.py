@@ -19,7 +19,7 @@ from aiohttp import web
 from .aiohttp_adapter import ErrorBody, take_transport
 from .codes import PARSE_ERROR, SHUTTING_DOWN, TRANSPORT_ERROR, WireCode
 from .ids import new_sid
-from .limits import ConnectionLimits, OpenConnections
+from .limits import ConnectionLimits, OpenConnections, decrement
 from .packets import open_packet, text_frame
 from .ratelimit import TokenBucket
 from .session import EngineSession, SessionListener
@@ -81,10 +81,11 @@ class EngineServer:
         self.max_message_bytes = options.max_message_bytes
         self.sessions: dict[str, EngineSession] = {}
         # For the metrics: sessions ended, by reason; packets refused over a rate limit;
-        # new sessions refused while the owner said it was busy.
+        # new sessions refused while the owner said it was busy, or over a connection limit.
         self.closes: Counter[str] = Counter()
         self.rate_limited = 0
         self.refused_busy = 0
+        self.refused_limit = 0
         self.batcher = WriteBatcher()
         self.draining = False
         # Every connection of the process (shared with the runner, which counts HTTP ones),
@@ -92,7 +93,6 @@ class EngineServer:
         self.open_connections = open_connections or OpenConnections()
         self._limits = options.limits
         self._pending_by_peer: Counter[str] = Counter()
-        self.refused_limit = 0
         self._listen = listen
         self._new_bucket = new_bucket
         self._report = report
@@ -143,15 +143,10 @@ class EngineServer:
             self.deadlines.move(session, before, due)
 
     def awaiting_connect(self, session: EngineSession, awaiting: bool) -> None:
-        peer = session.peer
         if awaiting:
-            self._pending_by_peer[peer] += 1
-            return
-        left = self._pending_by_peer[peer] - 1
-        if left > 0:
-            self._pending_by_peer[peer] = left
+            self._pending_by_peer[session.peer] += 1
         else:
-            self._pending_by_peer.pop(peer, None)
+            decrement(self._pending_by_peer, session.peer)
 
     def forget(self, session: EngineSession, reason: str) -> None:
         if session.awaiting_connect:

@@ -13,6 +13,15 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 
+def decrement(counts: Counter[str], key: str) -> None:
+    """One less under `key`; a key at zero is dropped (so counts of many peers stay small)."""
+    left = counts[key] - 1
+    if left > 0:
+        counts[key] = left
+    else:
+        counts.pop(key, None)
+
+
 @dataclass(frozen=True)
 class ConnectionLimits:
     # Every TCP connection the application serves (HTTP and websockets); past it new
@@ -44,8 +53,4 @@ class OpenConnections:
 
     def http_closed(self, peer: str) -> None:
         self.http -= 1
-        left = self.http_by_peer[peer] - 1
-        if left > 0:
-            self.http_by_peer[peer] = left
-        else:
-            del self.http_by_peer[peer]
+        decrement(self.http_by_peer, peer)

@@ -18,6 +18,7 @@ from ...rooms import BROADCAST_ROOM, room_for_user
 from ...service import Notifier
 from ...settings import Settings
 from ...wire import Outbound, Refused, SocketConnection, SocketServer, encode_event
+from ...wire.limits import decrement
 from ..acks import Connection, EventHandler, Reply, acked, claims_of, unknown_event
 from ..credentials import Credentials
 from ..fanout import USER_NAMESPACE, SocketFanOut
@@ -233,11 +234,7 @@ class SocketGateway:
         self._per_user[claims.sub] += 1
 
     def _release_slot(self, user: str) -> None:
-        left = self._per_user[user] - 1
-        if left > 0:
-            self._per_user[user] = left
-        else:
-            self._per_user.pop(user, None)
+        decrement(self._per_user, user)
 
     def _authenticate(self, connection: SocketConnection, auth: Any) -> Claims:
         try:
