@@ -524,7 +524,8 @@ class RedisBroker:
             batch = rooms[start : start + _CATCH_UP_BATCH]
             pipe = self._redis.pipeline(transaction=False)
             for room in batch:
-                self._bounds(
+                # Queued, not sent: redis-py's scripts join a pipeline when awaited with it.
+                await self._bounds(
                     keys=[], args=[self.prefix, room, secrets.token_hex(8), _META_TTL_SECONDS], client=pipe
                 )
             answers = await self.call(pipe.execute(), "catch_up")
