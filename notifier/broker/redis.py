@@ -32,6 +32,7 @@ import os
 import secrets
 import socket
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Sequence
 from typing import Any
 
@@ -60,6 +61,9 @@ _SILENCE_SECONDS = 3.0  # no heartbeat of our own heard for this long: the subsc
 _NODE_TTL_SECONDS = 5.0  # a process unheard of for this long is gone
 _META_TTL_SECONDS = 30 * 86400  # a room's epoch and last offset outlive its events
 _POOL_SIZE = 32
+_MAX_SEEN = 100_000  # rooms whose highest offset seen here is remembered, to notice rewinds
+# A floor no head can reach: the epoch at hand is retired outright (its offsets were reused).
+_RETIRE = 2**53
 _CATCH_UP_BATCH = 500  # rooms whose bounds one pipelined round trip reads after a resubscription
 
 _APPEND = """
@@ -82,22 +86,36 @@ for g = 1, groups do
   end
   out[#out + 1] = skip and 0 or 1
   for e = 1, count do
-    -- One argument per event: room, type, id, ts and data, separated by \31 (unit separator).
+    -- One argument per event: room, type, id, ts, the epoch and offset the node saw the room
+    -- reach (its floor), and data, separated by \31 (unit separator).
     local event = ARGV[i]
     i = i + 1
     local a = string.find(event, '\\31', 1, true)
     local b = string.find(event, '\\31', a + 1, true)
     local c = string.find(event, '\\31', b + 1, true)
     local d = string.find(event, '\\31', c + 1, true)
+    local f = string.find(event, '\\31', d + 1, true)
+    local g = string.find(event, '\\31', f + 1, true)
     local room, kind = string.sub(event, 1, a - 1), string.sub(event, a + 1, b - 1)
     local id, ts = string.sub(event, b + 1, c - 1), string.sub(event, c + 1, d - 1)
-    local data = string.sub(event, d + 1)
+    local floor_epoch = string.sub(event, d + 1, f - 1)
+    local floor_offset = tonumber(string.sub(event, f + 1, g - 1))
+    local data = string.sub(event, g + 1)
     if not skip then
       local meta, log = prefix .. ':meta:' .. room, prefix .. ':log:' .. room
-      local epoch = redis.call('HGET', meta, 'e')
+      local values = redis.call('HMGET', meta, 'e', 's')
+      local epoch = values[1]
       if not epoch then
         epoch = new_epoch
         redis.call('HSET', meta, 'e', epoch)
+      elseif epoch == floor_epoch and tonumber(values[2] or 0) < floor_offset then
+        -- Older than what the node saw (Redis came back from an older snapshot, or a lagging
+        -- replica took over): that history is lost, and its offsets are never handed out
+        -- again in its epoch. A new epoch starts; clients positioned in the old one are told
+        -- they cannot recover.
+        epoch = new_epoch
+        redis.call('DEL', log)
+        redis.call('HSET', meta, 'e', epoch, 's', 0)
       end
       local offset = redis.call('HINCRBY', meta, 's', 1)
       if offset == 1 then
@@ -128,6 +146,13 @@ _BOUNDS = """
 local meta, log = ARGV[1] .. ':meta:' .. ARGV[2], ARGV[1] .. ':log:' .. ARGV[2]
 local values = redis.call('HMGET', meta, 'e', 's')
 local epoch, head = values[1], tonumber(values[2] or 0)
+if epoch and epoch == ARGV[5] and head < tonumber(ARGV[6]) then
+  -- The history went back below what was seen of it (see _APPEND): a new epoch.
+  epoch, head = ARGV[3], 0
+  redis.call('DEL', log)
+  redis.call('HSET', meta, 'e', epoch, 's', 0)
+  redis.call('EXPIRE', meta, ARGV[4])
+end
 if not epoch then
   epoch = ARGV[3]
   redis.call('HSET', meta, 'e', epoch)
@@ -182,6 +207,12 @@ class RedisBroker:
         # Rooms followed (subscribed), and per room the (epoch, offset) delivered last here.
         self._followed: set[str] = {BROADCAST_ROOM}
         self._last: dict[str, tuple[str, int]] = {}
+        # Per room, the offset and id of the event its subscription delivered last.
+        self._last_ids: dict[str, tuple[int, str]] = {}
+        # The highest (epoch, offset) seen here per room, by appending, delivering or reading
+        # bounds: a Redis that comes back with less (an older snapshot, a lagging replica) is
+        # noticed by it, and the room's history starts a new epoch instead of reusing offsets.
+        self._seen: OrderedDict[str, tuple[str, int]] = OrderedDict()
         # Subscriptions sent and not yet confirmed by Redis, per channel and per room.
         self._confirming: dict[str, list[asyncio.Future[None]]] = {}
         self._following: dict[str, asyncio.Future[None]] = {}
@@ -295,7 +326,7 @@ class RedisBroker:
             args += [guard.key if guard else "", guard.version if guard else 0, len(events)]
             # One argument per event (the room, type and id never contain \x1f).
             args += [
-                f"{event.room}\x1f{event.type}\x1f{event.id}\x1f{event.ts}\x1f".encode()
+                f"{event.room}\x1f{event.type}\x1f{event.id}\x1f{event.ts}\x1f{self._floor_text(event.room)}\x1f".encode()
                 + orjson.dumps(event.data)
                 for event in events
             ]
@@ -312,6 +343,7 @@ class RedisBroker:
             for event in events:
                 offset, epoch = int(out[position]), out[position + 1]
                 position += 2
+                self._saw(event.room, epoch, offset)
                 envelopes.append(
                     {
                         "id": event.id,
@@ -335,11 +367,55 @@ class RedisBroker:
         )
         return [orjson.loads(fields["d"]) for _, fields in entries]
 
-    async def bounds(self, room: str) -> tuple[StreamPosition, int]:
-        epoch, head, first = await self.call(
-            self._bounds(keys=[], args=[self.prefix, room, secrets.token_hex(8), _META_TTL_SECONDS])
-        )
+    async def bounds(self, room: str, floor: StreamPosition | None = None) -> tuple[StreamPosition, int]:
+        """The room's bounds. `floor`: a position a client says it reached; with what this node
+        saw, a head below it in the same epoch is a rewound history, given a new epoch."""
+        floor_epoch, floor_offset = self._floor(room)
+        if floor is not None and (not floor_epoch or floor.epoch == floor_epoch):
+            floor_epoch, floor_offset = floor.epoch, max(floor_offset, floor.offset)
+        return await self._read_bounds(room, floor_epoch, floor_offset)
+
+    async def _read_bounds(
+        self, room: str, floor_epoch: str, floor_offset: int
+    ) -> tuple[StreamPosition, int]:
+        args = [self.prefix, room, secrets.token_hex(8), _META_TTL_SECONDS, floor_epoch, floor_offset]
+        epoch, head, first = await self.call(self._bounds(keys=[], args=args))
+        if floor_epoch and epoch != floor_epoch:
+            self._rewound([room], "a room's head is below what was seen of it")
+        self._saw(room, epoch, int(head))
         return StreamPosition(epoch, int(head)), int(first)
+
+    # Rewinds
+
+    def _saw(self, room: str, epoch: str, offset: int) -> None:
+        seen = self._seen.get(room)
+        if seen is None or seen[0] != epoch or seen[1] < offset:
+            self._seen[room] = (epoch, offset)
+        self._seen.move_to_end(room)
+        if len(self._seen) > _MAX_SEEN:
+            self._seen.popitem(last=False)
+
+    def _floor(self, room: str) -> tuple[str, int]:
+        """The highest position seen here (epoch "" when none)."""
+        seen = self._seen.get(room)
+        last = self._last.get(room)
+        if last is not None and (seen is None or (last[0] == seen[0] and last[1] > seen[1])):
+            seen = last
+        return seen if seen is not None else ("", 0)
+
+    def _floor_text(self, room: str) -> str:
+        epoch, offset = self._floor(room)
+        return f"{epoch}\x1f{offset}"
+
+    def _rewound(self, rooms: list[str], evidence: str) -> None:
+        log.warning(
+            "broker_history_rewound",
+            rooms=len(rooms),
+            evidence=evidence,
+            detail="Redis holds less than was seen of these rooms (restored from an older snapshot, or a "
+            "lagging replica took over): each starts a new epoch; clients positioned in the old one "
+            "are told recovered: false",
+        )
 
     async def trim(self, older_than_ts: int, max_per_room: int) -> int:
         return 0  # done as events are appended, and by the streams' expiry
@@ -383,6 +459,7 @@ class RedisBroker:
             return
         self._followed.discard(room)
         self._last.pop(room, None)
+        self._last_ids.pop(room, None)
         pubsub = self._pubsub
         if pubsub is not None:
             task = asyncio.ensure_future(self._unsubscribe(pubsub, room))
@@ -477,14 +554,24 @@ class RedisBroker:
             node.deliver(delivery)
             return
         last = self._last.get(room)
+        event_id = json[7 : json.find('"', 7)]  # the envelope's JSON starts with {"id":"
         if last is not None:
             if last[0] != epoch:
                 node.lost(room, "epoch_changed")
             elif offset <= last[1]:
+                known = self._last_ids.get(room)
+                if known is not None and known[0] == offset and known[1] != event_id:
+                    # Another event under an offset delivered already: Redis went back and
+                    # handed it out again. That epoch is retired; its clients are told.
+                    await self._read_bounds(room, epoch, _RETIRE)
+                    node.lost(room, "epoch_changed")
+                    self._last.pop(room, None)
                 return  # delivered already (a gap fill got there first)
             elif offset > last[1] + 1 and not await self._fill(room, last, offset - 1):
                 node.lost(room, "history_truncated")
         self._last[room] = (epoch, offset)
+        self._last_ids[room] = (offset, event_id)
+        self._saw(room, epoch, offset)
         node.deliver(delivery)
 
     def _on_any_project(self, text: str) -> None:
@@ -524,13 +611,22 @@ class RedisBroker:
             batch = rooms[start : start + _CATCH_UP_BATCH]
             pipe = self._redis.pipeline(transaction=False)
             for room in batch:
+                floor_epoch, floor_offset = self._floor(room)
+                args = [self.prefix, room, secrets.token_hex(8), _META_TTL_SECONDS, floor_epoch, floor_offset]
                 # Queued, not sent: redis-py's scripts join a pipeline when awaited with it.
-                await self._bounds(
-                    keys=[], args=[self.prefix, room, secrets.token_hex(8), _META_TTL_SECONDS], client=pipe
-                )
+                await self._bounds(keys=[], args=args, client=pipe)
             answers = await self.call(pipe.execute(), "catch_up")
             self._heard_own = time.monotonic()
+            floors = [self._floor(room)[0] for room in batch]
+            rewound = [
+                room
+                for room, floor, (epoch, _, _) in zip(batch, floors, answers, strict=True)
+                if floor and epoch != floor
+            ]
+            if rewound:
+                self._rewound(rewound, "heads below what was delivered here, after a reconnection")
             for room, (epoch, offset, _first) in zip(batch, answers, strict=True):
+                self._saw(room, epoch, int(offset))
                 await self._caught_up(room, StreamPosition(epoch, int(offset)))
 
     async def _caught_up(self, room: str, head: StreamPosition) -> None:
