@@ -24,6 +24,7 @@ class ErrorCode(StrEnum):
     TIMEOUT = "TIMEOUT"
     UNAVAILABLE = "UNAVAILABLE"
     STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
+    OUTCOME_UNKNOWN = "OUTCOME_UNKNOWN"
     INTERNAL = "INTERNAL"
 
 
@@ -45,6 +46,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.TIMEOUT: 408,
     ErrorCode.UNAVAILABLE: 503,
     ErrorCode.STORE_UNAVAILABLE: 503,
+    ErrorCode.OUTCOME_UNKNOWN: 503,
     ErrorCode.INTERNAL: 500,
 }
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from .broker import NewEvent
 from .clock import Clock, millis
+from .errors import ErrorCode, NotifierError
 from .models import MarkRead, NotificationsList, NotifyRequest
 from .records import Notification, derived_id, new_id
 from .rooms import room_for_user
@@ -50,15 +51,32 @@ class Inbox:
         events: list[NewEvent] = []
         for notification in notifications:
             room, user_id = room_for_user(notification.user_id), notification.user_id
+            once = key is not None  # derived ids: a retry appends neither event again
             events.append(
-                NewEvent(room, "notification", notification.to_dict(), id_for(user_id, "event"), now)
+                NewEvent(room, "notification", notification.to_dict(), id_for(user_id, "event"), now, once)
             )
             events.append(
                 NewEvent(
-                    room, "notifications.unread", {"count": unread[user_id]}, id_for(user_id, "unread"), now
+                    room,
+                    "notifications.unread",
+                    {"count": unread[user_id]},
+                    id_for(user_id, "unread"),
+                    now,
+                    once,
                 )
             )
-        await self._publish(events)
+        try:
+            await self._publish(events)
+        except NotifierError as exc:
+            if exc.code is not ErrorCode.STORE_UNAVAILABLE:
+                raise
+            # Stored (in the inbox) but not delivered: "nothing was stored" would be untrue. A
+            # retry with the same key stores nothing twice and delivers it.
+            raise NotifierError(
+                ErrorCode.OUTCOME_UNKNOWN,
+                "stored in the inbox, but its live delivery failed: retry with the same idempotency "
+                "key to deliver it (nothing is stored twice)",
+            ) from exc
         return notifications
 
     async def list(self, user_id: str, request: NotificationsList) -> list[Notification]:

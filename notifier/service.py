@@ -205,7 +205,10 @@ class Notifier:
     async def _publish_one(
         self, room: str, event_type: str, data: dict[str, Any], event_id: str | None = None
     ) -> Envelope:
-        event = NewEvent(room, event_type, data, event_id or new_id(), millis(self.clock.now()))
+        # A given id is an idempotency key's: the event is appended at most once under it.
+        event = NewEvent(
+            room, event_type, data, event_id or new_id(), millis(self.clock.now()), once=event_id is not None
+        )
         envelopes = await self._publish([event])
         assert envelopes is not None
         return envelopes[0]

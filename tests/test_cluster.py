@@ -528,3 +528,85 @@ async def test_redis_restored_from_an_older_snapshot_loses_nothing_silently(
         finally:
             for watcher in (live, away):
                 await watcher.subscriber.close()
+
+
+async def test_an_idempotent_publish_is_appended_once_even_when_its_completion_was_lost(
+    tmp_path: Path,
+) -> None:
+    """A node dies after Redis appended the event and before the key's answer was stored; the
+    retry, once the claim is stale, runs again: Redis itself answers the first offset."""
+    import asyncpg
+
+    async with cluster(tmp_path, nodes=1) as running:
+        (node,) = running.nodes
+        worker = Worker(node.url, token("w", role=Role.PUBLISHER))
+        await worker.connect()
+        try:
+            first = await worker.call(
+                "publish", {"room": "project:p1", "type": "tick", "idempotency_key": "k"}
+            )
+            db = await asyncpg.connect(running.store_url)
+            try:
+                await db.execute("UPDATE notifier_idempotency SET result = NULL, ts = 0")
+            finally:
+                await db.close()
+            retry = await worker.call(
+                "publish", {"room": "project:p1", "type": "tick", "idempotency_key": "k"}
+            )
+        finally:
+            await worker.close()
+        assert (retry["offset"], retry["id"]) == (first["offset"], first["id"])
+        assert await running.redis.command("XLEN", "notifier:log:project:p1") == 1
+
+
+async def test_a_redis_call_that_times_out_after_sending_is_answered_as_unknown_and_retried_safely(
+    tmp_path: Path,
+) -> None:
+    """Redis runs the append but its answer comes too late: the publisher is told the outcome
+    is unknown (never "nothing was stored"), and the retry with the same key appends nothing."""
+    async with cluster(tmp_path, nodes=0) as running:
+        proxy = SilencingProxy(running.redis.port)
+        await proxy.start()
+        node = await running.add_node(NOTIFIER_BROKER_URL=proxy.url)
+        headers = {"Authorization": f"Bearer {PUBLISHER}", "Idempotency-Key": "unknown-1"}
+        body = {"room": "project:p1", "type": "tick", "data": {"n": 1}}
+        async with aiohttp.ClientSession() as http:
+            proxy.delay = 6.0  # past the broker's 5 s socket timeout
+            async with http.post(f"{node.url}/api/v1/publish", json=body, headers=headers) as response:
+                status, answer = response.status, await response.json()
+            assert (status, answer["error"]["code"]) == (503, "OUTCOME_UNKNOWN")
+            proxy.delay = 0.0
+
+            async def retried() -> dict | None:
+                async with http.post(f"{node.url}/api/v1/publish", json=body, headers=headers) as again:
+                    return await again.json() if again.status == 201 else None
+
+            first = await eventually(retried, timeout=20)
+        assert first["offset"] == 1
+        assert await running.redis.command("XLEN", "notifier:log:project:p1") == 1
+        await proxy.stop()
+
+
+async def test_a_notification_stored_but_not_delivered_is_never_reported_as_not_stored(
+    tmp_path: Path,
+) -> None:
+    async with cluster(tmp_path, nodes=1) as running:
+        (node,) = running.nodes
+        headers = {"Authorization": f"Bearer {PUBLISHER}", "Idempotency-Key": "note-1"}
+        body = {"user_ids": ["alice"], "title": "hello"}
+        async with aiohttp.ClientSession() as http:
+            await running.redis.stop()  # PostgreSQL stores it; Redis cannot deliver it
+            async with http.post(f"{node.url}/api/v1/notifications", json=body, headers=headers) as response:
+                status, answer = response.status, await response.json()
+            assert (status, answer["error"]["code"]) == (503, "OUTCOME_UNKNOWN"), answer
+            await running.redis.start()
+
+            async def retried() -> bool:
+                async with http.post(f"{node.url}/api/v1/notifications", json=body, headers=headers) as again:
+                    return again.status == 201
+
+            await eventually(retried, timeout=20)
+            admin = {"Authorization": f"Bearer {issue_token(SECRET, 'HS256', 'root', role=Role.ADMIN)}"}
+            async with http.get(f"{node.url}/api/v1/notifications?user_id=alice", headers=admin) as listed:
+                inbox = await listed.json()
+        assert [n["title"] for n in inbox["notifications"]] == ["hello"], "stored twice, or not at all"

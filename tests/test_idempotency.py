@@ -3,7 +3,11 @@ key reused for another request is refused instead of answered with someone else'
 
 from __future__ import annotations
 
-from tests.conftest import RunningServer
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import RunningServer, make_settings, start_server, stop_server
 
 
 async def test_keys_of_two_publishers_never_collide(server: RunningServer) -> None:
@@ -40,3 +44,38 @@ async def test_a_retry_gets_the_first_answer_and_another_request_a_conflict(serv
     assert other_operation["error"]["code"] == "IDEMPOTENCY_CONFLICT"
     history = await server.notifier.replay("project:p1", None)
     assert history.position.offset == 1, "the room was appended to more than once"
+
+
+async def forget_completion(server: RunningServer) -> None:
+    """As if the process died after the append and before the key's completion was stored:
+    the key is claimed, unanswered, and long stale."""
+    db = server.notifier.store.db.connection  # type: ignore[attr-defined]
+    db.execute("UPDATE idempotency SET result = NULL, ts = 0")
+
+
+@pytest.mark.parametrize("event", ["publish", "notify"])
+async def test_a_retry_after_dying_between_append_and_completion_appends_nothing(
+    tmp_path: Path, event: str
+) -> None:
+    server, runner = await start_server(make_settings(tmp_path, store_url=f"sqlite:///{tmp_path / 'n.db'}"))
+    try:
+        worker = await server.worker("w")
+        if event == "publish":
+            request, room = (
+                {"room": "project:p1", "type": "tick", "data": {}, "idempotency_key": "k"},
+                "project:p1",
+            )
+        else:
+            request, room = {"user_ids": ["alice"], "title": "t", "idempotency_key": "k"}, "user:alice"
+        first = await worker.call(event, request)
+        await forget_completion(server)
+
+        retry = await worker.call(event, request)
+
+        assert first["ok"] and retry["ok"]
+        replay = await server.notifier.replay(room, None)
+        assert replay.position.offset == (1 if event == "publish" else 2), "appended twice"
+        if event == "publish":
+            assert retry["offset"] == first["offset"] and retry["id"] == first["id"]
+    finally:
+        await stop_server(server, runner)

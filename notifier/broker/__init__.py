@@ -104,6 +104,10 @@ class NewEvent:
     data: dict[str, Any]
     id: str
     ts: int
+    # Appended at most once under its id (an idempotent request's event, whose id derives from
+    # the key): a second append of it answers the first one's offset, atomically with the
+    # append itself, so a retry after a crash between append and completion adds nothing.
+    once: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -98,6 +98,10 @@ class LocalBroker:
 
     def _append(self, db: sqlite3.Connection, event: NewEvent, encoded: dict[int, bytes]) -> Envelope:
         room = event.room
+        if event.once:
+            before = self._appended_before(db, event)
+            if before is not None:
+                return before
         head = self._heads.get(room)
         if head is None:
             known = self._bounds.get(room)
@@ -125,6 +129,28 @@ class LocalBroker:
         }
         self._appended.append(envelope)
         return envelope
+
+    def _appended_before(self, db: sqlite3.Connection, event: NewEvent) -> Envelope | None:
+        """The envelope of this event if it is in the history already (committed, or in this
+        transaction): a retry of an idempotent request appends nothing again."""
+        for envelope in self._appended:
+            if envelope["id"] == event.id and envelope["room"] == event.room:
+                return envelope
+        row = db.execute(
+            "SELECT offset, ts, data FROM events WHERE room = ? AND id = ?", (event.room, event.id)
+        ).fetchone()
+        if row is None:
+            return None
+        offset, ts, data = row
+        return {
+            "id": event.id,
+            "type": event.type,
+            "room": event.room,
+            "ts": ts,
+            "data": orjson.loads(data),
+            "offset": offset,
+            "epoch": self.epoch,
+        }
 
     def _write(self, db: sqlite3.Connection) -> None:
         """Before the commit: the appended events, one statement for all (executemany)."""

@@ -100,8 +100,17 @@ for g = 1, groups do
     local id, ts = string.sub(event, b + 1, c - 1), string.sub(event, c + 1, d - 1)
     local floor_epoch = string.sub(event, d + 1, f - 1)
     local floor_offset = tonumber(string.sub(event, f + 1, g - 1))
-    local data = string.sub(event, g + 1)
-    if not skip then
+    local h = string.find(event, '\\31', g + 1, true)
+    local once = string.sub(event, g + 1, h - 1) == '1'
+    local data = string.sub(event, h + 1)
+    local mark = once and (prefix .. ':once:' .. room .. ':' .. id) or nil
+    local before = mark and redis.call('GET', mark)
+    if before and not skip then
+      -- Appended already (a retry): its first offset and epoch, nothing appended again.
+      local space = string.find(before, ' ', 1, true)
+      out[#out + 1] = tonumber(string.sub(before, 1, space - 1))
+      out[#out + 1] = string.sub(before, space + 1)
+    elseif not skip then
       local meta, log = prefix .. ':meta:' .. room, prefix .. ':log:' .. room
       local values = redis.call('HMGET', meta, 'e', 's')
       local epoch = values[1]
@@ -134,6 +143,9 @@ for g = 1, groups do
       redis.call('EXPIRE', meta, meta_ttl)
       local header = room .. '\\n' .. offset .. '\\n' .. epoch .. '\\n' .. kind .. '\\n'
       redis.call('PUBLISH', channel .. room, header .. json)
+      if mark then
+        redis.call('SET', mark, offset .. ' ' .. epoch, 'EX', meta_ttl)
+      end
       out[#out + 1] = offset
       out[#out + 1] = epoch
     end
@@ -292,6 +304,14 @@ class RedisBroker:
             result = await work
         except _REDIS_ERRORS as exc:
             self._health.fail(COMPONENT, f"Redis at {_where(self._url)}: {type(exc).__name__}: {exc}")
+            if operation == "append" and isinstance(exc, redis_errors.TimeoutError):
+                # Sent, and no answer in time: Redis may have run it. Only a retry under the
+                # same idempotency key is safe (its event is appended at most once).
+                raise NotifierError(
+                    ErrorCode.OUTCOME_UNKNOWN,
+                    "the broker did not answer in time: this may or may not have been stored; "
+                    "retry with the same idempotency key",
+                ) from exc
             raise NotifierError(
                 ErrorCode.STORE_UNAVAILABLE, "the broker cannot be reached right now; retry"
             ) from exc
@@ -324,12 +344,8 @@ class RedisBroker:
         ]
         for events, guard in groups:
             args += [guard.key if guard else "", guard.version if guard else 0, len(events)]
-            # One argument per event (the room, type and id never contain \x1f).
-            args += [
-                f"{event.room}\x1f{event.type}\x1f{event.id}\x1f{event.ts}\x1f{self._floor_text(event.room)}\x1f".encode()
-                + orjson.dumps(event.data)
-                for event in events
-            ]
+            # One argument per event (no field of it but the data can hold \x1f).
+            args += [self._event_argument(event) for event in events]
         out = await self.call(self._append(keys=[], args=args), "append")
         results: list[list[Envelope] | None] = []
         position = 0
@@ -384,6 +400,11 @@ class RedisBroker:
             self._rewound([room], "a room's head is below what was seen of it")
         self._saw(room, epoch, int(head))
         return StreamPosition(epoch, int(head)), int(first)
+
+    def _event_argument(self, event: NewEvent) -> bytes:
+        """room, type, id, ts, floor epoch, floor offset, once, data: as _APPEND reads them."""
+        head = f"{event.room}\x1f{event.type}\x1f{event.id}\x1f{event.ts}\x1f{self._floor_text(event.room)}"
+        return f"{head}\x1f{'1' if event.once else ''}\x1f".encode() + orjson.dumps(event.data)
 
     # Rewinds
 

@@ -159,7 +159,9 @@ class Worker(ClientConnection):
                 self._outbox.popleft()
                 item.done.set_exception(NotifierClientError("INTERNAL", str(exc)))
                 continue
-            if isinstance(reply, dict) and (reply.get("error") or {}).get("code") == "RATE_LIMITED":
+            code = (reply.get("error") or {}).get("code") if isinstance(reply, dict) else None
+            if code == "RATE_LIMITED" or (code == "OUTCOME_UNKNOWN" and "idempotency_key" in item.payload):
+                # Slowed down; or the outcome is unknown, and the same key makes the retry safe.
                 await asyncio.sleep(_RATE_LIMIT_BACKOFF)
                 continue
             self._outbox.popleft()
