@@ -62,6 +62,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         sqlite_synchronous=settings.sqlite_synchronous,
         # The default database lives in the data directory: its problems are that setting's.
         variable="NOTIFIER_STORE_URL" if settings.store_url else "NOTIFIER_DATA_DIR",
+        postgres_schema=settings.postgres_schema,
     )
     broker = open_broker(
         settings.broker_url,

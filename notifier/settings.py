@@ -129,6 +129,9 @@ class Settings(BaseSettings):
     # later than this: set-ups of a reconnect storm wait, the connections already here don't.
     # 0 admits every session.
     admission_max_lag_ms: float = Field(200.0, ge=0)
+    # PostgreSQL: the schema notifier's tables live in (the role should own it); unset: the
+    # role's search path (usually `public`, where PostgreSQL 15+ grants no CREATE).
+    postgres_schema: str | None = Field(None, pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     # Every TCP connection of the process (HTTP and websockets). Unset: the open-files limit
     # less a reserve (1 in 40, at least 64) kept for health checks, metrics and the store.
     max_connections: int | None = Field(None, ge=1)

@@ -610,3 +610,37 @@ async def test_a_notification_stored_but_not_delivered_is_never_reported_as_not_
             async with http.get(f"{node.url}/api/v1/notifications?user_id=alice", headers=admin) as listed:
                 inbox = await listed.json()
         assert [n["title"] for n in inbox["notifications"]] == ["hello"], "stored twice, or not at all"
+
+
+async def test_a_role_that_owns_only_its_schema_is_enough_on_postgresql_15(tmp_path: Path) -> None:
+    """docs/deployment.md's privileges, as PostgreSQL 15+ grants them: no CREATE on `public`; a
+    role owning a schema of its own, named by NOTIFIER_POSTGRES_SCHEMA."""
+    import secrets
+
+    import asyncpg
+
+    role = f"notifier_role_{secrets.token_hex(4)}"
+    async with cluster(tmp_path, nodes=0) as running:
+        admin = await asyncpg.connect(running.store_url)
+        try:
+            await admin.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+            await admin.execute(f"CREATE ROLE {role} LOGIN")
+            await admin.execute(f"CREATE SCHEMA notifier AUTHORIZATION {role}")
+            as_role = running.store_url.replace("postgres@", f"{role}@", 1)
+            node = await running.add_node(NOTIFIER_STORE_URL=as_role, NOTIFIER_POSTGRES_SCHEMA="notifier")
+            async with aiohttp.ClientSession() as http:
+                async with http.post(
+                    f"{node.url}/api/v1/notifications",
+                    json={"user_ids": ["alice"], "title": "stored"},
+                    headers={"Authorization": f"Bearer {PUBLISHER}"},
+                ) as response:
+                    assert response.status == 201, await response.text()
+            tables = await admin.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'notifier'")
+            assert {"notifier_notifications", "notifier_tasks"} <= {t["tablename"] for t in tables}
+            for node in running.nodes:
+                await node.kill()
+            running.nodes.clear()
+        finally:
+            await admin.execute(f"DROP OWNED BY {role}")
+            await admin.execute(f"DROP ROLE IF EXISTS {role}")
+            await admin.close()

@@ -99,7 +99,12 @@ class Store(Protocol):
 
 
 def open_store(
-    url: str, health: Health, *, sqlite_synchronous: str = "NORMAL", variable: str = "NOTIFIER_STORE_URL"
+    url: str,
+    health: Health,
+    *,
+    sqlite_synchronous: str = "NORMAL",
+    variable: str = "NOTIFIER_STORE_URL",
+    postgres_schema: str | None = None,
 ) -> Store:
     """`sqlite:///path/to/file.db`, `memory://` (tests; lost on restart) or `postgresql://...`.
     `variable`: the setting start-up errors name (the data directory's, for the default URL)."""
@@ -112,7 +117,7 @@ def open_store(
     if url.startswith(("postgresql://", "postgres://")):
         from .postgres import PostgresStore
 
-        return PostgresStore(url, health)
+        return PostgresStore(url, health, schema=postgres_schema)
     raise StartupError(
         f"NOTIFIER_STORE_URL: unsupported URL {url!r}; use sqlite:///path, memory:// or "
         "postgresql://user@host/db"

@@ -86,8 +86,11 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 class PostgresStore:
     shared = True
 
-    def __init__(self, url: str, health: Health, *, pool_size: int = 10) -> None:
+    def __init__(self, url: str, health: Health, *, pool_size: int = 10, schema: str | None = None) -> None:
         self._url = url
+        # Tables go in this schema (the role's own: it needs no privilege on `public`, which
+        # PostgreSQL 15 no longer grants); None: the role's default search path.
+        self._schema = schema
         self._where = _describe(url)
         self._health = health
         self._pool_size = pool_size
@@ -106,6 +109,7 @@ class PostgresStore:
                 max_size=self._pool_size,
                 init=_init_connection,
                 command_timeout=10,
+                server_settings={"search_path": self._schema} if self._schema else None,
             )
             async with self._pool.acquire() as conn, conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK)
