@@ -190,7 +190,11 @@ export class NotifierClient {
     // Not kept, or a room seen through project:* (ids deduplicate those).
     if (env.room == null || env.offset == null || !this.positions[env.room]) return true;
     const known = this.positions[env.room];
-    if (known.epoch === env.epoch && env.offset <= known.offset) return false;
+    if (known.epoch === env.epoch && env.offset <= known.offset) {
+      // Behind our position: a duplicate, unless it is a replay of something we never had (a
+      // room we were in already, recovered with `since` after live events came): ids decide.
+      return env.replayed === true;
+    }
     this.positions[env.room] = { epoch: env.epoch, offset: env.offset };
     return true;
   }

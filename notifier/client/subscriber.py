@@ -136,6 +136,8 @@ class Subscriber(ClientConnection):
         if offset is None or not known:
             return True  # not kept, or a room seen through project:* (ids deduplicate)
         if known["epoch"] == envelope.get("epoch") and offset <= known["offset"]:
-            return False
+            # Behind our position: a duplicate, unless it is a replay of something we never had
+            # (a room we were in already, recovered with `since` after live events came).
+            return envelope.get("replayed") is True
         self.positions[str(room)] = {"epoch": envelope["epoch"], "offset": offset}
         return True
