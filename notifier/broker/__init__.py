@@ -229,7 +229,7 @@ def open_broker(url: str, store: Store, health: Health, **options: Any) -> Broke
                 "(room histories live in Redis when the store is shared)"
             )
         return LocalBroker(store.db, max_events_per_room=options["max_events_per_room"])
-    if url.startswith(("redis://", "rediss://", "unix://")):
+    if url.startswith(("redis://", "rediss://", "unix://", "redis+sentinel://")):
         if not store.shared:
             raise StartupError(
                 "NOTIFIER_BROKER_URL: a Redis broker needs a shared store; set "
@@ -239,5 +239,6 @@ def open_broker(url: str, store: Store, health: Health, **options: Any) -> Broke
 
         return RedisBroker(url, health, **options)
     raise StartupError(
-        f"NOTIFIER_BROKER_URL: unsupported URL {url!r}; use redis://host:port/db, rediss:// or unix://"
+        f"NOTIFIER_BROKER_URL: unsupported URL {url!r}; use redis://host:port/db, rediss://, unix:// "
+        "or redis+sentinel://host:26379,.../<primary name>[/db]"
     )

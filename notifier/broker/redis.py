@@ -245,18 +245,28 @@ class RedisBroker:
 
     async def start(self, node: Node) -> None:
         self._node = node
-        # A bounded pool that makes callers wait for a connection (redis-py's default pool
-        # raises once it has none free: a reconnect storm's history reads would fail).
-        pool = aioredis.BlockingConnectionPool.from_url(
-            self._url,
-            decode_responses=True,
-            socket_timeout=5,
-            socket_connect_timeout=5,
-            health_check_interval=10,
-            max_connections=_POOL_SIZE,
-            timeout=5,
-        )
-        self._redis = aioredis.Redis(connection_pool=pool)
+        if self._url.startswith(SENTINEL_SCHEME):
+            self._redis, self._subscriber = _sentinel_clients(self._url)
+        else:
+            # A bounded pool that makes callers wait for a connection (redis-py's default pool
+            # raises once it has none free: a reconnect storm's history reads would fail).
+            pool = aioredis.BlockingConnectionPool.from_url(
+                self._url,
+                decode_responses=True,
+                socket_timeout=5,
+                socket_connect_timeout=5,
+                health_check_interval=10,
+                max_connections=_POOL_SIZE,
+                timeout=5,
+            )
+            self._redis = aioredis.Redis(connection_pool=pool)
+            self._subscriber = aioredis.Redis.from_url(
+                self._url,
+                decode_responses=True,
+                socket_timeout=None,
+                socket_connect_timeout=5,
+                retry=Retry(NoBackoff(), 0),
+            )
         try:
             await self._redis.ping()
         except (*_REDIS_ERRORS, redis_errors.RedisError) as exc:
@@ -264,13 +274,6 @@ class RedisBroker:
             raise StartupError(
                 f"NOTIFIER_BROKER_URL: cannot reach Redis at {_where(self._url)}: {exc}"
             ) from exc
-        self._subscriber = aioredis.Redis.from_url(
-            self._url,
-            decode_responses=True,
-            socket_timeout=None,
-            socket_connect_timeout=5,
-            retry=Retry(NoBackoff(), 0),
-        )
         self._append = self._redis.register_script(_APPEND)
         self._bounds = self._redis.register_script(_BOUNDS)
         self._heard_own = time.monotonic()
@@ -743,10 +746,53 @@ def _cluster(node_id: str, living: list[str], infos: list[bytes | str | None]) -
     }
 
 
+SENTINEL_SCHEME = "redis+sentinel://"
+
+
+def _sentinel_parts(url: str) -> tuple[list[tuple[str, int]], str, int, str | None]:
+    """`redis+sentinel://[:password@]host[:port][,host[:port]...]/service[/db]`: the sentinels,
+    the monitored primary's name, the database and the password (Redis's, not the sentinels')."""
+    rest = url.removeprefix(SENTINEL_SCHEME)
+    netloc, _, path = rest.partition("/")
+    password = None
+    if "@" in netloc:
+        credentials, netloc = netloc.rsplit("@", 1)
+        password = credentials.partition(":")[2] or credentials or None
+    sentinels = []
+    for address in netloc.split(","):
+        host, _, port = address.partition(":")
+        sentinels.append((host or "localhost", int(port or 26379)))
+    names = [part for part in path.split("/") if part]
+    if not names:
+        raise StartupError("NOTIFIER_BROKER_URL: name the primary, redis+sentinel://host:26379/<name>[/db]")
+    return sentinels, names[0], int(names[1]) if len(names) > 1 else 0, password
+
+
+def _sentinel_clients(url: str) -> tuple[aioredis.Redis, aioredis.Redis]:
+    """Clients of the primary that the sentinels name; after a failover, of the new one
+    (redis-py's Sentinel support asks them again on every new connection)."""
+    from redis.asyncio.sentinel import Sentinel
+
+    sentinels, service, db, password = _sentinel_parts(url)
+    sentinel = Sentinel(sentinels, socket_timeout=1)  # type: ignore[no-untyped-call]
+    common: dict[str, Any] = {
+        "decode_responses": True,
+        "db": db,
+        "password": password,
+        "socket_connect_timeout": 5,
+    }
+    calls = sentinel.master_for(service, socket_timeout=5, max_connections=_POOL_SIZE, **common)
+    subscriber = sentinel.master_for(service, socket_timeout=None, retry=Retry(NoBackoff(), 0), **common)
+    return calls, subscriber
+
+
 def _where(url: str) -> str:
     """The Redis address without credentials, for messages and logs."""
     from urllib.parse import urlsplit
 
+    if url.startswith(SENTINEL_SCHEME):
+        sentinels, service, db, _ = _sentinel_parts(url)
+        return f"primary {service!r} of sentinels {','.join(f'{h}:{p}' for h, p in sentinels)}/{db}"
     parts = urlsplit(url)
     if parts.scheme == "unix":
         return parts.path
