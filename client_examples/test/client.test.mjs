@@ -107,6 +107,30 @@ test("reconnects after the server drops the connection and recovers what it miss
   dave.close();
 });
 
+test("recovers its own room through subscribe {since} after live events came, losing nothing", async () => {
+  const first = new NotifierClient(service.url, { token: sign({ sub: "erin" }) });
+  const seen = [];
+  first.on("notification", (env) => seen.push(env.data.title));
+  await first.connect();
+  await service.rest("POST", "/api/v1/notifications", { user_ids: ["erin"], title: "one" });
+  await until(() => seen.length === 1);
+  const position = { ...first.positions["user:erin"] };
+  first.close();
+
+  await service.rest("POST", "/api/v1/notifications", { user_ids: ["erin"], title: "missed" });
+  const again = new NotifierClient(service.url, { token: sign({ sub: "erin" }) });
+  const got = [];
+  again.on("notification", (env) => got.push(env));
+  await again.connect();
+  await service.rest("POST", "/api/v1/notifications", { user_ids: ["erin"], title: "live" });
+  await until(() => got.length === 1);
+  const reply = await again.call("subscribe", { rooms: ["user:erin"], since: { "user:erin": position } });
+  assert.equal(reply.rooms["user:erin"].recovered, true);
+  await until(() => got.length === 2, 5000, "the replayed notification");
+  assert.deepEqual(got.map((e) => [e.data.title, e.replayed === true]), [["live", false], ["missed", true]]);
+  again.close();
+});
+
 test("renews a short token on the same connection and follows presence when asked", async () => {
   let issued = 0;
   const erin = new NotifierClient(service.url, {
