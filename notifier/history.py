@@ -67,11 +67,7 @@ class SharedReplays:
 
     async def _read(self, room: str, requests: list[_Request]) -> None:
         try:
-            positions = [r.since for r in requests if r.since is not None]
-            floor = max(positions, key=lambda p: p.offset, default=None)
-            head, first_retained = await self._broker.bounds(
-                room, StreamPosition(floor.epoch, floor.offset) if floor is not None else None
-            )
+            head, first_retained = await self._broker.bounds(room)
             afters = [
                 r.since.offset
                 for r in requests

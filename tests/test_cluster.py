@@ -644,3 +644,29 @@ async def test_a_role_that_owns_only_its_schema_is_enough_on_postgresql_15(tmp_p
             await admin.execute(f"DROP OWNED BY {role}")
             await admin.execute(f"DROP ROLE IF EXISTS {role}")
             await admin.close()
+
+
+async def test_a_position_a_client_makes_up_retires_no_history(tmp_path: Path) -> None:
+    """Only what a node saw of a room counts as evidence of a rewind: a client claiming to stand
+    far past the head is told it cannot recover, and everyone else's history stays as it is."""
+    async with cluster(tmp_path, nodes=1) as running:
+        (node,) = running.nodes
+        watcher = Recorder(node.url, "alice", "project:p1")
+        await watcher.start()
+        liar = Subscriber(node.url, token("mallory", ["p1"]))
+        await liar.connect()
+        try:
+            await publish_many(node.url, 3)
+            await until(lambda: len(watcher.raw) == 3, timeout=10)
+            epoch = watcher.raw[0][0]
+            reply = await liar.call(
+                "subscribe",
+                {"rooms": ["project:p1"], "since": {"project:p1": {"epoch": epoch, "offset": 10**9}}},
+            )
+            assert reply["rooms"]["project:p1"]["recovered"] is False
+            await publish_many(node.url, 2, start=3)
+            await until(lambda: len(watcher.raw) == 5, timeout=10)
+            assert {e for e, _ in watcher.raw} == {epoch} and watcher.resets == []
+        finally:
+            await liar.close()
+            await watcher.subscriber.close()

@@ -157,10 +157,8 @@ class Broker(Protocol):
         """Retained events of `room` with an offset above `after`, oldest first."""
         ...
 
-    async def bounds(self, room: str, floor: StreamPosition | None = None) -> tuple[StreamPosition, int]:
-        """The room's head position, and the lowest offset still retained (head + 1 if none).
-        `floor`: a position a client reached; a shared history found below it in the same
-        epoch was rewound, and starts a new epoch."""
+    async def bounds(self, room: str) -> tuple[StreamPosition, int]:
+        """The room's head position, and the lowest offset still retained (head + 1 if none)."""
         ...
 
     async def trim(self, older_than_ts: int, max_per_room: int) -> int: ...

@@ -214,9 +214,8 @@ class LocalBroker:
             for offset, event_id, event_type, ts, data in rows
         ]
 
-    async def bounds(self, room: str, floor: StreamPosition | None = None) -> tuple[StreamPosition, int]:
-        """The committed bounds (appends not yet committed are delivered live later). One
-        process is the only writer of its database: `floor` has nothing to tell it."""
+    async def bounds(self, room: str) -> tuple[StreamPosition, int]:
+        """The committed bounds (appends not yet committed are delivered live later)."""
         known = self._bounds.get(room)
         if known is None:
             known = self.db.read(lambda db: _bounds(db, room))

@@ -386,12 +386,11 @@ class RedisBroker:
         )
         return [orjson.loads(fields["d"]) for _, fields in entries]
 
-    async def bounds(self, room: str, floor: StreamPosition | None = None) -> tuple[StreamPosition, int]:
-        """The room's bounds. `floor`: a position a client says it reached; with what this node
-        saw, a head below it in the same epoch is a rewound history, given a new epoch."""
+    async def bounds(self, room: str) -> tuple[StreamPosition, int]:
+        """The room's bounds. A head below what this node saw of the room (in the same epoch)
+        is a rewound history, given a new epoch. (Only what the node saw counts: a client's
+        position is its own word, and must not retire a room's history for everyone.)"""
         floor_epoch, floor_offset = self._floor(room)
-        if floor is not None and (not floor_epoch or floor.epoch == floor_epoch):
-            floor_epoch, floor_offset = floor.epoch, max(floor_offset, floor.offset)
         return await self._read_bounds(room, floor_epoch, floor_offset)
 
     async def _read_bounds(
