@@ -144,7 +144,10 @@ for g = 1, groups do
       local header = room .. '\\n' .. offset .. '\\n' .. epoch .. '\\n' .. kind .. '\\n'
       redis.call('PUBLISH', channel .. room, header .. json)
       if mark then
-        redis.call('SET', mark, offset .. ' ' .. epoch, 'EX', meta_ttl)
+        -- Kept as long as a retry of a request that died here can come (claims go stale in
+        -- 15 s, retries wait 20 s): minutes, not the history's life, since every keyed
+        -- publish leaves one.
+        redis.call('SET', mark, offset .. ' ' .. epoch, 'EX', 300)
       end
       out[#out + 1] = offset
       out[#out + 1] = epoch
