@@ -25,8 +25,10 @@ REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 class RedisServer:
     """`redis-server` on a port of its own, keeping nothing on disk (as a restart would lose)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *extra: str) -> None:
+        """`extra`: more `redis-server` arguments (`--replicaof host port` for a replica)."""
         self.port = free_port()
+        self.extra = extra
         self.directory = directory
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process: asyncio.subprocess.Process | None = None
@@ -47,6 +49,7 @@ class RedisServer:
             str(self.directory),
             "--logfile",
             "",
+            *self.extra,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -161,6 +164,7 @@ class Nginx:
         return main
 
     async def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
         config = self._configure()
         self.process = await asyncio.create_subprocess_exec(
             NGINX,

@@ -4,27 +4,24 @@ the recipe must work there as it is, listen ports and node addresses aside."""
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
-from tests.cluster import NGINX, ROOT
+from tests.cluster import ROOT, Nginx
 from tests.service_process import free_port
 
 DEBIAN_NGINX = Path("/etc/nginx")
 
 
-class DebianNginx:
+class DebianNginx(Nginx):
+    """`Nginx`, started and stopped the same way, on a copy of Debian's configuration."""
+
     def __init__(self, directory: Path, upstreams: list[str], *, tls: bool = False) -> None:
-        self.directory = directory
+        super().__init__(directory, upstreams)
         self.etc = directory / "etc-nginx"
-        self.port = free_port()
         self.tls_port = free_port() if tls else None
         self.tls = tls
-        self.upstreams = upstreams
-        self.process: asyncio.subprocess.Process | None = None
 
     def _configure(self) -> Path:
         shutil.copytree(DEBIAN_NGINX, self.etc, symlinks=True)
@@ -91,32 +88,3 @@ class DebianNginx:
             capture_output=True,
         )
         return certificate, key
-
-    async def start(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        config = self._configure()
-        self.process = await asyncio.create_subprocess_exec(
-            NGINX,
-            "-c",
-            str(config),
-            "-g",
-            "daemon off;",
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
-                writer.close()
-                return
-            except OSError:
-                if self.process.returncode is not None or time.monotonic() > deadline:
-                    error = await self.process.stderr.read() if self.process.stderr else b""
-                    raise RuntimeError(f"nginx did not start: {error.decode(errors='replace')}") from None
-                await asyncio.sleep(0.05)
-
-    async def stop(self) -> None:
-        if self.process is not None and self.process.returncode is None:
-            self.process.terminate()
-            await self.process.wait()

@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -95,3 +96,15 @@ class ServiceProcess:
         if self.process is not None and self.process.returncode is None:
             self.process.kill()
             await self.process.wait()
+
+
+def run_notifier(
+    *args: str, env: dict[str, str], cwd: Path, seconds: float | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`python -m notifier <args>` to its end, with no NOTIFIER_ variables but `env`'s (with
+    `seconds`: sent SIGTERM after that long)."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER_")}
+    command = [sys.executable, "-m", "notifier", *args]
+    if seconds is not None:
+        command = ["timeout", "-s", "TERM", str(seconds), *command]
+    return subprocess.run(command, env={**clean, **env}, cwd=cwd, capture_output=True, text=True, timeout=30)

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import stat
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,19 +11,11 @@ import jwt
 import pytest
 
 from notifier.client import Subscriber
-from tests.service_process import ServiceProcess
+from tests.service_process import ServiceProcess, run_notifier
 
 
 def run_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER_")}
-    return subprocess.run(
-        [sys.executable, "-m", "notifier", *args],
-        env={**clean, **env},
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    return run_notifier(*args, env=env, cwd=cwd)
 
 
 @pytest.mark.parametrize(

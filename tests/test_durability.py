@@ -18,7 +18,7 @@ import socketio
 
 from notifier.auth import Role, issue_token
 from tests.conftest import SECRET
-from tests.service_process import ServiceProcess, free_port
+from tests.service_process import ServiceProcess, free_port, run_notifier
 
 PUBLISHER = issue_token(SECRET, "HS256", "svc", role=Role.PUBLISHER)
 ADMIN = issue_token(SECRET, "HS256", "root", role=Role.ADMIN)
@@ -224,20 +224,8 @@ def run_serve(
 ) -> subprocess.CompletedProcess[str]:
     """`notifier serve` until it exits (or, with `seconds`, until SIGTERM after that long);
     `secret=None`: development mode."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER_")}
-    if secret is not None:
-        clean["NOTIFIER_JWT_SECRET"] = secret
-    command = [sys.executable, "-m", "notifier", "serve"]
-    if seconds is not None:
-        command = ["timeout", "-s", "TERM", str(seconds), *command]
-    return subprocess.run(
-        command,
-        env={**clean, **env},
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    secrets = {"NOTIFIER_JWT_SECRET": secret} if secret is not None else {}
+    return run_notifier("serve", env={**secrets, **env}, cwd=cwd, seconds=seconds)
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ import pytest
 from notifier import Settings
 from notifier.keys import ENGINE
 from tests.conftest import RunningServer, make_settings
-from tests.wire_client import Polling, closed, receive_text, websocket
+from tests.wire_client import Polling, closed, connected_websocket, receive_text, websocket
 
 WAIT = 5.0
 
@@ -187,16 +187,6 @@ async def test_upgrade_from_polling_to_websocket(server: RunningServer, http) ->
 
 
 # Socket.IO
-
-
-async def connected_websocket(server: RunningServer, http, user: str = "alice"):
-    ws = await websocket(http, server.url)
-    await receive_text(ws)
-    await ws.send_str("40" + orjson.dumps({"token": server.token(user)}).decode())
-    connect = await receive_text(ws)
-    assert connect.startswith("40{") and "sid" in orjson.loads(connect[2:])
-    assert (await receive_text(ws)).startswith('42["session"')
-    return ws
 
 
 async def test_refused_connect_carries_a_code(server: RunningServer, http) -> None:

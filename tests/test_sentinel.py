@@ -18,7 +18,7 @@ from tests.service_process import free_port
 from tests.test_cluster import Recorder, publish_many, told_or_delivered
 
 
-async def start_redis(directory: Path, *args: str) -> asyncio.subprocess.Process:
+async def start_sentinel(directory: Path, *args: str) -> asyncio.subprocess.Process:
     directory.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - a test's own directory
     return await asyncio.create_subprocess_exec(
         REDIS_SERVER, *args, "--dir", str(directory), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -45,23 +45,10 @@ async def eventually_true(check, timeout: float) -> None:
 async def test_the_broker_follows_a_sentinel_failover(tmp_path: Path) -> None:
     primary = RedisServer(tmp_path / "primary")
     await primary.start()
-    replica_port = free_port()
-    processes = [
-        await start_redis(
-            tmp_path / "replica",
-            "--port",
-            str(replica_port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--replicaof",
-            "127.0.0.1",
-            str(primary.port),
-        )
-    ]
+    replica = RedisServer(tmp_path / "replica", "--replicaof", "127.0.0.1", str(primary.port))
+    await replica.start()
+    replica_port = replica.port
+    processes: list[asyncio.subprocess.Process] = []
     sentinel_ports = [free_port() for _ in range(3)]
     try:
         for n, port in enumerate(sentinel_ports):
@@ -72,7 +59,7 @@ async def test_the_broker_follows_a_sentinel_failover(tmp_path: Path) -> None:
                 "sentinel down-after-milliseconds notifier 1000\n"
                 "sentinel failover-timeout notifier 5000\n"
             )
-            processes.append(await start_redis(tmp_path / f"s{n}", str(conf), "--sentinel"))
+            processes.append(await start_sentinel(tmp_path / f"s{n}", str(conf), "--sentinel"))
 
         async def ready() -> bool:
             async with aioredis.Redis(host="127.0.0.1", port=replica_port, decode_responses=True) as replica:
@@ -119,4 +106,5 @@ async def test_the_broker_follows_a_sentinel_failover(tmp_path: Path) -> None:
             if process.returncode is None:
                 process.kill()
                 await process.wait()
+        await replica.stop()
         await primary.stop()

@@ -17,7 +17,16 @@ import pytest
 from notifier import Settings
 from notifier.keys import ENGINE
 from tests.conftest import ADMIN, RunningServer, make_settings, start_server, stop_server, until
-from tests.wire_client import SEPARATOR, Polling, RawHTTP, closed, masked_frame, receive_text, websocket
+from tests.wire_client import (
+    SEPARATOR,
+    Polling,
+    RawHTTP,
+    closed,
+    connected_websocket,
+    masked_frame,
+    receive_text,
+    websocket,
+)
 
 HEARTBEAT = 1.0
 # How far from the protocol's numbers a deadline may fire (the wheel's resolution is 20 ms).
@@ -40,17 +49,6 @@ async def connected_polling(server: RunningServer, http: aiohttp.ClientSession) 
     await polling.open()
     await polling.connect(server.token("alice"))
     return polling
-
-
-async def connected_websocket(
-    server: RunningServer, http: aiohttp.ClientSession
-) -> aiohttp.ClientWebSocketResponse:
-    ws = await websocket(http, server.url)
-    await receive_text(ws)
-    await ws.send_str("40" + orjson.dumps({"token": server.token("alice")}).decode())
-    assert (await receive_text(ws)).startswith("40")
-    assert (await receive_text(ws)).startswith('42["session"')
-    return ws
 
 
 def acks_in(packets: list[str]) -> dict[int, dict]:

@@ -4,6 +4,7 @@ websockets without a Socket.IO client in between, and raw HTTP whose bytes arriv
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -86,6 +87,19 @@ async def closed(ws: aiohttp.ClientWebSocketResponse, within: float = WAIT) -> b
             return True
 
 
+async def connected_websocket(
+    server: Any, http: aiohttp.ClientSession, user: str = "alice"
+) -> aiohttp.ClientWebSocketResponse:
+    """A websocket session connected to `/` as `user`, past its CONNECT answer and `session`."""
+    ws = await websocket(http, server.url)
+    await receive_text(ws)
+    await ws.send_str("40" + orjson.dumps({"token": server.token(user)}).decode())
+    connect = await receive_text(ws)
+    assert connect.startswith("40{") and "sid" in orjson.loads(connect[2:])
+    assert (await receive_text(ws)).startswith('42["session"')
+    return ws
+
+
 class RawHTTP:
     """One HTTP/1.1 connection whose request bytes go out in the pieces a test chooses, each
     its own TCP segment (the server reads them separately, as over a real network)."""
@@ -132,4 +146,4 @@ class RawHTTP:
         return status, body
 
 
-__all__ = ["Polling", "RawHTTP", "closed", "masked_frame", "receive_text", "websocket"]
+__all__ = ["Polling", "RawHTTP", "closed", "connected_websocket", "masked_frame", "receive_text", "websocket"]

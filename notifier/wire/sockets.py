@@ -36,7 +36,6 @@ from .packets import (
     SocketPacket,
     decode,
     encode,
-    encode_event,
     event_header,
 )
 from .session import EngineSession
@@ -203,10 +202,6 @@ class SocketServer:
         return SocketClient(self, session)
 
     # Sending
-
-    def send_event(self, connection: SocketConnection, event: str, data: Any) -> None:
-        if connection.state is not State.CLOSED:
-            connection.send(encode_event(event, data, connection.namespace))
 
     def _send(
         self,
