@@ -84,6 +84,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         max_message_bytes=settings.max_payload_bytes * _MESSAGE_SLACK,
         max_backlog=settings.max_backlog_events,
         connect_timeout=settings.connect_timeout_seconds,
+        polling_gap=settings.polling_gap_seconds,
         cors_origins=settings.cors_origins,
         trusted_proxies=frozenset(settings.trusted_proxies),
         limits=ConnectionLimits(

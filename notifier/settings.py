@@ -121,6 +121,10 @@ class Settings(BaseSettings):
     max_payload_bytes: int = Field(65536, ge=1024, le=16 * 1024 * 1024)
     # Events queued for one connection that has stopped reading before it is disconnected.
     max_backlog_events: int = Field(2000, ge=10)
+    # A long-polling client polls again as soon as a poll is answered: one that has not for
+    # this long is gone (a closed tab, or moved to another node), and its session ends, so
+    # that presence tells within this plus the presence grace.
+    polling_gap_seconds: float = Field(5.0, ge=0.5, le=300)
     # An Engine.IO session that has not connected a Socket.IO namespace by then is closed.
     connect_timeout_seconds: float = Field(10.0, gt=0, le=300)
     # Request headers that have not all arrived by then get 408 and the connection closes.

@@ -8,14 +8,16 @@ from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from notifier import Settings
 from notifier.auth import Role
 from notifier.client import Subscriber
 from tests.cluster import cluster
-from tests.conftest import RunningServer, eventually, make_settings, until
+from tests.conftest import RunningServer, eventually, make_settings, start_server, stop_server, until
 from tests.test_cluster import token
+from tests.wire_client import Polling
 
 GRACE = 1.0
 
@@ -86,6 +88,33 @@ async def test_a_reconnect_within_the_grace_causes_no_leave_and_join(server: Run
     await observer.next_event("marker")
     assert presence_events(observer, "left") == []
     assert presence_events(observer, "joined").count("alice") == 1
+
+
+async def test_an_abandoned_long_polling_client_leaves_within_the_gap_and_the_grace(tmp_path: Path) -> None:
+    # A client a proxy moved to another node (or a closed tab) simply stops polling: its
+    # session here must not stay listed until the ping timeout (25 + 20 s by default).
+    gap = 1.0
+    settings = make_settings(tmp_path, presence_grace_seconds=GRACE, polling_gap_seconds=gap)
+    server, runner = await start_server(settings)
+    try:
+        observer = await server.connect("olga", ["p1"])
+        await observer.call("subscribe", {"rooms": ["project:p1"], "presence": True})
+        async with aiohttp.ClientSession() as http:
+            carol = Polling(http, server.url)
+            await carol.open()
+            await carol.connect(server.token("carol", projects=["p1"]))
+            assert await carol.post('421["subscribe",{"rooms":["project:p1"]}]') == (200, "ok")
+            await carol.packets_until("431")
+            await observer.wait_until(lambda: "carol" in presence_events(observer, "joined"))
+            abandoned = time.monotonic()  # the last poll was answered: carol polls no more
+
+            await observer.next_event("presence.left", timeout=gap + GRACE + 3)
+            took = time.monotonic() - abandoned
+            assert presence_events(observer, "left") == ["carol"]
+            assert gap + GRACE - 0.1 <= took <= gap + GRACE + 1.0, took
+            assert (await carol.poll())[0] == 400  # the session is gone
+    finally:
+        await stop_server(server, runner)
 
 
 async def test_presence_is_asked_with_the_rights_of_subscribe(server: RunningServer) -> None:

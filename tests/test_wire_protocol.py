@@ -276,6 +276,56 @@ async def test_every_poll_is_answered_within_interval_plus_timeout(
             assert await polling.post("3") == (200, "ok")
 
 
+# A long-polling client that stops polling
+
+
+async def test_a_polling_session_without_a_poll_for_the_gap_is_closed(tmp_path: Path) -> None:
+    gap = 0.5
+    server, runner = await start_server(make_settings(tmp_path, polling_gap_seconds=gap))
+    try:
+        async with aiohttp.ClientSession() as http:
+            steady = Polling(http, server.url)
+            await steady.open()
+            await steady.connect(server.token("alice"))
+            gone = Polling(http, server.url)
+            await gone.open()
+            await gone.connect(server.token("bob"))
+            # The one that keeps polling (each poll waits for the 1 s heartbeat) stays.
+            deadline = time.monotonic() + 4 * gap
+            while time.monotonic() < deadline:
+                status, body = await steady.poll()
+                assert status == 200, body
+                if body == "2":
+                    assert await steady.post("3") == (200, "ok")
+            assert (await gone.poll())[0] == 400
+            status, body = await server.http("GET", "/api/v1/status", ADMIN["Authorization"][7:])
+            assert body["sessions"] == {"websocket": 0, "polling": 1}, body
+    finally:
+        await stop_server(server, runner)
+
+
+async def test_an_upgrading_session_is_not_closed_for_not_polling(tmp_path: Path) -> None:
+    gap = 0.5
+    server, runner = await start_server(make_settings(tmp_path, polling_gap_seconds=gap))
+    try:
+        async with aiohttp.ClientSession() as http:
+            polling = Polling(http, server.url)
+            await polling.open()
+            await polling.connect(server.token("alice"))
+            ws = await websocket(http, server.url, polling.sid)
+            await ws.send_str("2probe")
+            assert await receive_text(ws) == "3probe"
+            # The client waits before it completes the upgrade, polling no more meanwhile.
+            await asyncio.sleep(3 * gap)
+            await ws.send_str("5")
+            await ws.send_str('421["subscribe",{"rooms":["user:alice"]}]')
+            answer = await receive_text(ws)
+            assert answer.startswith("431") and '"ok":true' in answer, answer
+            await ws.close()
+    finally:
+        await stop_server(server, runner)
+
+
 # A stalled long-polling client under publishing
 
 

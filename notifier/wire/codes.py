@@ -29,6 +29,8 @@ CLIENT_CLOSE = "client close"
 TRANSPORT_CLOSE = "transport close"
 TRANSPORT_ERROR = "transport error"
 PING_TIMEOUT = "ping timeout"
+# A long-polling client that did not poll again in time (it left, or a proxy moved it).
+POLLING_GAP = "poll timeout"
 PARSE_ERROR = "parse error"
 CONNECT_TIMEOUT = "connect timeout"
 SERVER_CLOSE = "server close"

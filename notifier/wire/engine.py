@@ -43,6 +43,8 @@ class EngineOptions:
     max_message_bytes: int
     max_backlog: int
     connect_timeout: float
+    # A long-polling session with no poll for this long is closed (see EngineSession.poll_due).
+    polling_gap: float = 5.0
     cors_origins: list[str] = field(default_factory=list)
     trusted_proxies: frozenset[str] = frozenset()
     limits: ConnectionLimits = field(default_factory=ConnectionLimits)
@@ -77,6 +79,7 @@ class EngineServer:
         self.ping_interval = options.ping_interval
         self.ping_timeout = options.ping_timeout
         self.connect_timeout = options.connect_timeout
+        self.polling_gap = options.polling_gap
         self.max_backlog = options.max_backlog
         self.max_message_bytes = options.max_message_bytes
         self.sessions: dict[str, EngineSession] = {}
@@ -278,6 +281,7 @@ class EngineServer:
             loop = self._loop or asyncio.get_running_loop()
             session.poll = loop.create_future()
             session.poll_transport = request.transport
+            session.poll_started()
             self._polling.add(session)
             try:
                 # Woken by the next packet; pings come every interval, so this is bounded.
@@ -289,6 +293,8 @@ class EngineServer:
                 session.poll = None
                 session.poll_transport = None
                 self._polling.discard(session)
+        if not session.closed:
+            session.poll_ended()
         return self._response(request, 200, session.take_outbox())
 
     async def _post(self, request: web.Request, session: EngineSession) -> web.StreamResponse:

@@ -24,6 +24,7 @@ from .codes import (
     FLOODING,
     PARSE_ERROR,
     PING_TIMEOUT,
+    POLLING_GAP,
     SLOW_CONSUMER,
     TRANSPORT_CLOSE,
 )
@@ -68,6 +69,7 @@ class SessionHost(Protocol):
     ping_interval: float
     ping_timeout: float
     connect_timeout: float
+    polling_gap: float
     max_backlog: int
 
     def now(self) -> float: ...
@@ -122,6 +124,7 @@ class EngineSession:
         "peer",
         "ping_at",
         "poll",
+        "poll_due",
         "poll_transport",
         "pong_by",
         "posting",
@@ -144,6 +147,7 @@ class EngineSession:
         self.host = host
         self.sid = sid
         self.peer = peer
+        now = host.now()
         self.listener: SessionListener = _NO_LISTENER
         # What the layer above may authenticate with, kept instead of the whole request.
         self.auth_header = auth_header
@@ -156,10 +160,13 @@ class EngineSession:
         self.outbox: list[str] | None = []  # long-polling: packets the next poll takes
         self.poll: asyncio.Future[None] | None = None
         self.poll_transport: asyncio.BaseTransport | None = None
+        # Long-polling: a client polls again as soon as a poll is answered; one that has not
+        # by `poll_due` went away (closed its tab, or was moved to another node by a proxy),
+        # and the session ends long before its heartbeat would tell.
+        self.poll_due = now + host.polling_gap
         self.posting = False
         self.closed = False
         self.lost_reason: str | None = None
-        now = host.now()
         self.ping_at = now + host.ping_interval
         self.pong_by = 0.0
         # Until a namespace is connected: the session must connect one by `connect_by`.
@@ -326,6 +333,8 @@ class EngineSession:
     def link_lost(self, link: WebSocketLink, reason: str | None) -> None:
         if link is self.probe:
             self.probe = None  # the upgrade failed; the session stays on long-polling
+            if self.poll is None:
+                self.poll_ended()
         elif link is self.link:
             self.close(reason or self.lost_reason or TRANSPORT_CLOSE, notify=False)
 
@@ -356,6 +365,7 @@ class EngineSession:
     def _switch_to(self, link: WebSocketLink) -> None:
         outbox, self.outbox = self.outbox or [], None
         self.link = link
+        self.poll_due = 0.0
         link.owner = self
         # What waited for the next poll goes first, in order, on the websocket.
         for text in outbox:
@@ -367,17 +377,35 @@ class EngineSession:
         if poll is not None and not poll.done():
             poll.set_result(None)
 
+    # Long-polls (the engine tells when one starts and ends)
+
+    def poll_started(self) -> None:
+        self.poll_due = 0.0
+
+    def poll_ended(self) -> None:
+        self.poll_due = self.host.now() + self.host.polling_gap
+        self.host.schedule(self, self.next_deadline())
+
+    def _awaiting_poll(self) -> bool:
+        # Not while upgrading: the client stops polling once its probe is answered.
+        return bool(self.poll_due) and self.link is None and self.probe is None
+
     # Deadlines (swept by the host's time wheel)
 
     def next_deadline(self) -> float:
         due = self.pong_by or self.ping_at
         if self.awaiting_connect:
             due = min(due, self.connect_by)
+        if self._awaiting_poll():
+            due = min(due, self.poll_due)
         return due
 
     def on_deadline(self, now: float) -> None:
         if self.pong_by and now >= self.pong_by:
             self.close(PING_TIMEOUT)
+            return
+        if self._awaiting_poll() and now >= self.poll_due:
+            self.close(POLLING_GAP, notify=False)
             return
         if self.awaiting_connect and now >= self.connect_by:
             self.host.report(CONNECT_TIMEOUT, "no Socket.IO CONNECT in time", self.peer)
