@@ -1,4 +1,5 @@
-"""Per-user inboxes: stored before they are sent, unread counts pushed to every device."""
+"""Per-user inboxes: stored before they are sent (and then sent, now or by the redelivery
+sweep), unread counts pushed to every device."""
 
 from __future__ import annotations
 
@@ -8,10 +9,17 @@ from typing import Any
 from .broker import NewEvent
 from .clock import Clock, millis
 from .errors import ErrorCode, NotifierError
+from .logs import get_logger
 from .models import MarkRead, NotificationsList, NotifyRequest
 from .records import Notification, derived_id, new_id
+from .redelivery import DELIVERY_WINDOW_MS, Redelivery
 from .rooms import room_for_user
 from .store import Store
+
+log = get_logger("notifier.service")
+
+# What a failing broker answers: the notification stays stored, left to the sweep.
+_BROKER_FAILURES = (ErrorCode.STORE_UNAVAILABLE, ErrorCode.UNAVAILABLE, ErrorCode.OUTCOME_UNKNOWN)
 
 Publish = Callable[[Sequence[NewEvent]], Awaitable[Any]]
 
@@ -21,22 +29,23 @@ class Inbox:
         self._store = store
         self._publish = publish
         self._clock = clock
+        self.redelivery = Redelivery(store, self._deliver, clock)
+        # For the metrics: stored while the broker failed, left to the redelivery sweep.
+        self.queued = 0
 
     async def notify(self, request: NotifyRequest, key: str | None = None) -> list[Notification]:
         """Store a notification per user, then push it and the user's unread count.
 
-        With an idempotency `key`, the ids are derived from it: a retry stores nothing twice
-        and its events carry the ids clients already dropped as seen.
+        Once stored, it is delivered: by this request, or, if the broker fails now, by the
+        redelivery sweep (`redelivery.py`), so the answer is "stored" either way. With an
+        idempotency `key`, the ids are derived from it: a retry stores nothing twice and its
+        events carry the ids clients already dropped as seen.
         """
         now = millis(self._clock.now())
         recipients = list(dict.fromkeys(request.user_ids))
-
-        def id_for(user_id: str, kind: str) -> str:
-            return derived_id(key, user_id, kind) if key else new_id()
-
         notifications = [
             Notification(
-                id=id_for(user_id, "notification"),
+                id=derived_id(key, user_id, "notification") if key else new_id(),
                 user_id=user_id,
                 title=request.title,
                 body=request.body,
@@ -46,38 +55,49 @@ class Inbox:
             for user_id in recipients
         ]
         # Stored first: a recipient who is offline now finds it in the inbox later.
-        await self._store.add_notifications(notifications)
-        unread = await self._store.unread_counts(recipients)
+        await self._store.add_notifications(notifications, deliver_by=now + DELIVERY_WINDOW_MS)
+        try:
+            await self._deliver(notifications, key)
+        except NotifierError as exc:
+            if exc.code not in _BROKER_FAILURES:
+                raise
+            self.queued += len(notifications)
+            log.warning("notifications_queued", count=len(notifications), detail=exc.message)
+            return notifications
+        self.redelivery.delivered(notifications)
+        return notifications
+
+    async def _deliver(self, notifications: list[Notification], key: str | None = None) -> None:
+        """Append each notification's event and its user's unread count to the user's room.
+
+        The notification's event id derives from its own, and is appended at most once
+        under it: the request and a sweep may both try."""
+        now = millis(self._clock.now())
+        unread = await self._store.unread_counts(list(dict.fromkeys(n.user_id for n in notifications)))
         events: list[NewEvent] = []
         for notification in notifications:
             room, user_id = room_for_user(notification.user_id), notification.user_id
-            once = key is not None  # derived ids: a retry appends neither event again
             events.append(
-                NewEvent(room, "notification", notification.to_dict(), id_for(user_id, "event"), now, once)
+                NewEvent(
+                    room,
+                    "notification",
+                    notification.to_dict(),
+                    derived_id(notification.id, "event"),
+                    now,
+                    once=True,
+                )
             )
             events.append(
                 NewEvent(
                     room,
                     "notifications.unread",
                     {"count": unread[user_id]},
-                    id_for(user_id, "unread"),
+                    derived_id(key, user_id, "unread") if key else new_id(),
                     now,
-                    once,
+                    once=key is not None,
                 )
             )
-        try:
-            await self._publish(events)
-        except NotifierError as exc:
-            if exc.code is not ErrorCode.STORE_UNAVAILABLE:
-                raise
-            # Stored (in the inbox) but not delivered: "nothing was stored" would be untrue. A
-            # retry with the same key stores nothing twice and delivers it.
-            raise NotifierError(
-                ErrorCode.OUTCOME_UNKNOWN,
-                "stored in the inbox, but its live delivery failed: retry with the same idempotency "
-                "key to deliver it (nothing is stored twice)",
-            ) from exc
-        return notifications
+        await self._publish(events)
 
     async def list(self, user_id: str, request: NotificationsList) -> list[Notification]:
         return await self._store.list_notifications(

@@ -117,6 +117,7 @@ class Notifier:
             self._refresh.set(float(value["interval"]), float(value["anchor"]))
         self._refresh.start()
         self._maintenance.start()
+        self.inbox.redelivery.start()
 
     async def stop(self) -> None:
         await self._refresh.stop()
@@ -125,6 +126,7 @@ class Notifier:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         await self._maintenance.stop()
+        await self.inbox.redelivery.stop()
         with contextlib.suppress(NotifierError):
             await self.tasks.close()
         await self.broker.stop()

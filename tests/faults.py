@@ -21,6 +21,7 @@ class SilencingProxy:
         self._subscribers: set[asyncio.StreamWriter] = set()
         self._silenced: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._open: set[asyncio.StreamWriter] = set()
         self.delay = 0.0
 
     @property
@@ -38,6 +39,7 @@ class SilencingProxy:
 
     async def _accept(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self._open.update((client_writer, upstream_writer))
 
         async def client_to_redis() -> None:
             while data := await client_reader.read(65536):
@@ -61,6 +63,14 @@ class SilencingProxy:
         for pump in pumps:
             pump.cancel()
         for writer in (client_writer, upstream_writer):
+            writer.close()
+            self._open.discard(writer)
+
+    def cut(self) -> None:
+        """The link goes: no new connections, and every open one is closed."""
+        if self._server is not None:
+            self._server.close()
+        for writer in list(self._open):
             writer.close()
 
     async def stop(self) -> None:

@@ -587,29 +587,81 @@ async def test_a_redis_call_that_times_out_after_sending_is_answered_as_unknown_
         await proxy.stop()
 
 
-async def test_a_notification_stored_but_not_delivered_is_never_reported_as_not_stored(
+def notifications_seen(subscriber: Subscriber) -> list[str]:
+    seen: list[str] = []
+    subscriber.on("notification", lambda event: seen.append(event["data"]["title"]))
+    return seen
+
+
+async def test_a_notification_stored_while_redis_is_down_is_answered_stored_and_delivered_later(
     tmp_path: Path,
 ) -> None:
     async with cluster(tmp_path, nodes=1) as running:
         (node,) = running.nodes
-        headers = {"Authorization": f"Bearer {PUBLISHER}", "Idempotency-Key": "note-1"}
-        body = {"user_ids": ["alice"], "title": "hello"}
-        async with aiohttp.ClientSession() as http:
-            await running.redis.stop()  # PostgreSQL stores it; Redis cannot deliver it
-            async with http.post(f"{node.url}/api/v1/notifications", json=body, headers=headers) as response:
-                status, answer = response.status, await response.json()
-            assert (status, answer["error"]["code"]) == (503, "OUTCOME_UNKNOWN"), answer
-            await running.redis.start()
+        alice = Subscriber(node.url, token("alice"))
+        seen = notifications_seen(alice)
+        await alice.connect()
+        headers = {"Authorization": f"Bearer {PUBLISHER}"}
+        try:
+            async with aiohttp.ClientSession() as http:
+                await running.redis.stop()  # PostgreSQL stores it; Redis cannot deliver it now
+                async with http.post(
+                    f"{node.url}/api/v1/notifications",
+                    json={"user_ids": ["alice"], "title": "hello"},
+                    headers=headers,
+                ) as response:
+                    assert response.status == 201, await response.text()
+                await running.redis.start()
+                # Delivered by the redelivery sweep once Redis is back, once.
+                await until(lambda: seen == ["hello"], timeout=30)
+                async with http.post(
+                    f"{node.url}/api/v1/notifications",
+                    json={"user_ids": ["alice"], "title": "marker"},
+                    headers=headers,
+                ) as response:
+                    assert response.status == 201
+                await until(lambda: "marker" in seen, timeout=10)
+                assert seen == ["hello", "marker"]
+                admin = {"Authorization": f"Bearer {issue_token(SECRET, 'HS256', 'root', role=Role.ADMIN)}"}
+                async with http.get(
+                    f"{node.url}/api/v1/notifications?user_id=alice", headers=admin
+                ) as listed:
+                    inbox = await listed.json()
+            assert [n["title"] for n in inbox["notifications"]] == ["marker", "hello"]
+            assert await running.redis.command("XLEN", "notifier:log:user:alice") == 4  # 2 x (note, count)
+        finally:
+            await alice.close()
 
-            async def retried() -> bool:
-                async with http.post(f"{node.url}/api/v1/notifications", json=body, headers=headers) as again:
-                    return again.status == 201
 
-            await eventually(retried, timeout=20)
-            admin = {"Authorization": f"Bearer {issue_token(SECRET, 'HS256', 'root', role=Role.ADMIN)}"}
-            async with http.get(f"{node.url}/api/v1/notifications?user_id=alice", headers=admin) as listed:
-                inbox = await listed.json()
-        assert [n["title"] for n in inbox["notifications"]] == ["hello"], "stored twice, or not at all"
+async def test_a_node_that_dies_before_delivering_what_it_stored_leaves_it_to_another(
+    tmp_path: Path,
+) -> None:
+    async with cluster(tmp_path, nodes=1) as running:
+        (survivor,) = running.nodes
+        link = SilencingProxy(running.redis.port)
+        await link.start()
+        doomed = await running.add_node(NOTIFIER_BROKER_URL=link.url)
+        alice = Subscriber(survivor.url, token("alice"))
+        seen = notifications_seen(alice)
+        await alice.connect()
+        try:
+            link.cut()  # the doomed node stores in PostgreSQL and cannot reach Redis
+            async with (
+                aiohttp.ClientSession() as http,
+                http.post(
+                    f"{doomed.url}/api/v1/notifications",
+                    json={"user_ids": ["alice"], "title": "orphan"},
+                    headers={"Authorization": f"Bearer {PUBLISHER}"},
+                ) as response,
+            ):
+                assert response.status == 201, await response.text()
+            assert doomed.process is not None
+            doomed.process.kill()  # kill -9 before it could deliver
+            await doomed.process.wait()
+            await until(lambda: seen == ["orphan"], timeout=30)
+        finally:
+            await alice.close()
+        assert await running.redis.command("XLEN", "notifier:log:user:alice") == 2
 
 
 async def test_a_role_that_owns_only_its_schema_is_enough_on_postgresql_15(tmp_path: Path) -> None:

@@ -348,7 +348,7 @@ async def test_reads_between_writes_commit_each_transaction_once(
         # another, all within one loop iteration.
         writes, counts = [], []
         for n in range(20):
-            writes.append(asyncio.ensure_future(store.add_notifications([note(n)])))
+            writes.append(asyncio.ensure_future(store.add_notifications([note(n)], 0)))
             await asyncio.sleep(0)  # the write has run its statements
             counts.append(await store.unread_count("alice"))
         await asyncio.gather(*writes)

@@ -80,12 +80,16 @@ async def test_tasks_are_listed_by_status_and_project_and_forgotten_when_old(sto
     assert await store.get_task("b") is None and await store.get_task("a") is not None
 
 
+# When the redelivery sweep may claim what these tests store (they are about the inbox).
+DUE = 0
+
+
 async def test_notifications_are_kept_once_listed_newest_first_and_read_by_their_owner(
     store: Store,
 ) -> None:
-    await store.add_notifications([note("n1"), note("n2"), note("b1", user="bob")])
-    await store.add_notifications([note("n1")])  # a retried request: kept once
-    await store.add_notifications([note("n3")])
+    await store.add_notifications([note("n1"), note("n2"), note("b1", user="bob")], DUE)
+    await store.add_notifications([note("n1")], DUE)  # a retried request: kept once
+    await store.add_notifications([note("n3")], DUE)
 
     listed = await store.list_notifications("alice", 10, None, False)
     page = await store.list_notifications("alice", 1, "n3", False)
@@ -99,9 +103,32 @@ async def test_notifications_are_kept_once_listed_newest_first_and_read_by_their
     assert await store.list_notifications("bob", 10, None, True) == [note("b1", user="bob")]
 
 
+async def test_undelivered_notifications_are_claimed_once_per_lease_until_delivered(store: Store) -> None:
+    await store.add_notifications([note("n1"), note("n2")], 100)
+    await store.add_notifications([note("n3")], 200)
+
+    assert await store.claim_undelivered(now=99, lease_until=1_000, limit=10) == []
+    first = await store.claim_undelivered(now=150, lease_until=1_000, limit=10)
+    assert sorted(n.id for n in first) == ["n1", "n2"]
+    assert {n.id: (n.title, n.user_id) for n in first}["n1"] == (note("n1").title, "alice")
+    # Claimed: no one else takes them during the lease; the later one is due on its own.
+    assert [n.id for n in await store.claim_undelivered(now=500, lease_until=1_000, limit=10)] == ["n3"]
+    assert await store.claim_undelivered(now=999, lease_until=2_000, limit=10) == []
+
+    # A claimer that died: taken again once the lease is over, except what was delivered.
+    await store.mark_delivered(["n1", "n3"])
+    again = await store.claim_undelivered(now=1_000, lease_until=3_000, limit=1)
+    assert [n.id for n in again] == ["n2"]
+    await store.mark_delivered(["n2", "unknown"])
+    assert await store.claim_undelivered(now=10**12, lease_until=10**13, limit=10) == []
+    # A retried request stores nothing again, and undelivers nothing delivered.
+    await store.add_notifications([note("n1")], 0)
+    assert await store.claim_undelivered(now=10**12, lease_until=10**13, limit=10) == []
+
+
 async def test_old_and_surplus_notifications_are_trimmed(store: Store) -> None:
-    await store.add_notifications([note(f"n{i}", created_at=i) for i in range(1, 7)])
-    await store.add_notifications([note("b", user="bob", created_at=10)])
+    await store.add_notifications([note(f"n{i}", created_at=i) for i in range(1, 7)], DUE)
+    await store.add_notifications([note("b", user="bob", created_at=10)], DUE)
 
     removed = await store.trim_notifications(older_than_ts=2, max_per_user=3)
 
@@ -152,7 +179,7 @@ async def test_what_is_stored_survives_a_reopen(store_url: str) -> None:
     first = open_store(store_url, Health())
     await first.open()
     await first.insert_task(task())
-    await first.add_notifications([note("n1")])
+    await first.add_notifications([note("n1")], DUE)
     await first.revoke_user("mallory", revoked_at=1, until=10**13)
     await first.close()
 
@@ -164,3 +191,31 @@ async def test_what_is_stored_survives_a_reopen(store_url: str) -> None:
         assert await again.revocations(now=2) == {"mallory": 1}
     finally:
         await again.close()
+
+
+async def test_a_database_from_before_redelivery_counts_its_notifications_delivered(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path)  # the notifications table as 0.x versions made it
+    old.executescript(
+        "CREATE TABLE notifications (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE,"
+        " user_id TEXT NOT NULL, created_at INTEGER NOT NULL, read INTEGER NOT NULL DEFAULT 0,"
+        " body BLOB NOT NULL);"
+    )
+    body = '{"id": "old", "user_id": "alice", "title": "kept", "body": null, "created_at": 1, "data": {}}'
+    old.execute(
+        "INSERT INTO notifications (id, user_id, created_at, body) VALUES ('old', 'alice', 1, ?)", (body,)
+    )
+    old.commit()
+    old.close()
+
+    store = open_store(f"sqlite:///{path}", Health())
+    await store.open()
+    try:
+        assert [n.title for n in await store.list_notifications("alice", 10, None, False)] == ["kept"]
+        assert await store.claim_undelivered(now=10**13, lease_until=10**14, limit=10) == []
+        await store.add_notifications([note("new")], 5)
+        assert [n.id for n in await store.claim_undelivered(now=10, lease_until=20, limit=10)] == ["new"]
+    finally:
+        await store.close()

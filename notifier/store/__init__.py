@@ -53,8 +53,20 @@ class Store(Protocol):
     async def delete_tasks_finished_before(self, ts: int) -> int: ...
 
     # Inboxes
-    async def add_notifications(self, notifications: list[Notification]) -> None:
-        """Store them; one whose id is already stored is left as it is (a retried request)."""
+    async def add_notifications(self, notifications: list[Notification], deliver_by: int) -> None:
+        """Store them; one whose id is already stored is left as it is (a retried request).
+
+        Each is undelivered until `mark_delivered`: from `deliver_by` (ms) on, the redelivery
+        sweep may claim it (the request that stored it had that long to deliver it)."""
+        ...
+
+    async def mark_delivered(self, ids: list[str]) -> None:
+        """Their live events are in the broker's history: no sweep claims them again."""
+
+    async def claim_undelivered(self, now: int, lease_until: int, limit: int) -> list[Notification]:
+        """Up to `limit` undelivered notifications due by `now`, each claimed until
+        `lease_until` (ms): another process claims it only once that passed, so the claimer
+        that died is replaced and a live one is not raced."""
         ...
 
     async def list_notifications(

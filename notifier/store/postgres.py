@@ -57,6 +57,12 @@ _MIGRATIONS = [
         user_id text PRIMARY KEY, revoked_at bigint NOT NULL, until bigint NOT NULL
     );
     """,
+    # Undelivered notifications (NULL: delivered, which is what older rows were).
+    """
+    ALTER TABLE notifier_notifications ADD COLUMN IF NOT EXISTS deliver_at bigint;
+    CREATE INDEX IF NOT EXISTS notifier_notifications_undelivered
+        ON notifier_notifications (deliver_at) WHERE deliver_at IS NOT NULL;
+    """,
 ]
 
 # SQLSTATE classes that mean "the database cannot serve right now", not "your query is wrong":
@@ -96,7 +102,9 @@ class PostgresStore:
         self._pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
         self._probe: asyncio.Task[None] | None = None
-        self._notifications: Batcher[list[Notification], None] = Batcher(self._insert_notifications)
+        self._notifications: Batcher[tuple[list[Notification], int], None] = Batcher(
+            self._insert_notifications
+        )
         self._unread: Batcher[list[str], dict[str, int]] = Batcher(self._count_unread)
 
     # Lifecycle
@@ -214,24 +222,47 @@ class PostgresStore:
 
     # Inboxes
 
-    async def add_notifications(self, notifications: list[Notification]) -> None:
-        await self._notifications.submit(notifications)
+    async def add_notifications(self, notifications: list[Notification], deliver_by: int) -> None:
+        await self._notifications.submit((notifications, deliver_by))
 
-    async def _insert_notifications(self, batches: list[list[Notification]]) -> list[None]:
-        rows = [n for batch in batches for n in batch]
+    async def _insert_notifications(self, batches: list[tuple[list[Notification], int]]) -> list[None]:
+        rows = [(n, deliver_by) for batch, deliver_by in batches for n in batch]
         await self._run(
             lambda db: db.execute(
-                "INSERT INTO notifier_notifications (id, user_id, created_at, read, body) "
-                "SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::boolean[], $5::jsonb[]) "
-                "ON CONFLICT (id) DO NOTHING",
-                [n.id for n in rows],
-                [n.user_id for n in rows],
-                [n.created_at for n in rows],
-                [n.read for n in rows],
-                [n.to_dict() for n in rows],
+                "INSERT INTO notifier_notifications (id, user_id, created_at, read, body, deliver_at) "
+                "SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::boolean[], $5::jsonb[], "
+                "$6::bigint[]) ON CONFLICT (id) DO NOTHING",
+                [n.id for n, _ in rows],
+                [n.user_id for n, _ in rows],
+                [n.created_at for n, _ in rows],
+                [n.read for n, _ in rows],
+                [n.to_dict() for n, _ in rows],
+                [deliver_by for _, deliver_by in rows],
             )
         )
         return [None] * len(batches)
+
+    async def mark_delivered(self, ids: list[str]) -> None:
+        await self._run(
+            lambda db: db.execute(
+                "UPDATE notifier_notifications SET deliver_at = NULL WHERE id = ANY($1) "
+                "AND deliver_at IS NOT NULL",
+                ids,
+            )
+        )
+
+    async def claim_undelivered(self, now: int, lease_until: int, limit: int) -> list[Notification]:
+        rows = await self._run(
+            lambda db: db.fetch(
+                "UPDATE notifier_notifications SET deliver_at = $2 WHERE seq IN ("
+                " SELECT seq FROM notifier_notifications WHERE deliver_at <= $1"
+                " ORDER BY deliver_at LIMIT $3 FOR UPDATE SKIP LOCKED) RETURNING body, read",
+                now,
+                lease_until,
+                limit,
+            )
+        )
+        return [Notification(**{**row["body"], "read": row["read"]}) for row in rows]
 
     async def list_notifications(
         self, user_id: str, limit: int, before: str | None, unread_only: bool

@@ -24,7 +24,8 @@ CREATE TABLE IF NOT EXISTS tasks (
 CREATE INDEX IF NOT EXISTS tasks_status ON tasks (status, project_id);
 CREATE TABLE IF NOT EXISTS notifications (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, user_id TEXT NOT NULL,
-    created_at INTEGER NOT NULL, read INTEGER NOT NULL DEFAULT 0, body BLOB NOT NULL
+    created_at INTEGER NOT NULL, read INTEGER NOT NULL DEFAULT 0, body BLOB NOT NULL,
+    deliver_at INTEGER
 );
 CREATE INDEX IF NOT EXISTS notifications_user ON notifications (user_id, seq);
 CREATE TABLE IF NOT EXISTS idempotency (key TEXT PRIMARY KEY, ts INTEGER NOT NULL, result BLOB);
@@ -53,6 +54,7 @@ class SqliteStore:
         self.db = db
         db.add_schema(_SCHEMA)
         db.add_schema(_migrate_idempotency)
+        db.add_schema(_migrate_redelivery)
         db.on_before_commit(self._write_tasks)
         db.on_after_commit(self._tasks_committed)
         db.on_after_rollback(self._tasks_rolled_back)
@@ -163,19 +165,38 @@ class SqliteStore:
 
     # Inboxes
 
-    async def add_notifications(self, notifications: list[Notification]) -> None:
+    async def add_notifications(self, notifications: list[Notification], deliver_by: int) -> None:
         rows = [
-            (n.id, n.user_id, n.created_at, int(n.read), orjson.dumps(n.to_dict())) for n in notifications
+            (n.id, n.user_id, n.created_at, int(n.read), orjson.dumps(n.to_dict()), deliver_by)
+            for n in notifications
         ]
         for notification in notifications:
             self._unread.pop(notification.user_id, None)
         await self.db.write(
             lambda db: db.executemany(
-                "INSERT OR IGNORE INTO notifications (id, user_id, created_at, read, body) "
-                "VALUES (?, ?, ?, ?, ?)",
+                "INSERT OR IGNORE INTO notifications (id, user_id, created_at, read, body, deliver_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
                 rows,
             )
         )
+
+    async def mark_delivered(self, ids: list[str]) -> None:
+        await self.db.write(
+            lambda db: db.executemany(
+                "UPDATE notifications SET deliver_at = NULL WHERE id = ?", [(id_,) for id_ in ids]
+            )
+        )
+
+    async def claim_undelivered(self, now: int, lease_until: int, limit: int) -> list[Notification]:
+        def claim(db: sqlite3.Connection) -> list[Notification]:
+            rows = db.execute(
+                "UPDATE notifications SET deliver_at = ? WHERE seq IN (SELECT seq FROM notifications "
+                "WHERE deliver_at <= ? ORDER BY deliver_at LIMIT ?) RETURNING body, read",
+                (lease_until, now, limit),
+            ).fetchall()
+            return [Notification(**{**orjson.loads(body), "read": bool(read)}) for body, read in rows]
+
+        return await self.db.write(claim)
 
     async def list_notifications(
         self, user_id: str, limit: int, before: str | None, unread_only: bool
@@ -334,6 +355,18 @@ def _migrate_idempotency(db: sqlite3.Connection) -> None:
             "DROP TABLE idempotency;"
             "CREATE TABLE idempotency (key TEXT PRIMARY KEY, ts INTEGER NOT NULL, result BLOB);"
         )
+
+
+def _migrate_redelivery(db: sqlite3.Connection) -> None:
+    """Files from before redelivery have no `deliver_at`: their notifications count as
+    delivered (NULL)."""
+    columns = {name for _, name, *_ in db.execute("PRAGMA table_info(notifications)").fetchall()}
+    if "deliver_at" not in columns:
+        db.execute("ALTER TABLE notifications ADD COLUMN deliver_at INTEGER")
+    db.execute(
+        "CREATE INDEX IF NOT EXISTS notifications_undelivered ON notifications (deliver_at) "
+        "WHERE deliver_at IS NOT NULL"
+    )
 
 
 def _task(body: bytes) -> Task:

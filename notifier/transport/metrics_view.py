@@ -67,6 +67,18 @@ def read_service(
             notifier.published,
         )
         yield counter(
+            "notifier_notifications_queued",
+            "Notifications stored while the broker failed, left to the redelivery sweep",
+            [],
+            {(): notifier.inbox.queued},
+        )
+        yield counter(
+            "notifier_notifications_redelivered",
+            "Notifications delivered by the redelivery sweep of this process",
+            [],
+            {(): notifier.inbox.redelivery.redelivered},
+        )
+        yield counter(
             "notifier_events_delivered", "Events handed to connections here", ["type"], fanout.delivered
         )
         yield counter(
