@@ -5,6 +5,8 @@ a failover in the middle). `SilencingProxy` forwards a service's connections to 
 `silence_subscriptions()`, stops passing data to the connections that subscribed, without
 closing them; everything else keeps working. `delay` holds back everything Redis sends by
 that many seconds (a slow link: each round trip costs at least that much).
+`silence_replication()` does the same to a replica's link (a replica that lags unawares), and
+`cut()` closes every connection and refuses new ones.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ class SilencingProxy:
         self._silenced: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._open: set[asyncio.StreamWriter] = set()
+        self._replicas: set[asyncio.StreamWriter] = set()
         self.delay = 0.0
 
     @property
@@ -37,14 +40,26 @@ class SilencingProxy:
         self._silenced |= self._subscribers
         return len(self._subscribers)
 
+    def silence_replication(self) -> int:
+        """Stop the replication stream to every replica linked through here (its link stays
+        up, so it lags without knowing); how many."""
+        self._silenced |= self._replicas
+        return len(self._replicas)
+
     async def _accept(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
-        upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        try:
+            upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:  # Redis is down: so is the link
+            client_writer.close()
+            return
         self._open.update((client_writer, upstream_writer))
 
         async def client_to_redis() -> None:
             while data := await client_reader.read(65536):
                 if b"SUBSCRIBE" in data.upper():
                     self._subscribers.add(client_writer)
+                if b"REPLCONF" in data.upper():  # a replica's link to its primary
+                    self._replicas.add(client_writer)
                 upstream_writer.write(data)
                 await upstream_writer.drain()
 
