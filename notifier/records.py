@@ -121,6 +121,55 @@ class Notification:
     created_at: int
     data: dict[str, Any] = field(default_factory=dict)
     read: bool = False
+    category: str = "general"
+    critical: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+class ReceiptKind(StrEnum):
+    """What happened to a notification on a device, in the order it usually happens."""
+
+    DELIVERED = "delivered"  # a connection received it (the client acknowledged it)
+    SEEN = "seen"  # a device displayed it
+    READ = "read"
+    ACTIONED = "actioned"  # one of its actions was chosen
+
+
+@dataclass(frozen=True)
+class Receipt:
+    notification_id: str
+    user_id: str
+    kind: ReceiptKind
+    device: str  # the connection (delivered) or device that reports it
+    at: int  # ms
+    action: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind.value, "device": self.device, "at": self.at, "action": self.action}
+
+
+class JobState(StrEnum):
+    PENDING = "pending"
+    DONE = "done"
+    FAILED = "failed"  # gave up after its attempts: listed, and can be replayed
+    CANCELLED = "cancelled"
+
+
+@dataclass
+class Job:
+    """Work that must happen once even if the process doing it dies: an escalation, a webhook
+    delivery. Claimed with a lease; jobs of one `group` run one at a time, in order."""
+
+    id: str
+    kind: str
+    group: str
+    due_at: int
+    payload: dict[str, Any]
+    attempts: int = 0
+    state: JobState = JobState.PENDING
+    last_error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "state": self.state.value}

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from notifier.health import Health
-from notifier.records import Notification, Task, TaskStatus
+from notifier.records import Job, JobState, Notification, Receipt, ReceiptKind, Task, TaskStatus
 from notifier.store import Store, open_store
 from tests.backends import postgres_database
 
@@ -124,6 +124,81 @@ async def test_undelivered_notifications_are_claimed_once_per_lease_until_delive
     # A retried request stores nothing again, and undelivers nothing delivered.
     await store.add_notifications([note("n1")], 0)
     assert await store.claim_undelivered(now=10**12, lease_until=10**13, limit=10) == []
+
+
+def receipt(note_id: str, kind: ReceiptKind, device: str = "d1", user: str = "alice", at: int = 5) -> Receipt:
+    return Receipt(note_id, user, kind, device, at, "open" if kind is ReceiptKind.ACTIONED else None)
+
+
+async def test_receipts_are_kept_once_per_device_and_only_for_the_owner(store: Store) -> None:
+    await store.add_notifications([note("n1", created_at=2), note("b1", user="bob")], DUE)
+    added = await store.add_receipts(
+        [
+            receipt("n1", ReceiptKind.DELIVERED),
+            receipt("n1", ReceiptKind.DELIVERED, device="d2"),
+            receipt("b1", ReceiptKind.SEEN),  # not alice's
+            receipt("nope", ReceiptKind.SEEN),
+        ]
+    )
+    assert [(r.device, created) for r, created in added] == [("d1", 2), ("d2", 2)]
+    again = await store.add_receipts(
+        [receipt("n1", ReceiptKind.DELIVERED), receipt("n1", ReceiptKind.ACTIONED)]
+    )
+    assert [r.kind for r, _ in again] == [ReceiptKind.ACTIONED]
+    listed = await store.list_receipts("n1")
+    assert sorted((r.kind.value, r.device) for r in listed) == [
+        ("actioned", "d1"),
+        ("delivered", "d1"),
+        ("delivered", "d2"),
+    ]
+    assert next(r for r in listed if r.kind is ReceiptKind.ACTIONED).action == "open"
+    assert await store.list_receipts("b1") == []
+    assert await store.seen_notifications(["n1", "b1", "nope"]) == {"n1"}  # actioned counts
+
+
+def job(job_id: str, group: str = "alice", due_at: int = 10) -> Job:
+    return Job(job_id, "webhook", group, due_at, {"n": job_id})
+
+
+async def test_jobs_are_claimed_one_per_group_in_order_with_a_lease(store: Store) -> None:
+    await store.add_jobs(
+        [job("a1"), job("a2"), job("b1", group="bob"), job("late", group="carol", due_at=50)]
+    )
+    await store.add_jobs([job("a1", due_at=0)])  # stored already: left as it is
+    assert await store.claim_jobs("webhook", now=5, lease_until=100, limit=10) == []
+    first = await store.claim_jobs("webhook", now=10, lease_until=100, limit=10)
+    assert sorted(j.id for j in first) == ["a1", "b1"] and first[0].payload == {"n": first[0].id}
+    # a2 waits for a1 (same group), even once a1's lease is over; carol's is not due yet.
+    assert await store.claim_jobs("webhook", now=20, lease_until=100, limit=10) == []
+    assert await store.claim_jobs("escalation", now=10**6, lease_until=10**7, limit=10) == []
+
+    await store.retry_job("a1", due_at=30, error="503")
+    await store.finish_job("b1", JobState.DONE)
+    assert [j.id for j in await store.claim_jobs("webhook", now=30, lease_until=200, limit=10)] == ["a1"]
+    (a1,) = await store.get_jobs(["a1"])
+    assert (a1.attempts, a1.last_error) == (1, "503")
+    await store.finish_job("a1", JobState.FAILED, "gave up")
+    claimed = await store.claim_jobs("webhook", now=60, lease_until=300, limit=10)
+    assert sorted(j.id for j in claimed) == ["a2", "late"]
+
+    assert [j.id for j in await store.list_jobs("webhook", JobState.FAILED, 10)] == ["a1"]
+    assert await store.replay_job("a1", now=400) is True
+    assert await store.replay_job("b1", now=400) is False  # done, not failed
+    await store.cancel_jobs(["a2", "late"])
+    assert [j.id for j in await store.claim_jobs("webhook", now=400, lease_until=500, limit=10)] == ["a1"]
+    assert {j.id: j.state for j in await store.get_jobs(["a2", "b1"])} == {
+        "a2": JobState.CANCELLED,
+        "b1": JobState.DONE,
+    }
+
+
+async def test_jobs_stored_with_their_notifications_and_preferences_kept(store: Store) -> None:
+    await store.add_notifications([note("n1")], DUE, [job("n1:escalation")])
+    assert [j.id for j in await store.get_jobs(["n1:escalation"])] == ["n1:escalation"]
+    assert await store.load_preferences("alice") is None
+    await store.save_preferences("alice", {"quiet_hours": None})
+    await store.save_preferences("alice", {"channels": {"billing": ["webhook"]}})
+    assert await store.load_preferences("alice") == {"channels": {"billing": ["webhook"]}}
 
 
 async def test_old_and_surplus_notifications_are_trimmed(store: Store) -> None:

@@ -12,7 +12,7 @@ from typing import Any, Literal, Protocol
 
 from ..errors import StartupError
 from ..health import Health
-from ..records import Notification, Task, TaskStatus
+from ..records import Job, JobState, Notification, Receipt, Task, TaskStatus
 
 ClaimState = Literal["new", "done", "pending"]
 
@@ -53,11 +53,14 @@ class Store(Protocol):
     async def delete_tasks_finished_before(self, ts: int) -> int: ...
 
     # Inboxes
-    async def add_notifications(self, notifications: list[Notification], deliver_by: int) -> None:
+    async def add_notifications(
+        self, notifications: list[Notification], deliver_by: int, jobs: list[Job] | None = None
+    ) -> None:
         """Store them; one whose id is already stored is left as it is (a retried request).
 
         Each is undelivered until `mark_delivered`: from `deliver_by` (ms) on, the redelivery
-        sweep may claim it (the request that stored it had that long to deliver it)."""
+        sweep may claim it (the request that stored it had that long to deliver it). `jobs`
+        (their escalations) are stored in the same transaction."""
         ...
 
     async def mark_delivered(self, ids: list[str]) -> None:
@@ -82,6 +85,50 @@ class Store(Protocol):
     async def unread_counts(self, user_ids: list[str]) -> dict[str, int]: ...
 
     async def trim_notifications(self, older_than_ts: int, max_per_user: int) -> int: ...
+
+    # Receipts: what happened to a notification on each device.
+    async def add_receipts(self, receipts: list[Receipt]) -> list[tuple[Receipt, int]]:
+        """Store those of the user's own notifications not stored already; each stored one
+        with its notification's `created_at`."""
+        ...
+
+    async def list_receipts(self, notification_id: str) -> list[Receipt]: ...
+
+    async def seen_notifications(self, ids: list[str]) -> set[str]:
+        """Those of `ids` seen, read or actioned on some device."""
+        ...
+
+    # Jobs: work done once however many processes try (claimed with a lease, by kind); jobs of
+    # one group are claimed one at a time, oldest first.
+    async def add_jobs(self, jobs: list[Job]) -> None:
+        """Store them; one whose id is stored already is left as it is."""
+
+    async def claim_jobs(self, kind: str, now: int, lease_until: int, limit: int) -> list[Job]:
+        """Pending jobs due by `now`, the oldest of each group, claimed until `lease_until`."""
+        ...
+
+    async def finish_job(self, job_id: str, state: JobState, error: str | None = None) -> None: ...
+
+    async def retry_job(self, job_id: str, due_at: int, error: str | None, attempted: bool = True) -> None:
+        """Due again at `due_at`; `attempted` counts one more attempt (a postponement does not)."""
+
+    async def cancel_jobs(self, job_ids: list[str]) -> None:
+        """Those still pending will not run."""
+
+    async def get_jobs(self, job_ids: list[str]) -> list[Job]: ...
+
+    async def list_jobs(self, kind: str, state: JobState, limit: int) -> list[Job]:
+        """The newest first."""
+        ...
+
+    async def replay_job(self, job_id: str, now: int) -> bool:
+        """A failed job runs again from its first attempt; False if there is no such failed job."""
+        ...
+
+    # Per-user preferences (channels per category, quiet hours).
+    async def save_preferences(self, user_id: str, preferences: dict[str, Any]) -> None: ...
+
+    async def load_preferences(self, user_id: str) -> dict[str, Any] | None: ...
 
     # Idempotency: a request retried after a lost answer is applied once.
     async def claim_idempotency_key(self, key: str, ts: int, stale_before: int) -> Claim:

@@ -23,8 +23,10 @@ from ..batching import Batcher
 from ..errors import ErrorCode, NotifierError, StartupError
 from ..health import Health
 from ..logs import get_logger
-from ..records import Notification, Task, TaskStatus
+from ..records import Job, Notification, Task, TaskStatus
 from . import Claim
+from .postgres_jobs import MIGRATION as JOBS_MIGRATION
+from .postgres_jobs import PostgresJobs, insert_jobs
 
 log = get_logger("notifier.store")
 
@@ -63,6 +65,7 @@ _MIGRATIONS = [
     CREATE INDEX IF NOT EXISTS notifier_notifications_undelivered
         ON notifier_notifications (deliver_at) WHERE deliver_at IS NOT NULL;
     """,
+    JOBS_MIGRATION,
 ]
 
 # SQLSTATE classes that mean "the database cannot serve right now", not "your query is wrong":
@@ -89,7 +92,7 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
-class PostgresStore:
+class PostgresStore(PostgresJobs):
     shared = True
 
     def __init__(self, url: str, health: Health, *, pool_size: int = 10, schema: str | None = None) -> None:
@@ -102,7 +105,7 @@ class PostgresStore:
         self._pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
         self._probe: asyncio.Task[None] | None = None
-        self._notifications: Batcher[tuple[list[Notification], int], None] = Batcher(
+        self._notifications: Batcher[tuple[list[Notification], int, list[Job]], None] = Batcher(
             self._insert_notifications
         )
         self._unread: Batcher[list[str], dict[str, int]] = Batcher(self._count_unread)
@@ -222,13 +225,27 @@ class PostgresStore:
 
     # Inboxes
 
-    async def add_notifications(self, notifications: list[Notification], deliver_by: int) -> None:
-        await self._notifications.submit((notifications, deliver_by))
+    async def add_notifications(
+        self, notifications: list[Notification], deliver_by: int, jobs: list[Job] | None = None
+    ) -> None:
+        await self._notifications.submit((notifications, deliver_by, jobs or []))
 
-    async def _insert_notifications(self, batches: list[tuple[list[Notification], int]]) -> list[None]:
-        rows = [(n, deliver_by) for batch, deliver_by in batches for n in batch]
-        await self._run(
-            lambda db: db.execute(
+    async def _insert_notifications(
+        self, batches: list[tuple[list[Notification], int, list[Job]]]
+    ) -> list[None]:
+        rows = [(n, deliver_by) for batch, deliver_by, _ in batches for n in batch]
+        jobs = [job for _, _, batch_jobs in batches for job in batch_jobs]
+
+        async def insert(db: asyncpg.Connection) -> None:
+            if not jobs:  # one statement: no transaction's round trips
+                await insert_notifications(db)
+                return
+            async with db.transaction():  # an escalation exists exactly when its notification does
+                await insert_notifications(db)
+                await insert_jobs(db, jobs)
+
+        async def insert_notifications(db: asyncpg.Connection) -> None:
+            await db.execute(
                 "INSERT INTO notifier_notifications (id, user_id, created_at, read, body, deliver_at) "
                 "SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::boolean[], $5::jsonb[], "
                 "$6::bigint[]) ON CONFLICT (id) DO NOTHING",
@@ -239,7 +256,8 @@ class PostgresStore:
                 [n.to_dict() for n, _ in rows],
                 [deliver_by for _, deliver_by in rows],
             )
-        )
+
+        await self._run(insert)
         return [None] * len(batches)
 
     async def mark_delivered(self, ids: list[str]) -> None:
@@ -323,6 +341,11 @@ class PostgresStore:
                     " FROM notifier_notifications) ranked WHERE rank > $1)",
                     max_per_user,
                 )
+            )
+            # Receipts and finished jobs go with the notifications' age limit.
+            await db.execute("DELETE FROM notifier_receipts WHERE at < $1", older_than_ts)
+            await db.execute(
+                "DELETE FROM notifier_jobs WHERE state <> 'pending' AND due_at < $1", older_than_ts
             )
             return removed
 

@@ -11,9 +11,11 @@ from typing import Any
 
 import orjson
 
-from ..records import FINISHED_STATUSES, Notification, Task, TaskStatus
+from ..records import FINISHED_STATUSES, Job, Notification, Task, TaskStatus
 from . import Claim
 from .sqlite_db import SqliteDatabase
+from .sqlite_jobs import INSERT_JOB, SqliteJobs, job_rows
+from .sqlite_jobs import SCHEMA as _JOBS_SCHEMA
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -47,7 +49,7 @@ def _task_row(task: Task) -> tuple[Any, ...]:
     return (task.id, task.project_id, task.status.value, task.finished_at, orjson.dumps(task.to_dict()))
 
 
-class SqliteStore:
+class SqliteStore(SqliteJobs):
     shared = False
 
     def __init__(self, db: SqliteDatabase) -> None:
@@ -55,6 +57,7 @@ class SqliteStore:
         db.add_schema(_SCHEMA)
         db.add_schema(_migrate_idempotency)
         db.add_schema(_migrate_redelivery)
+        db.add_schema(_JOBS_SCHEMA)
         db.on_before_commit(self._write_tasks)
         db.on_after_commit(self._tasks_committed)
         db.on_after_rollback(self._tasks_rolled_back)
@@ -165,20 +168,26 @@ class SqliteStore:
 
     # Inboxes
 
-    async def add_notifications(self, notifications: list[Notification], deliver_by: int) -> None:
+    async def add_notifications(
+        self, notifications: list[Notification], deliver_by: int, jobs: list[Job] | None = None
+    ) -> None:
         rows = [
             (n.id, n.user_id, n.created_at, int(n.read), orjson.dumps(n.to_dict()), deliver_by)
             for n in notifications
         ]
         for notification in notifications:
             self._unread.pop(notification.user_id, None)
-        await self.db.write(
-            lambda db: db.executemany(
+
+        def add(db: sqlite3.Connection) -> None:
+            db.executemany(
                 "INSERT OR IGNORE INTO notifications (id, user_id, created_at, read, body, deliver_at) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 rows,
             )
-        )
+            if jobs:
+                db.executemany(INSERT_JOB, job_rows(jobs))
+
+        await self.db.write(add)
 
     async def mark_delivered(self, ids: list[str]) -> None:
         await self.db.write(
@@ -264,6 +273,9 @@ class SqliteStore:
                 " FROM notifications) WHERE rank > ?)",
                 (max_per_user,),
             ).rowcount
+            # Receipts and finished jobs go with the notifications' age limit.
+            db.execute("DELETE FROM receipts WHERE at < ?", (older_than_ts,))
+            db.execute("DELETE FROM jobs WHERE state <> 'pending' AND due_at < ?", (older_than_ts,))
             return int(removed)
 
         removed = await self.db.write(trim)
