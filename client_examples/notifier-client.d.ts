@@ -52,6 +52,25 @@ export interface Notification {
   data: Record<string, unknown>;
   created_at: number;
   read: boolean;
+  category: string;
+  /** Escalates during the user's quiet hours too. */
+  critical: boolean;
+}
+
+export type Channel = "webhook";
+
+export interface QuietHours {
+  /** "22:00" (24 h, in `timezone`); hours across midnight wrap. */
+  start: string;
+  end: string;
+  /** An IANA time zone, "UTC" by default. */
+  timezone?: string;
+}
+
+export interface Preferences {
+  /** category -> the channels it escalates to ([] for none); others as the publisher asks. */
+  channels?: Record<string, Channel[]>;
+  quiet_hours?: QuietHours | null;
 }
 
 export interface RoomResult extends Partial<Position> {
@@ -111,6 +130,11 @@ export interface Acks {
   "task.get": { ok: true; task: Task };
   "notifications.list": { ok: true; notifications: Notification[]; unread: number };
   "notifications.mark_read": { ok: true; marked: string[]; unchanged: string[]; unread: number };
+  "notifications.delivered": { ok: true; recorded: number };
+  "notifications.seen": { ok: true; recorded: number };
+  "notifications.actioned": { ok: true; recorded: number };
+  "preferences.get": { ok: true; preferences: Preferences };
+  "preferences.set": { ok: true; preferences: Preferences };
   "config.set_refresh_interval": { ok: true; refresh_interval: number };
   "auth.refresh": { ok: true; expires_at: number; rooms_revoked: string[] };
   "presence.get": { ok: true; room: string; users: PresentUser[] };
@@ -124,6 +148,11 @@ export interface Requests {
   "task.get": { task_id: string };
   "notifications.list": { limit?: number; before?: string; unread_only?: boolean };
   "notifications.mark_read": { ids: string[] } | { all: true };
+  "notifications.delivered": { ids: string[] };
+  "notifications.seen": { ids: string[] };
+  "notifications.actioned": { id: string; action: string };
+  "preferences.get": {};
+  "preferences.set": Preferences;
   "config.set_refresh_interval": { seconds: number };
   "auth.refresh": { token: string };
   "presence.get": { room: string };
@@ -142,6 +171,8 @@ export interface NotifierClientOptions {
   path?: string;
   reconnectionDelay?: number;
   reconnectionDelayMax?: number;
+  /** Report each notification received (`notifications.delivered`), batched; true by default. */
+  receipts?: boolean;
 }
 
 export declare class NotifierError extends Error {
@@ -171,4 +202,8 @@ export declare class NotifierClient {
   on(type: string, handler: (envelope: Envelope, type: string) => void): () => void;
   onState(handler: (state: ConnectionState, detail?: string) => void): () => void;
   onReset(handler: (room: string, reason: string) => void): () => void;
+  /** This device displayed them: their escalations are cancelled. */
+  seen(ids: string[]): Promise<Acks["notifications.seen"]>;
+  read(ids: string[]): Promise<Acks["notifications.mark_read"]>;
+  actioned(id: string, action: string): Promise<Acks["notifications.actioned"]>;
 }

@@ -30,6 +30,7 @@ export class NotifierClient {
     this.session = null;
     this.state = "idle";
     this._seen = new Set();
+    this._delivered = [];
     this._handlers = new Map();
     this._stateHandlers = new Set();
     this._resetHandlers = new Set();
@@ -73,9 +74,31 @@ export class NotifierClient {
     });
     this.socket.onAny((type, env) => {
       if (type === "session" || !env || typeof env !== "object") return;
-      if (this._accept(env)) this._dispatch(type, env);
+      if (!this._accept(env)) return;
+      if (type === "notification" && options.receipts !== false && env.data?.id) this._received(env.data.id);
+      this._dispatch(type, env);
     });
   }
+
+  // Delivered receipts: the ids received in one turn of the event loop, in one call.
+  _received(id) {
+    this._delivered.push(id);
+    if (this._delivered.length === 1) setTimeout(() => this._sendDelivered(), 0);
+  }
+
+  _sendDelivered() {
+    while (this._delivered.length) {
+      const ids = this._delivered.splice(0, 1000);
+      this.call("notifications.delivered", { ids }).catch(() => {});  // best effort: a receipt
+    }
+  }
+
+  /** This device displayed them: their escalations are cancelled. */
+  seen(ids) { return this.call("notifications.seen", { ids }); }
+
+  read(ids) { return this.call("notifications.mark_read", { ids }); }
+
+  actioned(id, action) { return this.call("notifications.actioned", { id, action }); }
 
   _token() {
     const { token } = this.options;

@@ -32,7 +32,9 @@ from .transport.fanout import SocketFanOut
 from .transport.http import error_middleware, health_routes, routes
 from .transport.rest_limits import RestRateLimit
 from .transport.socket_api import SocketGateway
+from .transport.webhook_poster import HttpPoster
 from .transport.wire_errors import NotifierErrorShapes, http_error_body
+from .webhooks import UnsafeURL, check_destination
 from .wire import EngineOptions, EngineServer, GuardedRunner, SocketServer, TokenBucket
 from .wire.limits import ConnectionLimits, OpenConnections
 
@@ -71,11 +73,19 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         max_events_per_room=settings.history_max_events,
         max_age_seconds=settings.history_max_age_seconds,
     )
-    notifier = Notifier(settings, store, broker, health, clock)
+    if settings.webhook_url:
+        try:
+            check_destination(settings.webhook_url, settings.webhook_allow_private)
+        except UnsafeURL as exc:
+            raise StartupError(f"NOTIFIER_WEBHOOK_URL: {exc}") from None
+    poster = HttpPoster()
+    notifier = Notifier(settings, store, broker, health, clock, poster=poster)
     verifier = TokenVerifier(settings, verification_key(settings))
     client_errors = ClientErrorLog(get_logger("notifier.clients"))
 
     metrics = Metrics()
+    receipt_seconds = metrics.receipt_seconds
+    notifier.receipts.observe = lambda kind, seconds: receipt_seconds.labels(kind.value).observe(seconds)
     max_lag = settings.admission_max_lag_ms / 1000
     sockets = SocketServer(settings.max_payload_bytes, NotifierErrorShapes())
     options = EngineOptions(
@@ -151,6 +161,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         engine.stop()
         await sockets.settle(timeout=2.0)
         await notifier.stop()
+        await poster.close()
         log.info("stopped")
 
     async def disconnect_clients(app: web.Application) -> None:

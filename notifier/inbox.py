@@ -9,6 +9,7 @@ from typing import Any
 from .broker import NewEvent
 from .clock import Clock, millis
 from .errors import ErrorCode, NotifierError
+from .escalation import escalation_jobs
 from .logs import get_logger
 from .models import MarkRead, NotificationsList, NotifyRequest
 from .records import Notification, derived_id, new_id
@@ -51,11 +52,15 @@ class Inbox:
                 body=request.body,
                 data=dict(request.data),
                 created_at=now,
+                category=request.category,
+                critical=request.critical,
             )
             for user_id in recipients
         ]
-        # Stored first: a recipient who is offline now finds it in the inbox later.
-        await self._store.add_notifications(notifications, deliver_by=now + DELIVERY_WINDOW_MS)
+        # Stored first: a recipient who is offline now finds it in the inbox later. Its
+        # escalation (if any) exactly when it is.
+        jobs = escalation_jobs(notifications, request.escalate, now)
+        await self._store.add_notifications(notifications, now + DELIVERY_WINDOW_MS, jobs)
         try:
             await self._deliver(notifications, key)
         except NotifierError as exc:

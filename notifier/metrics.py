@@ -21,6 +21,8 @@ from prometheus_client.process_collector import ProcessCollector
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OTHER = "other"
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+# A delivery takes milliseconds; being seen, minutes to days.
+_RECEIPT_BUCKETS = (0.01, 0.05, 0.25, 1, 5, 30, 120, 600, 3600, 6 * 3600, 86400, 7 * 86400)
 _LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 _LAG_PERIOD = 0.1
 _LAG_WINDOW = 100  # periods: the max gauge covers the last ten seconds
@@ -75,6 +77,13 @@ class Metrics:
             "Broker operations (Redis appends: one per batch)",
             ["operation"],
             buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.receipt_seconds = Histogram(
+            "notifier_receipt_seconds",
+            "From a notification's creation to its receipt, by kind (delivered, seen, read, actioned)",
+            ["kind"],
+            buckets=_RECEIPT_BUCKETS,
             registry=registry,
         )
         self.loop_lag = Histogram(

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     BaseModel,
@@ -103,11 +104,75 @@ class PublishRequest(Idempotent):
         return value
 
 
+Channel = Literal["webhook"]
+Category = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_.-]*$")]
+
+
+class Escalate(Payload):
+    """If no device of the user has seen the notification `after_seconds` after it was sent,
+    it goes out on `channels` (once, and not if it is seen first)."""
+
+    after_seconds: Annotated[float, Field(ge=1, le=7 * 86400)]
+    channels: Annotated[list[Channel], Field(min_length=1, max_length=3)]
+
+    @field_validator("channels")
+    @classmethod
+    def _once_each(cls, channels: list[str]) -> list[str]:
+        if len(set(channels)) != len(channels):
+            raise ValueError("each channel once")
+        return channels
+
+
 class NotifyRequest(Idempotent):
     user_ids: Annotated[list[UserId], Field(min_length=1, max_length=1000)]
     title: Annotated[str, Field(min_length=1, max_length=200)]
     body: Annotated[str | None, Field(max_length=4000)] = None
     data: JsonObject = {}
+    category: Category = "general"
+    # Escalates during the user's quiet hours too.
+    critical: bool = False
+    escalate: Escalate | None = None
+
+
+class ReceiptReport(Payload):
+    """`notifications.delivered` / `notifications.seen`: the user's own notifications."""
+
+    ids: Annotated[list[Identifier], Field(min_length=1, max_length=1000)]
+
+
+class ActionReport(Payload):
+    id: Identifier
+    action: Annotated[str, Field(min_length=1, max_length=64)]
+
+
+_CLOCK = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
+
+
+class QuietHours(Payload):
+    start: Annotated[str, Field(pattern=_CLOCK)]  # "22:00", in `timezone`
+    end: Annotated[str, Field(pattern=_CLOCK)]
+    timezone: Annotated[str, Field(min_length=1, max_length=64)] = "UTC"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, zone: str) -> str:
+        try:
+            ZoneInfo(zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            message = f"unknown time zone {zone[:64]!r} (an IANA name, such as Europe/Berlin)"
+            raise ValueError(message) from None
+        return zone
+
+
+class NoPayload(Payload):
+    """An event that takes nothing."""
+
+
+class Preferences(Payload):
+    # category -> the channels it escalates to (an empty list: none); other categories
+    # escalate as their publisher asks.
+    channels: Annotated[dict[Category, list[Channel]], Field(max_length=100)] = {}
+    quiet_hours: QuietHours | None = None
 
 
 class TaskCreate(Idempotent):

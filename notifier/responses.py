@@ -7,7 +7,7 @@ The handlers build these answers from records (`Task.to_dict()` and so on); the 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 from pydantic.json_schema import SkipJsonSchema
@@ -58,6 +58,8 @@ class NotificationOut(Answer):
     data: dict[str, Any]
     created_at: int
     read: bool
+    category: str
+    critical: bool
 
 
 class EnvelopeOut(Answer):
@@ -95,6 +97,41 @@ class MarkReadAnswer(Answer):
     marked: list[str]
     unchanged: list[str]
     unread: int
+
+
+class ReceiptOut(Answer):
+    kind: Literal["delivered", "seen", "read", "actioned"]
+    device: str
+    at: int
+    action: str | None
+
+
+class EscalationOut(Answer):
+    id: str
+    kind: str
+    group: str
+    due_at: int
+    attempts: int
+    state: Literal["pending", "done", "failed", "cancelled"]
+    last_error: str | None
+
+
+class ReceiptsAnswer(Answer):
+    notification_id: str
+    receipts: list[ReceiptOut]
+    escalation: EscalationOut | None
+
+
+class WebhookFailureOut(EscalationOut):
+    payload: dict[str, Any]
+
+
+class WebhookFailuresAnswer(Answer):
+    failures: list[WebhookFailureOut]
+
+
+class ReplayAnswer(Answer):
+    replayed: str
 
 
 class RefreshIntervalAnswer(Answer):

@@ -15,10 +15,12 @@ from .auth import Claims
 from .broker import Broker, Delivery, Guard, Member, NewEvent
 from .clock import Clock, SystemClock, millis
 from .errors import ErrorCode, NotifierError
+from .escalation import ESCALATION, Channel, Escalations, escalation_id, user_of
 from .health import Health
 from .history import Replay, SharedReplays
 from .idempotency import Idempotency
 from .inbox import Inbox
+from .jobs import JobRunner
 from .logs import get_logger
 from .maintenance import Maintenance
 from .metrics import Tally
@@ -27,12 +29,23 @@ from .models import (
     NotificationsList,
     NotifyRequest,
     Position,
+    Preferences,
     PublishRequest,
     TaskCreate,
     TaskProgress,
 )
 from .presence import Presence, check_tracked
-from .records import Envelope, Notification, StreamPosition, Task, TaskStatus, derived_id, new_id
+from .receipts import Receipts
+from .records import (
+    Envelope,
+    Notification,
+    ReceiptKind,
+    StreamPosition,
+    Task,
+    TaskStatus,
+    derived_id,
+    new_id,
+)
 from .refresh import RefreshTimer
 from .revocations import SIGNAL as REVOKE_SIGNAL
 from .revocations import Revocations
@@ -49,6 +62,7 @@ from .settings import Settings
 from .store import Store
 from .tasks import TaskBook
 from .threadsafe import ThreadSafeNotifier
+from .webhooks import WEBHOOK, Poster, Webhooks
 
 log = get_logger("notifier.service")
 T = TypeVar("T")
@@ -69,7 +83,10 @@ class Notifier:
         broker: Broker,
         health: Health,
         clock: Clock | None = None,
+        poster: Poster | None = None,
     ) -> None:
+        """`poster` sends webhooks (the application gives its HTTP client; without one,
+        webhooks stay queued)."""
         self.settings = settings
         self.clock = clock or SystemClock()
         self.health = health
@@ -81,6 +98,31 @@ class Notifier:
             store, self._announce_task, self._publish_one, self.clock, settings.progress_max_per_second
         )
         self.inbox = Inbox(store, self._publish, self.clock)
+        self.receipts = Receipts(store, self.clock)
+        self.webhooks: Webhooks | None = None
+        channels: dict[str, Channel] = {}
+        if settings.webhook_url and settings.webhook_secret is not None:
+            self.webhooks = channels["webhook"] = Webhooks(
+                store,
+                self.clock,
+                poster or _NoPoster(),
+                url=settings.webhook_url,
+                secret=settings.webhook_secret.get_secret_value(),
+                allow_private=settings.webhook_allow_private,
+                max_attempts=settings.webhook_max_attempts,
+                retry_base_seconds=settings.webhook_retry_base_seconds,
+                retry_max_seconds=settings.webhook_retry_max_seconds,
+            )
+        self.escalations = Escalations(store, self.clock, channels)
+        lease = settings.job_lease_seconds
+        escalating = JobRunner(
+            store, ESCALATION, self.escalations.run, self.clock, lease_seconds=lease, serial=user_of
+        )
+        self._jobs = [escalating]
+        if self.webhooks is not None:
+            webhook_runner = JobRunner(store, WEBHOOK, self.webhooks.send, self.clock, lease_seconds=lease)
+            self.webhooks.poke = webhook_runner.poke
+            self._jobs.append(webhook_runner)
         self.presence = Presence(
             broker.presence(
                 grace_seconds=settings.presence_grace_seconds, ttl_seconds=settings.presence_ttl_seconds
@@ -118,6 +160,8 @@ class Notifier:
         self._refresh.start()
         self._maintenance.start()
         self.inbox.redelivery.start()
+        for runner in self._jobs:
+            runner.start()
 
     async def stop(self) -> None:
         await self._refresh.stop()
@@ -127,6 +171,9 @@ class Notifier:
         await asyncio.gather(*self._background, return_exceptions=True)
         await self._maintenance.stop()
         await self.inbox.redelivery.stop()
+        for runner in self._jobs:
+            await runner.stop()
+        await self.receipts.close()
         with contextlib.suppress(NotifierError):
             await self.tasks.close()
         await self.broker.stop()
@@ -247,7 +294,16 @@ class Notifier:
         return await self._publish_one(request.room, request.type, dict(request.data), event_id)
 
     async def notify(self, request: NotifyRequest, key: str | None = None) -> list[Notification]:
-        """Store a notification for each user, then push it and their unread count to them."""
+        """Store a notification for each user, then push it and their unread count to them.
+        With `escalate`, it goes out on other channels if nobody has seen it in time."""
+        if request.escalate is not None:
+            missing = [c for c in request.escalate.channels if c not in self.escalations.channels]
+            if missing:
+                raise NotifierError(
+                    ErrorCode.INVALID_PAYLOAD,
+                    f"escalate.channels: {', '.join(missing)} is not configured on this server "
+                    "(docs/channels.md)",
+                )
         return await self.inbox.notify(request, key)
 
     async def once(
@@ -295,8 +351,49 @@ class Notifier:
     async def list_notifications(self, user_id: str, request: NotificationsList) -> list[Notification]:
         return await self.inbox.list(user_id, request)
 
-    async def mark_read(self, user_id: str, request: MarkRead) -> dict[str, Any]:
-        return await self.inbox.mark_read(user_id, request)
+    async def mark_read(self, user_id: str, request: MarkRead, device: str = "") -> dict[str, Any]:
+        """Also a `read` receipt for each notification that changed (which cancels its
+        escalation), and a `notification.read` webhook for each."""
+        answer = await self.inbox.mark_read(user_id, request)
+        changed: list[str] = answer["marked"]
+        if changed:
+            await self.receipts.record(user_id, ReceiptKind.READ, changed, device)
+            if self.webhooks is not None:
+                for notification_id in changed:
+                    await self.webhooks.enqueue(
+                        f"{notification_id}:read",
+                        "notification.read",
+                        user_id,
+                        {"notification_id": notification_id, "user_id": user_id},
+                    )
+        return answer
+
+    async def record_receipts(
+        self, user_id: str, kind: ReceiptKind, ids: list[str], device: str, action: str | None = None
+    ) -> int:
+        """Receipts of the user's own notifications; how many were new."""
+        return await self.receipts.record(user_id, kind, ids, device, action)
+
+    async def receipts_of(self, notification_id: str) -> dict[str, Any]:
+        """Every receipt of a notification, and where its escalation stands."""
+        receipts = await self.receipts.of(notification_id)
+        jobs = await self.store.get_jobs([escalation_id(notification_id)])
+        escalation = jobs[0].to_dict() if jobs else None
+        if escalation is not None:
+            escalation.pop("payload")
+        return {
+            "notification_id": notification_id,
+            "receipts": [r.to_dict() for r in receipts],
+            "escalation": escalation,
+        }
+
+    async def preferences(self, user_id: str) -> Preferences:
+        saved = await self.store.load_preferences(user_id)
+        return Preferences.model_validate(saved) if saved is not None else Preferences()
+
+    async def set_preferences(self, user_id: str, preferences: Preferences) -> Preferences:
+        await self.store.save_preferences(user_id, preferences.model_dump())
+        return preferences
 
     async def unread_count(self, user_id: str) -> int:
         return await self.inbox.unread_count(user_id)
@@ -394,6 +491,11 @@ class Transport(Protocol):
     def drop_members(self, room: str, reason: str) -> None: ...
 
     def user_connection_count(self) -> int: ...
+
+
+class _NoPoster:
+    async def post(self, url: str, body: bytes, headers: dict[str, str]) -> int:
+        raise OSError("no HTTP client was given to the service (Notifier(poster=...))")
 
 
 class _NoTransport:

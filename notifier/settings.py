@@ -14,7 +14,7 @@ import resource
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -28,7 +28,7 @@ PUBLIC_KEY_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "ES256", "ES384", 
 # RFC 7518 section 3.2: an HMAC key at least as long as the hash's output (HS256: 32 bytes).
 MIN_HMAC_SECRET_BYTES = 32
 # Settings that may be given as `<NAME>_FILE`: secrets, or values that carry one.
-SECRET_FILE_FIELDS = ("jwt_secret", "store_url", "broker_url")
+SECRET_FILE_FIELDS = ("jwt_secret", "store_url", "broker_url", "webhook_secret")
 
 CommaList = Annotated[list[str], NoDecode]
 ENV_PREFIX = "NOTIFIER_"
@@ -168,6 +168,19 @@ class Settings(BaseSettings):
     inbox_max_age_seconds: float = Field(30 * 86400.0, gt=0)
     maintenance_interval_seconds: float = Field(60.0, gt=0)
 
+    # Webhooks to the application (docs/channels.md): off while the URL is empty. The secret
+    # is Standard Webhooks' `whsec_<base64>`; loopback, private and link-local destinations
+    # are refused unless allowed.
+    webhook_url: str = ""
+    webhook_secret: SecretStr | None = None
+    webhook_allow_private: bool = False
+    webhook_max_attempts: int = Field(10, ge=1, le=100)
+    webhook_retry_base_seconds: float = Field(1.0, gt=0, le=3600)
+    webhook_retry_max_seconds: float = Field(300.0, gt=0, le=86400)
+    # A process claims an escalation or a webhook delivery for this long: if it dies, another
+    # process takes it over once the lease ends.
+    job_lease_seconds: float = Field(30.0, ge=1, le=3600)
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
 
@@ -208,6 +221,36 @@ class Settings(BaseSettings):
                     f"this one has {length}"
                 )
         return value
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if value:
+            from .webhooks import UnsafeURL, check_url
+
+            try:
+                check_url(value)
+            except UnsafeURL as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _a_webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            from standardwebhooks.webhooks import Webhook
+
+            try:
+                Webhook(value.get_secret_value())
+            except Exception as exc:  # binascii.Error, or an empty or odd secret
+                raise ValueError(f"must be whsec_ followed by base64 ({type(exc).__name__})") from None
+        return value
+
+    @model_validator(mode="after")
+    def _webhook_needs_a_secret(self) -> Settings:
+        if self.webhook_url and self.webhook_secret is None:
+            raise ValueError("NOTIFIER_WEBHOOK_SECRET is required with NOTIFIER_WEBHOOK_URL")
+        return self
 
     @field_validator("jwt_public_key")
     @classmethod

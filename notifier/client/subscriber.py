@@ -3,6 +3,7 @@ and drops duplicates."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -30,8 +31,13 @@ class Subscriber(ClientConnection):
 
     namespace = "/"
 
-    def __init__(self, url: str, token: TokenSource, **options: Any) -> None:
+    def __init__(self, url: str, token: TokenSource, *, receipts: bool = True, **options: Any) -> None:
+        """`receipts`: report each notification received (`notifications.delivered`), the
+        ids of one loop iteration in one call."""
         super().__init__(url, token, **options)
+        self._receipts = receipts
+        self._delivered: list[str] = []
+        self._reports: set[asyncio.Task[None]] = set()
         # Each room followed, with the last position seen (None: a live-only room).
         self.positions: dict[str, dict[str, Any] | None] = {}
         self.presence_rooms: set[str] = set()  # rooms whose presence changes we follow
@@ -112,6 +118,8 @@ class Subscriber(ClientConnection):
             await self._apply_room_results((self.session or {}).get("rooms", {}))
         elif not self._accept(envelope):
             return
+        if event == "notification" and self._receipts and isinstance(envelope.get("data"), dict):
+            self._received(str(envelope["data"].get("id", "")))
         if event == "rooms.revoked":  # not ours any more: not rejoined on reconnect
             for room in (envelope.get("data") or {}).get("rooms", []):
                 self.positions.pop(room, None)
@@ -121,6 +129,42 @@ class Subscriber(ClientConnection):
                 await maybe_await(handler(envelope))
             except Exception:
                 log.exception("subscriber_handler_failed", type=event)
+
+    async def close(self) -> None:
+        for task in list(self._reports):
+            task.cancel()
+        await asyncio.gather(*self._reports, return_exceptions=True)
+        await super().close()
+
+    async def seen(self, ids: list[str]) -> dict[str, Any]:
+        """This device displayed them: their escalations are cancelled."""
+        return await self.call("notifications.seen", {"ids": ids})
+
+    async def read(self, ids: list[str]) -> dict[str, Any]:
+        return await self.call("notifications.mark_read", {"ids": ids})
+
+    async def actioned(self, notification_id: str, action: str) -> dict[str, Any]:
+        return await self.call("notifications.actioned", {"id": notification_id, "action": action})
+
+    def _received(self, notification_id: str) -> None:
+        if not notification_id:
+            return
+        self._delivered.append(notification_id)
+        if len(self._delivered) == 1:
+            asyncio.get_running_loop().call_soon(self._send_delivered)
+
+    def _send_delivered(self) -> None:
+        while self._delivered:
+            ids, self._delivered = self._delivered[:1000], self._delivered[1000:]
+            task = asyncio.ensure_future(self._report_delivered(ids))
+            self._reports.add(task)
+            task.add_done_callback(self._reports.discard)
+
+    async def _report_delivered(self, ids: list[str]) -> None:
+        try:
+            await self.call("notifications.delivered", {"ids": ids})
+        except Exception as exc:  # a receipt is best effort: the event itself was handled
+            log.debug("receipt_not_sent", error=str(exc))
 
     def _accept(self, envelope: dict[str, Any]) -> bool:
         """Drop what was seen already (by id, and by offset within a room's epoch)."""

@@ -18,8 +18,10 @@ from ..models import (
     MarkRead,
     NotificationsList,
     NotifyRequest,
+    Preferences,
     PresenceRequest,
     PublishRequest,
+    ReceiptReport,
     RefreshIntervalRequest,
     TaskCreate,
     TaskProgress,
@@ -27,6 +29,7 @@ from ..models import (
 )
 from ..records import Task, TaskStatus
 from ..service import Notifier
+from ..webhooks import Webhooks
 from . import openapi
 from .acks import validation_message
 
@@ -244,6 +247,60 @@ async def mark_read(request: web.Request) -> web.Response:
     claims = _claims(request)
     result = await request.app[NOTIFIER].mark_read(claims.sub, await _body(request, MarkRead))
     return json_response(result)
+
+
+@routes.get("/api/v1/notifications/{notification_id}/receipts")
+async def notification_receipts(request: web.Request) -> web.Response:
+    """Who got a notification, on which device, and where its escalation stands."""
+    _publisher_claims(request)
+    notification_id = _validate(ReceiptReport, {"ids": [request.match_info["notification_id"]]}).ids[0]
+    return json_response(await request.app[NOTIFIER].receipts_of(notification_id))
+
+
+def _preferences_owner(request: web.Request) -> str:
+    claims = _claims(request)
+    user_id = request.query.get("user_id", claims.sub)
+    if user_id != claims.sub and not claims.is_admin:
+        raise NotifierError(ErrorCode.FORBIDDEN, "only admins may see another user's preferences")
+    return user_id
+
+
+@routes.get("/api/v1/preferences")
+async def get_preferences(request: web.Request) -> web.Response:
+    preferences = await request.app[NOTIFIER].preferences(_preferences_owner(request))
+    return json_response(preferences.model_dump())
+
+
+@routes.put("/api/v1/preferences")
+async def put_preferences(request: web.Request) -> web.Response:
+    user_id = _preferences_owner(request)
+    preferences = await _body(request, Preferences)
+    return json_response((await request.app[NOTIFIER].set_preferences(user_id, preferences)).model_dump())
+
+
+def _webhooks(request: web.Request) -> Webhooks:
+    if not _claims(request).is_admin:
+        raise NotifierError(ErrorCode.FORBIDDEN, "only admins may see webhook deliveries")
+    webhooks = request.app[NOTIFIER].webhooks
+    if webhooks is None:
+        raise NotifierError(ErrorCode.NOT_FOUND, "webhooks are off (NOTIFIER_WEBHOOK_URL is not set)")
+    return webhooks
+
+
+@routes.get("/api/v1/webhooks/failures")
+async def webhook_failures(request: web.Request) -> web.Response:
+    """Webhook deliveries that failed their last attempt, newest first."""
+    failures = await _webhooks(request).failures(limit=1000)
+    return json_response({"failures": [job.to_dict() for job in failures]})
+
+
+@routes.post("/api/v1/webhooks/failures/{job_id}/replay")
+async def replay_webhook(request: web.Request) -> web.Response:
+    webhooks = _webhooks(request)
+    job_id = request.match_info["job_id"]
+    if not await webhooks.replay(job_id):
+        raise NotifierError(ErrorCode.NOT_FOUND, "no failed webhook delivery has this id")
+    return json_response({"replayed": job_id})
 
 
 @routes.post("/api/v1/tasks")

@@ -79,6 +79,28 @@ def read_service(
             {(): notifier.inbox.redelivery.redelivered},
         )
         yield counter(
+            "notifier_receipt_writes",
+            "Store writes of receipts (each carries every receipt reported meanwhile)",
+            [],
+            {(): notifier.receipts.writes},
+        )
+        yield counter("notifier_receipts", "Receipts stored (new ones)", [], {(): notifier.receipts.stored})
+        escalations = notifier.escalations
+        yield counter(
+            "notifier_escalations",
+            "Escalations run here, by outcome (sent; cancelled: seen first; held: quiet hours)",
+            ["outcome"],
+            {("sent",): escalations.sent, ("cancelled",): escalations.cancelled, ("held",): escalations.held},
+        )
+        webhooks = notifier.webhooks
+        if webhooks is not None:
+            yield counter(
+                "notifier_webhooks",
+                "Webhook deliveries by outcome (sent, retried: an attempt failed, failed: gave up)",
+                ["outcome"],
+                {("sent",): webhooks.sent, ("retried",): webhooks.retried, ("failed",): webhooks.failed},
+            )
+        yield counter(
             "notifier_events_delivered", "Events handed to connections here", ["type"], fanout.delivered
         )
         yield counter(

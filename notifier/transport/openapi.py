@@ -17,6 +17,7 @@ from ..models import (
     MarkRead,
     NotificationsList,
     NotifyRequest,
+    Preferences,
     PresenceRequest,
     PublishRequest,
     RefreshIntervalRequest,
@@ -34,14 +35,18 @@ from ..responses import (
     NotificationsListAnswer,
     PresenceAnswer,
     ReadyAnswer,
+    ReceiptsAnswer,
     RefreshIntervalAnswer,
+    ReplayAnswer,
     StatusAnswer,
     TaskAnswer,
     TasksAnswer,
+    WebhookFailuresAnswer,
 )
 
 Access = Literal["anyone", "user", "publisher", "admin"]
 _IDENTIFIER = {"type": "string", "minLength": 1, "maxLength": 128}
+_USER_ID = {"type": "string", "minLength": 1, "maxLength": 255}
 
 
 @dataclass(frozen=True)
@@ -111,6 +116,46 @@ OPERATIONS = [
         "user",
         {200: MarkReadAnswer},
         body=MarkRead,
+    ),
+    Operation(
+        "get",
+        "/api/v1/notifications/{notification_id}/receipts",
+        "A notification's receipts (delivered, seen, read, actioned, per device) and escalation",
+        "publisher",
+        {200: ReceiptsAnswer},
+        query={"notification_id": {"in": "path", "schema": _IDENTIFIER, "required": True}},
+    ),
+    Operation(
+        "get",
+        "/api/v1/preferences",
+        "The caller's delivery preferences (admins may name another user)",
+        "user",
+        {200: Preferences},
+        query={"user_id": {"schema": _USER_ID, "required": False}},
+    ),
+    Operation(
+        "put",
+        "/api/v1/preferences",
+        "Set the caller's delivery preferences: channels per category, quiet hours",
+        "user",
+        {200: Preferences},
+        body=Preferences,
+        query={"user_id": {"schema": _USER_ID, "required": False}},
+    ),
+    Operation(
+        "get",
+        "/api/v1/webhooks/failures",
+        "Webhook deliveries that failed their last attempt (404 while webhooks are off)",
+        "admin",
+        {200: WebhookFailuresAnswer},
+    ),
+    Operation(
+        "post",
+        "/api/v1/webhooks/failures/{job_id}/replay",
+        "Send a failed webhook delivery again, from its first attempt",
+        "admin",
+        {200: ReplayAnswer},
+        query={"job_id": {"in": "path", "schema": {"type": "string", "minLength": 1}, "required": True}},
     ),
     Operation("post", "/api/v1/tasks", "Create a task", "publisher", {201: TaskAnswer}, body=TaskCreate),
     Operation(

@@ -5,16 +5,21 @@ from __future__ import annotations
 from ...clock import millis
 from ...errors import ErrorCode, NotifierError
 from ...models import (
+    ActionReport,
     AuthRefresh,
     MarkRead,
+    NoPayload,
     NotificationsList,
     PingRequest,
+    Preferences,
     PresenceRequest,
+    ReceiptReport,
     RefreshIntervalRequest,
     SubscribeRequest,
     TaskRef,
     UnsubscribeRequest,
 )
+from ...records import ReceiptKind
 from ...wire import SocketConnection
 from ..acks import Reply, claims_of
 from .context import EventTable, SocketContext
@@ -51,7 +56,46 @@ async def notifications_list(
 async def notifications_mark_read(
     ctx: SocketContext, connection: SocketConnection, request: MarkRead
 ) -> Reply:
-    return await ctx.notifier.mark_read(claims_of(connection).sub, request)
+    return await ctx.notifier.mark_read(claims_of(connection).sub, request, connection.sid)
+
+
+async def _receipts(
+    ctx: SocketContext,
+    connection: SocketConnection,
+    kind: ReceiptKind,
+    ids: list[str],
+    action: str | None = None,
+) -> Reply:
+    """The device is the connection: one receipt per connection that reports it."""
+    user_id = claims_of(connection).sub
+    return {"recorded": await ctx.notifier.record_receipts(user_id, kind, ids, connection.sid, action)}
+
+
+async def notifications_delivered(
+    ctx: SocketContext, connection: SocketConnection, request: ReceiptReport
+) -> Reply:
+    return await _receipts(ctx, connection, ReceiptKind.DELIVERED, request.ids)
+
+
+async def notifications_seen(
+    ctx: SocketContext, connection: SocketConnection, request: ReceiptReport
+) -> Reply:
+    return await _receipts(ctx, connection, ReceiptKind.SEEN, request.ids)
+
+
+async def notifications_actioned(
+    ctx: SocketContext, connection: SocketConnection, request: ActionReport
+) -> Reply:
+    return await _receipts(ctx, connection, ReceiptKind.ACTIONED, [request.id], request.action)
+
+
+async def preferences_get(ctx: SocketContext, connection: SocketConnection, request: NoPayload) -> Reply:
+    return {"preferences": (await ctx.notifier.preferences(claims_of(connection).sub)).model_dump()}
+
+
+async def preferences_set(ctx: SocketContext, connection: SocketConnection, request: Preferences) -> Reply:
+    saved = await ctx.notifier.set_preferences(claims_of(connection).sub, request)
+    return {"preferences": saved.model_dump()}
 
 
 async def set_refresh_interval(
@@ -88,6 +132,11 @@ USER_EVENTS: EventTable = {
     "task.get": (TaskRef, task_get),
     "notifications.list": (NotificationsList, notifications_list),
     "notifications.mark_read": (MarkRead, notifications_mark_read),
+    "notifications.delivered": (ReceiptReport, notifications_delivered),
+    "notifications.seen": (ReceiptReport, notifications_seen),
+    "notifications.actioned": (ActionReport, notifications_actioned),
+    "preferences.get": (NoPayload, preferences_get),
+    "preferences.set": (Preferences, preferences_set),
     "config.set_refresh_interval": (RefreshIntervalRequest, set_refresh_interval),
     "auth.refresh": (AuthRefresh, auth_refresh),
     "presence.get": (PresenceRequest, presence_get),

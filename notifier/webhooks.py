@@ -1,0 +1,173 @@
+"""Webhooks to the application, signed as the Standard Webhooks specification says.
+
+Each delivery is a durable job (its id is the `webhook-id` header, so the receiver can drop
+repeats), sent in order per user: a user's next one waits while one is being retried, with
+exponential backoff and jitter. After the last attempt it is listed as failed and can be
+replayed. The URL must be http(s); private, loopback and link-local addresses are refused
+unless NOTIFIER_WEBHOOK_ALLOW_PRIVATE is set (checked at start and before every send, since
+DNS may change).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import random
+import socket
+from datetime import UTC, datetime
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+import orjson
+from standardwebhooks.webhooks import Webhook
+
+from .clock import Clock, millis
+from .logs import get_logger
+from .records import Job, JobState, Notification
+from .store import Store
+
+log = get_logger("notifier.service")
+
+WEBHOOK = "webhook"
+
+
+class Poster(Protocol):
+    async def post(self, url: str, body: bytes, headers: dict[str, str]) -> int:
+        """POST `body`; the status. Raises OSError or TimeoutError when it cannot be sent."""
+        ...
+
+
+class UnsafeURL(ValueError):
+    pass
+
+
+def check_url(url: str) -> tuple[str, int]:
+    """The host and port of an http(s) URL, or UnsafeURL."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UnsafeURL("must be an http:// or https:// URL with a host")
+    return parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def private_addresses(host: str, port: int) -> list[str]:
+    """The addresses `host` resolves to that are not public (loopback, private, link-local,
+    multicast, unspecified, reserved)."""
+    found = []
+    for *_, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+        ip = ipaddress.ip_address(address[0])
+        if not ip.is_global or ip.is_multicast:
+            found.append(str(ip))
+    return found
+
+
+def check_destination(url: str, allow_private: bool) -> None:
+    host, port = check_url(url)
+    if allow_private:
+        return
+    try:
+        private = private_addresses(host, port)
+    except OSError as exc:
+        raise UnsafeURL(f"{host!r} does not resolve: {exc}") from exc
+    if private:
+        raise UnsafeURL(
+            f"{host!r} resolves to a non-public address ({', '.join(private)}); set "
+            "NOTIFIER_WEBHOOK_ALLOW_PRIVATE=true to allow it"
+        )
+
+
+class Webhooks:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        poster: Poster,
+        *,
+        url: str,
+        secret: str,
+        allow_private: bool,
+        max_attempts: int,
+        retry_base_seconds: float,
+        retry_max_seconds: float,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._poster = poster
+        self._url = url
+        self._signer = Webhook(secret)
+        self._allow_private = allow_private
+        self._max_attempts = max_attempts
+        self._retry_base = retry_base_seconds
+        self._retry_max = retry_max_seconds
+        # Set by the service once its runner exists: look for due jobs at once.
+        self.poke: Any = lambda: None
+        # For the metrics.
+        self.sent = 0
+        self.retried = 0
+        self.failed = 0
+
+    async def enqueue(self, job_id: str, event_type: str, user_id: str, data: dict[str, Any]) -> None:
+        """Queue one event for the application, in order with the user's others."""
+        now = millis(self._clock.now())
+        payload = {"type": event_type, "timestamp": now, "data": data}
+        await self._store.add_jobs([Job(job_id, WEBHOOK, user_id, now, payload)])
+        self.poke()
+
+    async def escalate(self, notification: Notification, escalation: Job) -> None:
+        await self.enqueue(
+            f"{escalation.id}:webhook",
+            "notification.unseen",
+            notification.user_id,
+            {"notification": notification.to_dict()},
+        )
+
+    async def send(self, job: Job) -> None:
+        error = await self._deliver(job)
+        if error is None:
+            await self._store.finish_job(job.id, JobState.DONE)
+            self.sent += 1
+            return
+        attempts = job.attempts + 1
+        if attempts >= self._max_attempts:
+            await self._store.finish_job(job.id, JobState.FAILED, error)
+            self.failed += 1
+            log.warning("webhook_failed", job=job.id, attempts=attempts, error=error)
+            return
+        delay = min(self._retry_max, self._retry_base * 2**job.attempts) * random.uniform(0.5, 1.0)
+        await self._store.retry_job(job.id, millis(self._clock.now() + delay), error)
+        self.retried += 1
+
+    async def failures(self, limit: int) -> list[Job]:
+        return await self._store.list_jobs(WEBHOOK, JobState.FAILED, limit)
+
+    async def replay(self, job_id: str) -> bool:
+        replayed = await self._store.replay_job(job_id, millis(self._clock.now()))
+        if replayed:
+            self.poke()
+        return replayed
+
+    async def _deliver(self, job: Job) -> str | None:
+        """None once the receiver took it; else why not."""
+        try:
+            await asyncio.to_thread(check_destination, self._url, self._allow_private)
+        except UnsafeURL as exc:
+            return f"refused: {exc}"
+        payload = job.payload
+        sent_at = datetime.now(UTC)
+        body = orjson.dumps(
+            {
+                "type": payload["type"],
+                "timestamp": datetime.fromtimestamp(payload["timestamp"] / 1000, UTC).isoformat(),
+                "data": payload["data"],
+            }
+        )
+        headers = {
+            "content-type": "application/json",
+            "webhook-id": job.id,
+            "webhook-timestamp": str(int(sent_at.timestamp())),
+            "webhook-signature": self._signer.sign(job.id, sent_at, body.decode()),
+        }
+        try:
+            status = await self._poster.post(self._url, body, headers)
+        except (OSError, TimeoutError) as exc:
+            return f"{type(exc).__name__}: {exc}"[:300]
+        return None if 200 <= status < 300 else f"HTTP {status}"
