@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from notifier import Settings
@@ -269,3 +270,47 @@ async def test_channels_that_are_not_configured_are_refused(tmp_path: Path) -> N
         assert status == 404
     finally:
         await stop_server(server, runner)
+
+
+async def test_a_node_killed_during_a_batch_of_500_escalations_leaves_each_sent_once(
+    tmp_path: Path, receiver: WebhookReceiver
+) -> None:
+    """Two nodes on PostgreSQL and Redis share the escalations; one is killed (-9) while the
+    batch goes out. What it had claimed is taken over once its lease ends; the receiver,
+    dropping repeats by `webhook-id`, gets each notification once."""
+    from tests.cluster import cluster
+    from tests.test_cluster import token
+
+    receiver.delay = 0.2  # a slow receiver: the batch is still going out when the node dies
+    env = {
+        "NOTIFIER_WEBHOOK_URL": receiver.url,
+        "NOTIFIER_WEBHOOK_SECRET": receiver.secret,
+        "NOTIFIER_WEBHOOK_ALLOW_PRIVATE": "true",
+        "NOTIFIER_WEBHOOK_RETRY_BASE_SECONDS": "0.2",
+        "NOTIFIER_JOB_LEASE_SECONDS": "2",
+    }
+    async with cluster(tmp_path, nodes=2, **env) as running:
+        doomed, survivor = running.nodes
+        users = [f"user{i}" for i in range(500)]
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
+                f"{doomed.url}/api/v1/notifications",
+                json={"user_ids": users, "title": "batch", "escalate": ESCALATE},
+                headers={"Authorization": f"Bearer {token('svc', role=Role.PUBLISHER)}"},
+            ) as response,
+        ):
+            assert response.status == 201
+            notes = {n["id"] for n in (await response.json())["notifications"]}
+        await until(lambda: len(receiver.received) >= 50, timeout=20)
+        assert len(receiver.received) < 500, "the batch was over before the kill"
+        assert doomed.process is not None
+        doomed.process.kill()
+        await doomed.process.wait()
+        killed_at = len(receiver.received)
+        await until(lambda: len(receiver.received) == 500, timeout=60)
+        got = [r.data["notification"]["id"] for r in receiver.received]
+        assert sorted(got) == sorted(notes), "each notification exactly once"
+        assert receiver.refused == 0
+        print(f"killed after {killed_at} of 500; {receiver.repeats} repeats dropped by webhook-id")
+        assert survivor.process is not None and survivor.process.returncode is None
