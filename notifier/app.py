@@ -18,6 +18,7 @@ from aiohttp import web
 from .auth import TokenVerifier, verification_key
 from .broker import open_broker
 from .clock import Clock, SystemClock
+from .destinations import UnsafeURL, check_destination
 from .errors import StartupError
 from .health import Health
 from .keys import ENGINE, GATEWAY, HEALTH, METRICS, NOTIFIER, REST_LIMIT, SETTINGS, VERIFIER
@@ -34,7 +35,6 @@ from .transport.rest_limits import RestRateLimit
 from .transport.socket_api import SocketGateway
 from .transport.webhook_poster import HttpPoster
 from .transport.wire_errors import NotifierErrorShapes, http_error_body
-from .webhooks import UnsafeURL, check_destination
 from .wire import EngineOptions, EngineServer, GuardedRunner, SocketServer, TokenBucket
 from .wire.limits import ConnectionLimits, OpenConnections
 
@@ -77,7 +77,9 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         try:
             check_destination(settings.webhook_url, settings.webhook_allow_private)
         except UnsafeURL as exc:
-            raise StartupError(f"NOTIFIER_WEBHOOK_URL: {exc}") from None
+            raise StartupError(
+                f"NOTIFIER_WEBHOOK_URL: {exc}; set NOTIFIER_WEBHOOK_ALLOW_PRIVATE=true to allow it"
+            ) from None
     poster = HttpPoster()
     notifier = Notifier(settings, store, broker, health, clock, poster=poster)
     verifier = TokenVerifier(settings, verification_key(settings))

@@ -30,7 +30,7 @@ class Inbox:
         self._store = store
         self._publish = publish
         self._clock = clock
-        self.redelivery = Redelivery(store, self._deliver, clock)
+        self.redelivery = Redelivery(store, self._redeliver, clock)
         # For the metrics: stored while the broker failed, left to the redelivery sweep.
         self.queued = 0
 
@@ -72,11 +72,20 @@ class Inbox:
         self.redelivery.delivered(notifications)
         return notifications
 
-    async def _deliver(self, notifications: list[Notification], key: str | None = None) -> None:
+    async def _redeliver(self, notifications: list[Notification]) -> None:
+        await self._deliver(notifications, None, once=True)
+
+    async def _deliver(
+        self, notifications: list[Notification], key: str | None, *, once: bool = False
+    ) -> None:
         """Append each notification's event and its user's unread count to the user's room.
 
-        The notification's event id derives from its own, and is appended at most once
-        under it: the request and a sweep may both try."""
+        The notification's event id derives from its own. It is appended at most once under
+        it when the request has an idempotency key, and by the sweep (which may run twice). A
+        request without a key leaves no such mark (Redis would keep one per notification for
+        five minutes): if its append timed out and still ran, or its process died before
+        marking it delivered, the sweep may append it again, under the same id, which clients
+        drop (docs/recovery.md)."""
         now = millis(self._clock.now())
         unread = await self._store.unread_counts(list(dict.fromkeys(n.user_id for n in notifications)))
         events: list[NewEvent] = []
@@ -89,7 +98,7 @@ class Inbox:
                     notification.to_dict(),
                     derived_id(notification.id, "event"),
                     now,
-                    once=True,
+                    once=once or key is not None,
                 )
             )
             events.append(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from collections.abc import Awaitable, Callable
 
 from .clock import Clock, millis
@@ -17,6 +18,12 @@ from .store import Store
 log = get_logger("notifier.service")
 
 Handle = Callable[[Job], Awaitable[None]]
+
+
+def retry_delay(attempts: int, base: float, most: float) -> float:
+    """Seconds before the next attempt: exponential, capped, with jitter (so receivers that
+    come back are not met by every sender at once)."""
+    return float(min(most, base * 2**attempts) * random.uniform(0.5, 1.0))
 
 
 class JobRunner:

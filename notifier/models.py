@@ -104,7 +104,7 @@ class PublishRequest(Idempotent):
         return value
 
 
-Channel = Literal["webhook"]
+Channel = Literal["webhook", "push"]
 Category = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_.-]*$")]
 
 
@@ -162,6 +162,32 @@ class QuietHours(Payload):
             message = f"unknown time zone {zone[:64]!r} (an IANA name, such as Europe/Berlin)"
             raise ValueError(message) from None
         return zone
+
+
+class PushKeys(Payload):
+    p256dh: Annotated[str, Field(min_length=1, max_length=200)]
+    auth: Annotated[str, Field(min_length=1, max_length=100)]
+
+
+class PushSubscriptionRequest(Payload):
+    """What a browser's `PushSubscription.toJSON()` gives (`expirationTime` is ignored)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    endpoint: Annotated[str, Field(min_length=1, max_length=2000)]
+    keys: PushKeys
+
+
+class PushUnsubscribeRequest(Payload):
+    endpoint: Annotated[str, Field(min_length=1, max_length=2000)]
+
+
+class ReceiptByRest(Payload):
+    """A receipt a service worker (or any client without a socket) reports."""
+
+    kind: Literal["delivered", "seen", "actioned"]
+    action: Annotated[str | None, Field(min_length=1, max_length=64)] = None
+    device: Annotated[str, Field(min_length=1, max_length=128)] = "push"
 
 
 class NoPayload(Payload):

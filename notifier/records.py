@@ -173,3 +173,15 @@ class Job:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "state": self.state.value}
+
+
+@dataclass(frozen=True)
+class PushSubscription:
+    """A browser's Web Push subscription (RFC 8030): where to POST, and the keys (base64url)
+    its payloads are encrypted for (RFC 8291)."""
+
+    endpoint: str
+    user_id: str
+    p256dh: str
+    auth: str
+    created_at: int

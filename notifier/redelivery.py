@@ -2,9 +2,9 @@
 
 A notification is stored undelivered, and marked delivered once its event is in the broker's
 history. If the broker failed (Redis down, a timeout) or the process died in between, a sweep
-that every process runs claims it with a lease and delivers it: its event id derives from the
-notification's, so the broker appends it at most once however many tried (Redis keeps that
-mark for five minutes, the embedded history as long as the event).
+that every process runs claims it with a lease and delivers it, under the event id the first
+attempt used (it derives from the notification's), appended at most once by the sweeps (Redis
+keeps that mark for five minutes, the embedded history as long as the event).
 """
 
 from __future__ import annotations

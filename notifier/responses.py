@@ -134,6 +134,23 @@ class ReplayAnswer(Answer):
     replayed: str
 
 
+class RecordedAnswer(Answer):
+    recorded: int
+
+
+class VapidKeyAnswer(Answer):
+    public_key: str
+
+
+class PushSubscriptionAnswer(Answer):
+    endpoint: str
+    user_id: str
+
+
+class PushRemovedAnswer(Answer):
+    removed: bool
+
+
 class RefreshIntervalAnswer(Answer):
     refresh_interval: float
 

@@ -63,6 +63,7 @@ from .store import Store
 from .tasks import TaskBook
 from .threadsafe import ThreadSafeNotifier
 from .webhooks import WEBHOOK, Poster, Webhooks
+from .webpush import PUSH, WebPush
 
 log = get_logger("notifier.service")
 T = TypeVar("T")
@@ -113,6 +114,19 @@ class Notifier:
                 retry_base_seconds=settings.webhook_retry_base_seconds,
                 retry_max_seconds=settings.webhook_retry_max_seconds,
             )
+        self.push: WebPush | None = None
+        if settings.vapid_private_key is not None:
+            self.push = channels["push"] = WebPush(
+                store,
+                self.clock,
+                poster or _NoPoster(),
+                vapid_key=settings.vapid_private_key.get_secret_value(),
+                subject=settings.vapid_subject,
+                allow_private=settings.push_allow_private,
+                max_attempts=settings.webhook_max_attempts,
+                retry_base_seconds=settings.webhook_retry_base_seconds,
+                retry_max_seconds=settings.webhook_retry_max_seconds,
+            )
         self.escalations = Escalations(store, self.clock, channels)
         lease = settings.job_lease_seconds
         escalating = JobRunner(
@@ -123,6 +137,10 @@ class Notifier:
             webhook_runner = JobRunner(store, WEBHOOK, self.webhooks.send, self.clock, lease_seconds=lease)
             self.webhooks.poke = webhook_runner.poke
             self._jobs.append(webhook_runner)
+        if self.push is not None:
+            push_runner = JobRunner(store, PUSH, self.push.send, self.clock, lease_seconds=lease)
+            self.push.poke = push_runner.poke
+            self._jobs.append(push_runner)
         self.presence = Presence(
             broker.presence(
                 grace_seconds=settings.presence_grace_seconds, ttl_seconds=settings.presence_ttl_seconds

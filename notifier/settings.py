@@ -28,7 +28,7 @@ PUBLIC_KEY_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "ES256", "ES384", 
 # RFC 7518 section 3.2: an HMAC key at least as long as the hash's output (HS256: 32 bytes).
 MIN_HMAC_SECRET_BYTES = 32
 # Settings that may be given as `<NAME>_FILE`: secrets, or values that carry one.
-SECRET_FILE_FIELDS = ("jwt_secret", "store_url", "broker_url", "webhook_secret")
+SECRET_FILE_FIELDS = ("jwt_secret", "store_url", "broker_url", "webhook_secret", "vapid_private_key")
 
 CommaList = Annotated[list[str], NoDecode]
 ENV_PREFIX = "NOTIFIER_"
@@ -177,6 +177,12 @@ class Settings(BaseSettings):
     webhook_max_attempts: int = Field(10, ge=1, le=100)
     webhook_retry_base_seconds: float = Field(1.0, gt=0, le=3600)
     webhook_retry_max_seconds: float = Field(300.0, gt=0, le=86400)
+    # Web Push (docs/channels.md): on with a VAPID private key (PEM, or base64url raw) and a
+    # subject (mailto: or https:) push services may contact. Endpoints must be https and
+    # public unless private destinations are allowed (tests).
+    vapid_private_key: SecretStr | None = None
+    vapid_subject: str = ""
+    push_allow_private: bool = False
     # A process claims an escalation or a webhook delivery for this long: if it dies, another
     # process takes it over once the lease ends.
     job_lease_seconds: float = Field(30.0, ge=1, le=3600)
@@ -226,7 +232,7 @@ class Settings(BaseSettings):
     @classmethod
     def _http_url(cls, value: str) -> str:
         if value:
-            from .webhooks import UnsafeURL, check_url
+            from .destinations import UnsafeURL, check_url
 
             try:
                 check_url(value)
@@ -250,7 +256,22 @@ class Settings(BaseSettings):
     def _webhook_needs_a_secret(self) -> Settings:
         if self.webhook_url and self.webhook_secret is None:
             raise ValueError("NOTIFIER_WEBHOOK_SECRET is required with NOTIFIER_WEBHOOK_URL")
+        if self.vapid_private_key is not None and not self.vapid_subject.startswith(("mailto:", "https:")):
+            raise ValueError("NOTIFIER_VAPID_SUBJECT (mailto:... or https:...) is required with a VAPID key")
         return self
+
+    @field_validator("vapid_private_key")
+    @classmethod
+    def _a_vapid_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            from .webpush import load_vapid
+
+            try:
+                load_vapid(value.get_secret_value())
+            except Exception as exc:  # whatever py-vapid or cryptography raise for a bad key
+                kind = type(exc).__name__
+                raise ValueError(f"not a P-256 private key in PEM or base64url ({kind})") from None
+        return value
 
     @field_validator("jwt_public_key")
     @classmethod

@@ -11,17 +11,15 @@ DNS may change).
 from __future__ import annotations
 
 import asyncio
-import ipaddress
-import random
-import socket
 from datetime import UTC, datetime
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 import orjson
 from standardwebhooks.webhooks import Webhook
 
 from .clock import Clock, millis
+from .destinations import UnsafeURL, check_destination
+from .jobs import retry_delay
 from .logs import get_logger
 from .records import Job, JobState, Notification
 from .store import Store
@@ -35,44 +33,6 @@ class Poster(Protocol):
     async def post(self, url: str, body: bytes, headers: dict[str, str]) -> int:
         """POST `body`; the status. Raises OSError or TimeoutError when it cannot be sent."""
         ...
-
-
-class UnsafeURL(ValueError):
-    pass
-
-
-def check_url(url: str) -> tuple[str, int]:
-    """The host and port of an http(s) URL, or UnsafeURL."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UnsafeURL("must be an http:// or https:// URL with a host")
-    return parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
-
-
-def private_addresses(host: str, port: int) -> list[str]:
-    """The addresses `host` resolves to that are not public (loopback, private, link-local,
-    multicast, unspecified, reserved)."""
-    found = []
-    for *_, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
-        ip = ipaddress.ip_address(address[0])
-        if not ip.is_global or ip.is_multicast:
-            found.append(str(ip))
-    return found
-
-
-def check_destination(url: str, allow_private: bool) -> None:
-    host, port = check_url(url)
-    if allow_private:
-        return
-    try:
-        private = private_addresses(host, port)
-    except OSError as exc:
-        raise UnsafeURL(f"{host!r} does not resolve: {exc}") from exc
-    if private:
-        raise UnsafeURL(
-            f"{host!r} resolves to a non-public address ({', '.join(private)}); set "
-            "NOTIFIER_WEBHOOK_ALLOW_PRIVATE=true to allow it"
-        )
 
 
 class Webhooks:
@@ -132,7 +92,7 @@ class Webhooks:
             self.failed += 1
             log.warning("webhook_failed", job=job.id, attempts=attempts, error=error)
             return
-        delay = min(self._retry_max, self._retry_base * 2**job.attempts) * random.uniform(0.5, 1.0)
+        delay = retry_delay(job.attempts, self._retry_base, self._retry_max)
         await self._store.retry_job(job.id, millis(self._clock.now() + delay), error)
         self.retried += 1
 
@@ -150,7 +110,7 @@ class Webhooks:
         try:
             await asyncio.to_thread(check_destination, self._url, self._allow_private)
         except UnsafeURL as exc:
-            return f"refused: {exc}"
+            return f"refused: {exc}; set NOTIFIER_WEBHOOK_ALLOW_PRIVATE=true to allow it"
         payload = job.payload
         sent_at = datetime.now(UTC)
         body = orjson.dumps(

@@ -12,7 +12,7 @@ from typing import Any, Literal, Protocol
 
 from ..errors import StartupError
 from ..health import Health
-from ..records import Job, JobState, Notification, Receipt, Task, TaskStatus
+from ..records import Job, JobState, Notification, PushSubscription, Receipt, Task, TaskStatus
 
 ClaimState = Literal["new", "done", "pending"]
 
@@ -129,6 +129,16 @@ class Store(Protocol):
     async def save_preferences(self, user_id: str, preferences: dict[str, Any]) -> None: ...
 
     async def load_preferences(self, user_id: str) -> dict[str, Any] | None: ...
+
+    # Web Push subscriptions of a user's browsers (one per endpoint).
+    async def add_push_subscription(self, subscription: PushSubscription) -> None:
+        """Kept; an endpoint registered again (by whichever user) is replaced."""
+
+    async def remove_push_subscription(self, endpoint: str, user_id: str | None = None) -> bool:
+        """Forget it (only if it is `user_id`'s, when given); whether there was one."""
+        ...
+
+    async def push_subscriptions(self, user_id: str) -> list[PushSubscription]: ...
 
     # Idempotency: a request retried after a lost answer is applied once.
     async def claim_idempotency_key(self, key: str, ts: int, stale_before: int) -> Claim:

@@ -1,4 +1,5 @@
-"""Receipts, jobs and preferences in the PostgreSQL store (mixed into `PostgresStore`)."""
+"""Receipts, jobs, preferences and push subscriptions in the PostgreSQL store (mixed into
+`PostgresStore`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from ..records import Job, JobState, Receipt, ReceiptKind
+from ..records import Job, JobState, PushSubscription, Receipt, ReceiptKind
 
 T = TypeVar("T")
 
@@ -25,6 +26,11 @@ CREATE TABLE IF NOT EXISTS notifier_jobs (
 CREATE INDEX IF NOT EXISTS notifier_jobs_due ON notifier_jobs (kind, due_at) WHERE state = 'pending';
 CREATE INDEX IF NOT EXISTS notifier_jobs_group ON notifier_jobs (kind, grp, seq) WHERE state = 'pending';
 CREATE TABLE IF NOT EXISTS notifier_preferences (user_id text PRIMARY KEY, body jsonb NOT NULL);
+CREATE TABLE IF NOT EXISTS notifier_push_subscriptions (
+    endpoint text PRIMARY KEY, user_id text NOT NULL, p256dh text NOT NULL, auth text NOT NULL,
+    created_at bigint NOT NULL
+);
+CREATE INDEX IF NOT EXISTS notifier_push_subscriptions_user ON notifier_push_subscriptions (user_id);
 """
 
 _JOB_COLUMNS = "id, kind, grp, state, due_at, attempts, payload, last_error"
@@ -211,3 +217,42 @@ class PostgresJobs:
             lambda db: db.fetchval("SELECT body FROM notifier_preferences WHERE user_id = $1", user_id)
         )
         return body
+
+    # Push subscriptions (an endpoint belongs to the user who registered it last)
+
+    async def add_push_subscription(self, subscription: PushSubscription) -> None:
+        s = subscription
+        await self._run(
+            lambda db: db.execute(
+                "INSERT INTO notifier_push_subscriptions (endpoint, user_id, p256dh, auth, created_at) "
+                "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (endpoint) DO UPDATE SET "
+                "user_id = excluded.user_id, p256dh = excluded.p256dh, auth = excluded.auth, "
+                "created_at = excluded.created_at",
+                s.endpoint,
+                s.user_id,
+                s.p256dh,
+                s.auth,
+                s.created_at,
+            )
+        )
+
+    async def remove_push_subscription(self, endpoint: str, user_id: str | None = None) -> bool:
+        removed = await self._run(
+            lambda db: db.fetchval(
+                "DELETE FROM notifier_push_subscriptions WHERE endpoint = $1 "
+                "AND ($2::text IS NULL OR user_id = $2) RETURNING 1",
+                endpoint,
+                user_id,
+            )
+        )
+        return removed is not None
+
+    async def push_subscriptions(self, user_id: str) -> list[PushSubscription]:
+        rows = await self._run(
+            lambda db: db.fetch(
+                "SELECT endpoint, user_id, p256dh, auth, created_at FROM notifier_push_subscriptions "
+                "WHERE user_id = $1 ORDER BY created_at",
+                user_id,
+            )
+        )
+        return [PushSubscription(*row) for row in rows]

@@ -1,4 +1,5 @@
-"""Receipts, jobs and preferences in the SQLite store (mixed into `SqliteStore`)."""
+"""Receipts, jobs, preferences and push subscriptions in the SQLite store (mixed into
+`SqliteStore`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from ..records import Job, JobState, Receipt, ReceiptKind
+from ..records import Job, JobState, PushSubscription, Receipt, ReceiptKind
 from .sqlite_db import SqliteDatabase
 
 SCHEMA = """
@@ -24,6 +25,11 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs (kind, due_at) WHERE state = 'pending';
 CREATE INDEX IF NOT EXISTS jobs_group ON jobs (kind, grp, seq) WHERE state = 'pending';
 CREATE TABLE IF NOT EXISTS preferences (user_id TEXT PRIMARY KEY, body BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS push_subscriptions (
+    endpoint TEXT PRIMARY KEY, user_id TEXT NOT NULL, p256dh TEXT NOT NULL, auth TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS push_subscriptions_user ON push_subscriptions (user_id);
 """
 
 INSERT_JOB = (
@@ -180,3 +186,37 @@ class SqliteJobs:
             lambda db: db.execute("SELECT body FROM preferences WHERE user_id = ?", (user_id,)).fetchone()
         )
         return orjson.loads(row[0]) if row else None
+
+    # Push subscriptions (an endpoint belongs to the user who registered it last)
+
+    async def add_push_subscription(self, subscription: PushSubscription) -> None:
+        s = subscription
+        await self.db.write(
+            lambda db: db.execute(
+                "INSERT INTO push_subscriptions (endpoint, user_id, p256dh, auth, created_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (endpoint) DO UPDATE SET user_id = excluded.user_id, "
+                "p256dh = excluded.p256dh, auth = excluded.auth, created_at = excluded.created_at",
+                (s.endpoint, s.user_id, s.p256dh, s.auth, s.created_at),
+            )
+        )
+
+    async def remove_push_subscription(self, endpoint: str, user_id: str | None = None) -> bool:
+        removed = await self.db.write(
+            lambda db: (
+                db.execute(
+                    "DELETE FROM push_subscriptions WHERE endpoint = ? AND (? IS NULL OR user_id = ?)",
+                    (endpoint, user_id, user_id),
+                ).rowcount
+            )
+        )
+        return bool(removed)
+
+    async def push_subscriptions(self, user_id: str) -> list[PushSubscription]:
+        rows = self.db.read(
+            lambda db: db.execute(
+                "SELECT endpoint, user_id, p256dh, auth, created_at FROM push_subscriptions "
+                "WHERE user_id = ? ORDER BY created_at",
+                (user_id,),
+            ).fetchall()
+        )
+        return [PushSubscription(*row) for row in rows]

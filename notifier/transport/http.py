@@ -21,15 +21,19 @@ from ..models import (
     Preferences,
     PresenceRequest,
     PublishRequest,
+    PushSubscriptionRequest,
+    PushUnsubscribeRequest,
+    ReceiptByRest,
     ReceiptReport,
     RefreshIntervalRequest,
     TaskCreate,
     TaskProgress,
     TaskUpdate,
 )
-from ..records import Task, TaskStatus
+from ..records import ReceiptKind, Task, TaskStatus
 from ..service import Notifier
 from ..webhooks import Webhooks
+from ..webpush import WebPush
 from . import openapi
 from .acks import validation_message
 
@@ -255,6 +259,50 @@ async def notification_receipts(request: web.Request) -> web.Response:
     _publisher_claims(request)
     notification_id = _validate(ReceiptReport, {"ids": [request.match_info["notification_id"]]}).ids[0]
     return json_response(await request.app[NOTIFIER].receipts_of(notification_id))
+
+
+@routes.post("/api/v1/notifications/{notification_id}/receipts")
+async def report_receipt(request: web.Request) -> web.Response:
+    """A receipt from a client without a socket (a service worker showing a push)."""
+    claims = _claims(request)
+    notification_id = _validate(ReceiptReport, {"ids": [request.match_info["notification_id"]]}).ids[0]
+    body = await _body(request, ReceiptByRest)
+    kind = ReceiptKind(body.kind)
+    if kind is ReceiptKind.ACTIONED and body.action is None:
+        raise NotifierError(ErrorCode.INVALID_PAYLOAD, "action: required for an actioned receipt")
+    notifier = request.app[NOTIFIER]
+    recorded = await notifier.record_receipts(claims.sub, kind, [notification_id], body.device, body.action)
+    return json_response({"recorded": recorded})
+
+
+def _push(request: web.Request) -> WebPush:
+    push = request.app[NOTIFIER].push
+    if push is None:
+        raise NotifierError(ErrorCode.NOT_FOUND, "Web Push is off (NOTIFIER_VAPID_PRIVATE_KEY is not set)")
+    return push
+
+
+@routes.get("/api/v1/push/vapid-public-key")
+async def vapid_public_key(request: web.Request) -> web.Response:
+    """The applicationServerKey for `pushManager.subscribe` (no token needed)."""
+    return json_response({"public_key": _push(request).public_key})
+
+
+@routes.post("/api/v1/push/subscriptions")
+async def add_push_subscription(request: web.Request) -> web.Response:
+    claims = _claims(request)
+    push = _push(request)
+    body = await _body(request, PushSubscriptionRequest)
+    subscription = await push.subscribe(claims.sub, body.endpoint, body.keys.p256dh, body.keys.auth)
+    return json_response({"endpoint": subscription.endpoint, "user_id": subscription.user_id}, 201)
+
+
+@routes.delete("/api/v1/push/subscriptions")
+async def remove_push_subscription(request: web.Request) -> web.Response:
+    claims = _claims(request)
+    push = _push(request)
+    body = await _body(request, PushUnsubscribeRequest)
+    return json_response({"removed": await push.unsubscribe(claims.sub, body.endpoint)})
 
 
 def _preferences_owner(request: web.Request) -> str:

@@ -1,0 +1,50 @@
+"""Where the service may send on a client's or an operator's behalf (webhooks, push
+endpoints): http(s) URLs whose host resolves to public addresses only, unless private ones
+are allowed (a receiver on the same network, or a test). A URL that reaches loopback,
+link-local or private addresses would let whoever chose it probe the internal network."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from urllib.parse import urlsplit
+
+
+class UnsafeURL(ValueError):
+    pass
+
+
+def check_url(url: str, schemes: tuple[str, ...] = ("http", "https")) -> tuple[str, int]:
+    """The host and port of a URL with one of `schemes`, or UnsafeURL."""
+    parts = urlsplit(url)
+    if parts.scheme not in schemes or not parts.hostname:
+        raise UnsafeURL(f"must be a {' or '.join(s + '://' for s in schemes)} URL with a host")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise UnsafeURL("has an invalid port") from None
+    return parts.hostname, port
+
+
+def private_addresses(host: str, port: int) -> list[str]:
+    """The addresses `host` resolves to that are not public (loopback, private, link-local,
+    multicast, unspecified, reserved)."""
+    found = []
+    for *_, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+        ip = ipaddress.ip_address(address[0])
+        if not ip.is_global or ip.is_multicast:
+            found.append(str(ip))
+    return found
+
+
+def check_destination(url: str, allow_private: bool, schemes: tuple[str, ...] = ("http", "https")) -> None:
+    """UnsafeURL unless `url` may be sent to (this resolves its host: run it off the loop)."""
+    host, port = check_url(url, schemes)
+    if allow_private:
+        return
+    try:
+        private = private_addresses(host, port)
+    except OSError as exc:
+        raise UnsafeURL(f"{host!r} does not resolve: {exc}") from exc
+    if private:
+        raise UnsafeURL(f"{host!r} resolves to a non-public address ({', '.join(private)})")
