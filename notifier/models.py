@@ -104,7 +104,7 @@ class PublishRequest(Idempotent):
         return value
 
 
-Channel = Literal["webhook", "push"]
+Channel = Literal["webhook", "push", "email"]
 Category = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_.-]*$")]
 
 
@@ -199,6 +199,8 @@ class Preferences(Payload):
     # escalate as their publisher asks.
     channels: Annotated[dict[Category, list[Channel]], Field(max_length=100)] = {}
     quiet_hours: QuietHours | None = None
+    # Where e-mail digests go (none without it); unsubscribing clears it.
+    email: Annotated[str | None, Field(max_length=254, pattern=r"^[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+$")] = None
 
 
 class TaskCreate(Idempotent):

@@ -134,6 +134,10 @@ class ReplayAnswer(Answer):
     replayed: str
 
 
+class UnsubscribedAnswer(Answer):
+    unsubscribed: str
+
+
 class RecordedAnswer(Answer):
     recorded: int
 

@@ -14,6 +14,7 @@ from . import __version__
 from .auth import Claims
 from .broker import Broker, Delivery, Guard, Member, NewEvent
 from .clock import Clock, SystemClock, millis
+from .email_digest import EMAIL, EmailDigests
 from .errors import ErrorCode, NotifierError
 from .escalation import ESCALATION, Channel, Escalations, escalation_id, user_of
 from .health import Health
@@ -127,6 +128,19 @@ class Notifier:
                 retry_base_seconds=settings.webhook_retry_base_seconds,
                 retry_max_seconds=settings.webhook_retry_max_seconds,
             )
+        self.email: EmailDigests | None = None
+        if settings.smtp_url:
+            self.email = channels["email"] = EmailDigests(
+                store,
+                self.clock,
+                smtp_url=settings.smtp_url,
+                sender=settings.email_from,
+                window_seconds=settings.email_digest_seconds,
+                public_url=settings.public_url,
+                max_attempts=settings.webhook_max_attempts,
+                retry_base_seconds=settings.webhook_retry_base_seconds,
+                retry_max_seconds=settings.webhook_retry_max_seconds,
+            )
         self.escalations = Escalations(store, self.clock, channels)
         lease = settings.job_lease_seconds
         escalating = JobRunner(
@@ -137,6 +151,8 @@ class Notifier:
             webhook_runner = JobRunner(store, WEBHOOK, self.webhooks.send, self.clock, lease_seconds=lease)
             self.webhooks.poke = webhook_runner.poke
             self._jobs.append(webhook_runner)
+        if self.email is not None:
+            self._jobs.append(JobRunner(store, EMAIL, self.email.send, self.clock, lease_seconds=lease))
         if self.push is not None:
             push_runner = JobRunner(store, PUSH, self.push.send, self.clock, lease_seconds=lease)
             self.push.poke = push_runner.poke

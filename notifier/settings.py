@@ -28,7 +28,14 @@ PUBLIC_KEY_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "ES256", "ES384", 
 # RFC 7518 section 3.2: an HMAC key at least as long as the hash's output (HS256: 32 bytes).
 MIN_HMAC_SECRET_BYTES = 32
 # Settings that may be given as `<NAME>_FILE`: secrets, or values that carry one.
-SECRET_FILE_FIELDS = ("jwt_secret", "store_url", "broker_url", "webhook_secret", "vapid_private_key")
+SECRET_FILE_FIELDS = (
+    "jwt_secret",
+    "store_url",
+    "broker_url",
+    "webhook_secret",
+    "vapid_private_key",
+    "smtp_url",
+)
 
 CommaList = Annotated[list[str], NoDecode]
 ENV_PREFIX = "NOTIFIER_"
@@ -183,6 +190,13 @@ class Settings(BaseSettings):
     vapid_private_key: SecretStr | None = None
     vapid_subject: str = ""
     push_allow_private: bool = False
+    # E-mail digests (docs/channels.md): on with an SMTP URL (smtp://user:password@host:port,
+    # ?starttls=true, or smtps://) and a sender. One mail per user per window; the
+    # unsubscribe link points at the public URL.
+    smtp_url: str = ""
+    email_from: str = ""
+    email_digest_seconds: float = Field(600.0, ge=1, le=7 * 86400)
+    public_url: str = "http://127.0.0.1:8080"
     # A process claims an escalation or a webhook delivery for this long: if it dies, another
     # process takes it over once the lease ends.
     job_lease_seconds: float = Field(30.0, ge=1, le=3600)
@@ -228,6 +242,13 @@ class Settings(BaseSettings):
                 )
         return value
 
+    @field_validator("smtp_url")
+    @classmethod
+    def _smtp_url(cls, value: str) -> str:
+        if value and not value.startswith(("smtp://", "smtps://")):
+            raise ValueError("must be smtp://[user:password@]host[:port][?starttls=true] or smtps://...")
+        return value
+
     @field_validator("webhook_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
@@ -256,6 +277,8 @@ class Settings(BaseSettings):
     def _webhook_needs_a_secret(self) -> Settings:
         if self.webhook_url and self.webhook_secret is None:
             raise ValueError("NOTIFIER_WEBHOOK_SECRET is required with NOTIFIER_WEBHOOK_URL")
+        if self.smtp_url and "@" not in self.email_from:
+            raise ValueError("NOTIFIER_EMAIL_FROM (an address) is required with NOTIFIER_SMTP_URL")
         if self.vapid_private_key is not None and not self.vapid_subject.startswith(("mailto:", "https:")):
             raise ValueError("NOTIFIER_VAPID_SUBJECT (mailto:... or https:...) is required with a VAPID key")
         return self

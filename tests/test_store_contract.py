@@ -192,6 +192,15 @@ async def test_jobs_are_claimed_one_per_group_in_order_with_a_lease(store: Store
     }
 
 
+async def test_a_groups_pending_jobs_are_listed_and_finished_together(store: Store) -> None:
+    await store.add_jobs([job("i1", group="digest:bob"), job("i2", group="digest:bob"), job("x", group="o")])
+    assert [j.id for j in await store.group_jobs("webhook", "digest:bob")] == ["i1", "i2"]
+    await store.finish_jobs(["i1", "i2"], JobState.DONE)
+    assert await store.group_jobs("webhook", "digest:bob") == []
+    states = {j.id: j.state for j in await store.get_jobs(["i1", "x"])}
+    assert states == {"i1": JobState.DONE, "x": JobState.PENDING}
+
+
 async def test_jobs_stored_with_their_notifications_and_preferences_kept(store: Store) -> None:
     await store.add_notifications([note("n1")], DUE, [job("n1:escalation")])
     assert [j.id for j in await store.get_jobs(["n1:escalation"])] == ["n1:escalation"]

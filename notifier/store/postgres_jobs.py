@@ -177,6 +177,24 @@ class PostgresJobs:
         )
         return [_job(row) for row in rows]
 
+    async def group_jobs(self, kind: str, group: str) -> list[Job]:
+        rows = await self._run(
+            lambda db: db.fetch(
+                f"SELECT {_JOB_COLUMNS} FROM notifier_jobs WHERE kind = $1 AND grp = $2 "
+                "AND state = 'pending' ORDER BY seq",
+                kind,
+                group,
+            )
+        )
+        return [_job(row) for row in rows]
+
+    async def finish_jobs(self, job_ids: list[str], state: JobState) -> None:
+        await self._run(
+            lambda db: db.execute(
+                "UPDATE notifier_jobs SET state = $2 WHERE id = ANY($1)", job_ids, state.value
+            )
+        )
+
     async def list_jobs(self, kind: str, state: JobState, limit: int) -> list[Job]:
         rows = await self._run(
             lambda db: db.fetch(

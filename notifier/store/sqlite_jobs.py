@@ -148,6 +148,23 @@ class SqliteJobs:
         )
         return [_job(row) for row in rows]
 
+    async def group_jobs(self, kind: str, group: str) -> list[Job]:
+        rows = self.db.read(
+            lambda db: db.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE kind = ? AND grp = ? AND state = 'pending' "
+                "ORDER BY seq",
+                (kind, group),
+            ).fetchall()
+        )
+        return [_job(row) for row in rows]
+
+    async def finish_jobs(self, job_ids: list[str], state: JobState) -> None:
+        await self.db.write(
+            lambda db: db.executemany(
+                "UPDATE jobs SET state = ? WHERE id = ?", [(state.value, job_id) for job_id in job_ids]
+            )
+        )
+
     async def list_jobs(self, kind: str, state: JobState, limit: int) -> list[Job]:
         rows = self.db.read(
             lambda db: db.execute(

@@ -305,6 +305,20 @@ async def remove_push_subscription(request: web.Request) -> web.Response:
     return json_response({"removed": await push.unsubscribe(claims.sub, body.endpoint)})
 
 
+@routes.get("/api/v1/email/unsubscribe")
+@routes.post("/api/v1/email/unsubscribe")
+async def email_unsubscribe(request: web.Request) -> web.Response:
+    """The link in every digest (GET from a mail client, POST for one-click, RFC 8058): no
+    token, the link's signature says whose it is."""
+    email = request.app[NOTIFIER].email
+    if email is None:
+        raise NotifierError(ErrorCode.NOT_FOUND, "e-mail is off (NOTIFIER_SMTP_URL is not set)")
+    user_id, signature = request.query.get("user", ""), request.query.get("sig", "")
+    if not 0 < len(user_id) <= 255 or not await email.unsubscribe(user_id, signature):
+        raise NotifierError(ErrorCode.FORBIDDEN, "this unsubscribe link is not valid")
+    return json_response({"unsubscribed": user_id})
+
+
 def _preferences_owner(request: web.Request) -> str:
     claims = _claims(request)
     user_id = request.query.get("user_id", claims.sub)

@@ -47,6 +47,7 @@ from ..responses import (
     StatusAnswer,
     TaskAnswer,
     TasksAnswer,
+    UnsubscribedAnswer,
     VapidKeyAnswer,
     WebhookFailuresAnswer,
 )
@@ -163,6 +164,20 @@ OPERATIONS = [
         "user",
         {200: PushRemovedAnswer},
         body=PushUnsubscribeRequest,
+    ),
+    *(
+        Operation(
+            method,
+            "/api/v1/email/unsubscribe",
+            "Stop e-mail digests for the user of a signed link (404 while e-mail is off)",
+            "anyone",
+            {200: UnsubscribedAnswer},
+            query={
+                "user": {"schema": _USER_ID, "required": True},
+                "sig": {"schema": {"type": "string"}, "required": True},
+            },
+        )
+        for method in ("get", "post")
     ),
     Operation(
         "get",
