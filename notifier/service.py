@@ -58,6 +58,7 @@ from .rooms import (
     presence_feed,
     room_for_project,
     room_for_task,
+    room_for_user,
 )
 from .settings import Settings
 from .store import Store
@@ -305,15 +306,29 @@ class Notifier:
         ]
         await self._publish(events, Guard(f"task:{task.id}", task.version))
 
+    @property
+    def follows_users_online(self) -> bool:
+        """Whether users' presence in their own rooms is kept: for `user.online` and
+        `user.offline` webhooks (after the presence grace, cluster-wide)."""
+        return self.webhooks is not None
+
     async def _announce_presence(self, event_type: str, members: Sequence[Member]) -> None:
         now = millis(self.clock.now())
+        in_rooms = [(room, user) for room, user in members if room != room_for_user(user)]
+        online = [user for room, user in members if room == room_for_user(user)]
+        if online and self.webhooks is not None:
+            change = "user.online" if event_type == "presence.joined" else "user.offline"
+            for user in online:
+                await self.webhooks.enqueue(f"{change}:{new_id()}", change, user, {"user_id": user})
+        if not in_rooms:
+            return
         await self.broker.announce(
             [
                 (presence_feed(room), NewEvent(room, event_type, {"user_id": user}, new_id(), now))
-                for room, user in members
+                for room, user in in_rooms
             ]
         )
-        for _ in members:
+        for _ in in_rooms:
             self.published.add(event_type)
 
     async def publish(self, request: PublishRequest, key: str | None = None) -> Envelope:

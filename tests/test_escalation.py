@@ -314,3 +314,33 @@ async def test_a_node_killed_during_a_batch_of_500_escalations_leaves_each_sent_
         assert receiver.refused == 0
         print(f"killed after {killed_at} of 500; {receiver.repeats} repeats dropped by webhook-id")
         assert survivor.process is not None and survivor.process.returncode is None
+
+
+async def test_the_application_is_told_when_a_user_comes_online_and_goes_offline(
+    tmp_path: Path, receiver: WebhookReceiver
+) -> None:
+    settings = make_settings(
+        tmp_path,
+        webhook_url=receiver.url,
+        webhook_secret=receiver.secret,
+        webhook_allow_private=True,
+        presence_grace_seconds=0.5,
+    )
+    server, runner = await start_server(settings)
+    try:
+        phone = Subscriber(server.url, server.token("alice"))
+        laptop = Subscriber(server.url, server.token("alice"))
+        await phone.connect()
+        await laptop.connect()  # a second device: no second user.online
+        await until(lambda: receiver.of_type("user.online"), timeout=10)
+        await phone.close()
+        await laptop.close()
+        went = time.monotonic()
+        await until(lambda: receiver.of_type("user.offline"), timeout=10)
+        assert time.monotonic() - went >= 0.5  # after the grace
+        assert [(r.type, r.data) for r in receiver.received] == [
+            ("user.online", {"user_id": "alice"}),
+            ("user.offline", {"user_id": "alice"}),
+        ]
+    finally:
+        await stop_server(server, runner)

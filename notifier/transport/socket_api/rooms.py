@@ -173,13 +173,23 @@ class RoomMembership:
             self._fanout.leave(connection, feed)
         return True
 
+    def _present(self, connection: SocketConnection, room: str) -> str | None:
+        """The user whose presence in `room` counts (project and task rooms; their own room
+        too while the service tells the application who is online)."""
+        if connection.namespace != USER_NAMESPACE:
+            return None
+        user = claims_of(connection).sub
+        if tracked(room) or (self._notifier.follows_users_online and room == room_for_user(user)):
+            return user
+        return None
+
     def _entered(self, connection: SocketConnection, room: str) -> None:
-        if connection.namespace == USER_NAMESPACE and tracked(room):
-            self._notifier.presence.enter(room, claims_of(connection).sub)
+        if (user := self._present(connection, room)) is not None:
+            self._notifier.presence.enter(room, user)
 
     def _exited(self, connection: SocketConnection, room: str) -> None:
-        if connection.namespace == USER_NAMESPACE and tracked(room):
-            self._notifier.presence.exit(room, claims_of(connection).sub)
+        if (user := self._present(connection, room)) is not None:
+            self._notifier.presence.exit(room, user)
 
     # The events
 
