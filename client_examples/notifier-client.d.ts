@@ -202,6 +202,8 @@ export declare class NotifierClient {
   on(type: string, handler: (envelope: Envelope, type: string) => void): () => void;
   onState(handler: (state: ConnectionState, detail?: string) => void): () => void;
   onReset(handler: (room: string, reason: string) => void): () => void;
+  /** Web Push for this browser (see notifier-sw.js); resolves with the subscription. */
+  registerPush(registration: ServiceWorkerRegistration): Promise<PushSubscription>;
   /** This device displayed them: their escalations are cancelled. */
   seen(ids: string[]): Promise<Acks["notifications.seen"]>;
   read(ids: string[]): Promise<Acks["notifications.mark_read"]>;

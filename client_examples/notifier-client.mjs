@@ -16,6 +16,11 @@ export class NotifierError extends Error {
   }
 }
 
+async function httpError(answer) {
+  const body = await answer.json().catch(() => ({}));
+  return new NotifierError(body.error?.code ?? "UNAVAILABLE", body.error?.message ?? `HTTP ${answer.status}`);
+}
+
 export class NotifierClient {
   /**
    * @param {string} url service URL, e.g. "http://127.0.0.1:8080"
@@ -91,6 +96,30 @@ export class NotifierClient {
       const ids = this._delivered.splice(0, 1000);
       this.call("notifications.delivered", { ids }).catch(() => {});  // best effort: a receipt
     }
+  }
+
+  /**
+   * Web Push for this browser: subscribes `registration` (a ServiceWorkerRegistration of
+   * notifier-sw.js, or a worker of your own) with the server's VAPID key, registers the
+   * subscription for the token's user, and hands the worker the token and URL it reports
+   * `seen` / `actioned` with. Call it again after renewing the token. Resolves with the
+   * PushSubscription.
+   */
+  async registerPush(registration) {
+    const token = await this._token();
+    const keyAnswer = await fetch(`${this.url}/api/v1/push/vapid-public-key`);
+    if (!keyAnswer.ok) throw await httpError(keyAnswer);
+    const { public_key: applicationServerKey } = await keyAnswer.json();
+    const subscription = await registration.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey });
+    const answer = await fetch(`${this.url}/api/v1/push/subscriptions`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json", Authorization: `Bearer ${token}` },
+      body: JSON.stringify(subscription.toJSON()),
+    });
+    if (!answer.ok) throw await httpError(answer);
+    (registration.active ?? registration.waiting ?? registration.installing)
+      ?.postMessage({ type: "notifier.config", token, url: this.url });
+    return subscription;
   }
 
   /** This device displayed them: their escalations are cancelled. */

@@ -57,6 +57,7 @@ async def notify(server: RunningServer, user: str, title: str, **fields) -> str:
 
 
 PUSH = {"after_seconds": 1, "channels": ["push"]}
+ROOT = Path(__file__).resolve().parents[1]
 
 
 async def test_an_offline_user_gets_the_push_on_every_browser_decrypted(
@@ -166,3 +167,100 @@ async def test_private_push_endpoints_are_refused_unless_allowed(
         assert (await off.http("GET", "/api/v1/push/vapid-public-key"))[0] == 404
     finally:
         await stop_server(off, off_runner)
+
+
+PAGE = """<!doctype html><html><body><script type="module">
+const token = new URLSearchParams(location.hash.slice(1)).get("token");
+const registration = await navigator.serviceWorker.register("/notifier-sw.js");
+await navigator.serviceWorker.ready;
+// What NotifierClient.registerPush() hands the worker (a real push service is not reachable
+// from the test machine, so the subscription itself is registered by the test).
+registration.active.postMessage({ type: "notifier.config", token, url: location.origin });
+await new Promise((resolve) => setTimeout(resolve, 200));
+document.body.dataset.ready = "true";
+</script></body></html>"""
+
+
+async def test_the_example_service_worker_shows_a_push_and_reports_it_seen(server: RunningServer) -> None:
+    """One origin serves the page, client_examples/notifier-sw.js and (proxied) notifier's API,
+    as an application would; Chromium gets the push over the DevTools protocol."""
+    import asyncio
+    import json
+    import os
+    import subprocess
+
+    import aiohttp
+    from aiohttp import web
+
+    root = ROOT
+    forwarded = ("authorization", "content-type")
+
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text=PAGE, content_type="text/html")
+
+    async def worker(request: web.Request) -> web.FileResponse:
+        return web.FileResponse(root / "client_examples" / "notifier-sw.js")
+
+    async def api(request: web.Request) -> web.Response:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.request(
+                request.method,
+                server.url + request.path_qs,
+                data=await request.read(),
+                headers={k: v for k, v in request.headers.items() if k.lower() in forwarded},
+            ) as answer,
+        ):
+            return web.Response(
+                status=answer.status, body=await answer.read(), content_type="application/json"
+            )
+
+    app = web.Application()
+    app.router.add_get("/", page)
+    app.router.add_get("/notifier-sw.js", worker)
+    app.router.add_route("*", "/api/{tail:.*}", api)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    origin = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        note = await notify(
+            server, "bob", "Shown by the worker", escalate={"after_seconds": 3600, "channels": ["push"]}
+        )
+        message = {
+            "id": note,
+            "title": "Shown by the worker",
+            "body": "from a push",
+            "data": {},
+            "critical": False,
+        }
+        env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER_")}
+        browser = await asyncio.create_subprocess_exec(
+            "node",
+            str(root / "tests" / "browser" / "push_worker.mjs"),
+            env={
+                **env,
+                "PAGE_URL": origin,
+                "NOTIFIER_TOKEN": server.token("bob"),
+                "PUSH_MESSAGE": json.dumps(message),
+            },
+            cwd=root,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(browser.communicate(), 60)
+        assert browser.returncode == 0, err.decode()[-2000:]
+        assert out.decode().strip().endswith("SHOWN Shown by the worker"), out.decode()
+
+        async def seen() -> dict | None:
+            _, answer = await server.http(
+                "GET", f"/api/v1/notifications/{note}/receipts", server.token("svc", role=Role.PUBLISHER)
+            )
+            kinds = {(r["kind"], r["device"]) for r in answer["receipts"]}
+            return answer if ("seen", "push") in kinds else None
+
+        answer = await eventually(seen, timeout=10)
+        assert answer["escalation"]["state"] == "cancelled"  # seen: the push will not be sent
+    finally:
+        await runner.cleanup()
