@@ -9,6 +9,7 @@
     .venv/bin/python -m benchmarks.run hold --clients 19000 --seconds 120
     .venv/bin/python -m benchmarks.run storm --clients 10000        # restart, and a killed node
     .venv/bin/python -m benchmarks.run runner     # GuardedRunner against aiohttp's own AppRunner
+    .venv/bin/python -m benchmarks.run escalation --users 10000   # Web Push for offline users
 
 Servers under test, each in its own process on 127.0.0.1: notifier (`python -m notifier serve`,
 SQLite store, publishing through `/workers` `publish`), notifier-inprocess (fan-out only: the
@@ -596,6 +597,12 @@ def _install_node_packages() -> None:
         subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=BENCH, check=True)
 
 
+async def escalation_command(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from benchmarks.escalation import escalation_command as measure
+
+    return await measure(args)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -613,6 +620,7 @@ async def main() -> None:
             "hold",
             "storm",
             "runner",
+            "escalation",
             "all",
         ],
     )
@@ -631,6 +639,7 @@ async def main() -> None:
         default=50,
         help="events published per second during `storm` (over its 50 rooms)",
     )
+    parser.add_argument("--users", type=int, default=10_000, help="offline users for `escalation`")
     parser.add_argument("--window", type=int, default=400, help="handshakes in flight for `connect`")
     parser.add_argument(
         "--connect-rate", type=float, default=2000, help="connections opened per second for `hold`"
@@ -655,6 +664,7 @@ async def main() -> None:
         "hold": hold_command,
         "storm": storm_command,
         "runner": runner_command,
+        "escalation": escalation_command,
     }
     if args.command == "all":
         memory_clients = args.clients or [1000, 10000]

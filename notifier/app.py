@@ -51,6 +51,8 @@ _GC_THRESHOLD = 20_000
 # the most lets a host that raises that sysctl get a longer queue. Beyond the queue, SYNs of a
 # reconnect burst are dropped and retried by the client's kernel 1, 3, 7... seconds later.
 _LISTEN_BACKLOG = 65535
+# Background jobs pause while the event loop runs this late (seconds).
+_JOBS_YIELD_LAG = 0.01
 
 
 def create_app(settings: Settings | None = None, *, clock: Clock | None = None) -> web.Application:
@@ -86,6 +88,8 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     client_errors = ClientErrorLog(get_logger("notifier.clients"))
 
     metrics = Metrics()
+    # Escalations, webhooks, pushes and mails wait while the loop is late: live delivery first.
+    notifier.loop_is_busy = lambda: metrics.latest_lag > _JOBS_YIELD_LAG
     receipt_seconds = metrics.receipt_seconds
     notifier.receipts.observe = lambda kind, seconds: receipt_seconds.labels(kind.value).observe(seconds)
     max_lag = settings.admission_max_lag_ms / 1000

@@ -5,8 +5,10 @@ link-local or private addresses would let whoever chose it probe the internal ne
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import socket
+import time
 from urllib.parse import urlsplit
 
 
@@ -48,3 +50,33 @@ def check_destination(url: str, allow_private: bool, schemes: tuple[str, ...] = 
         raise UnsafeURL(f"{host!r} does not resolve: {exc}") from exc
     if private:
         raise UnsafeURL(f"{host!r} resolves to a non-public address ({', '.join(private)})")
+
+
+class Destinations:
+    """`check_destination` off the event loop, each host's answer kept a minute: thousands of
+    pushes to one push service resolve its name once, not once each."""
+
+    def __init__(self, allow_private: bool, schemes: tuple[str, ...], keep_seconds: float = 60.0) -> None:
+        self._allow_private = allow_private
+        self._schemes = schemes
+        self._keep = keep_seconds
+        self._checked: dict[tuple[str, int], tuple[float, str | None]] = {}
+
+    async def check(self, url: str) -> None:
+        """UnsafeURL unless `url` may be sent to."""
+        host, port = check_url(url, self._schemes)
+        if self._allow_private:
+            return
+        now = time.monotonic()
+        known = self._checked.get((host, port))
+        if known is None or known[0] < now:
+            try:
+                await asyncio.to_thread(check_destination, url, False, self._schemes)
+                verdict = None
+            except UnsafeURL as exc:
+                verdict = str(exc)
+            if len(self._checked) > 10_000:
+                self._checked.clear()
+            known = self._checked[(host, port)] = (now + self._keep, verdict)
+        if known[1] is not None:
+            raise UnsafeURL(known[1])

@@ -39,6 +39,7 @@ from .presence import Presence, check_tracked
 from .receipts import Receipts
 from .records import (
     Envelope,
+    Job,
     Notification,
     ReceiptKind,
     StreamPosition,
@@ -143,19 +144,23 @@ class Notifier:
                 retry_max_seconds=settings.webhook_retry_max_seconds,
             )
         self.escalations = Escalations(store, self.clock, channels)
-        lease = settings.job_lease_seconds
-        escalating = JobRunner(
-            store, ESCALATION, self.escalations.run, self.clock, lease_seconds=lease, serial=user_of
-        )
-        self._jobs = [escalating]
+        # Set by the application to "the event loop is late" (metrics): jobs then wait.
+        self.loop_is_busy: Callable[[], bool] = lambda: False
+
+        def runner(kind: str, handle: Callable[[Job], Awaitable[None]], **options: Any) -> JobRunner:
+            lease = settings.job_lease_seconds
+            busy = lambda: self.loop_is_busy()  # noqa: E731 - read when called: set after this
+            return JobRunner(store, kind, handle, self.clock, lease_seconds=lease, busy=busy, **options)
+
+        self._jobs = [runner(ESCALATION, self.escalations.run, serial=user_of)]
         if self.webhooks is not None:
-            webhook_runner = JobRunner(store, WEBHOOK, self.webhooks.send, self.clock, lease_seconds=lease)
+            webhook_runner = runner(WEBHOOK, self.webhooks.send)
             self.webhooks.poke = webhook_runner.poke
             self._jobs.append(webhook_runner)
         if self.email is not None:
-            self._jobs.append(JobRunner(store, EMAIL, self.email.send, self.clock, lease_seconds=lease))
+            self._jobs.append(runner(EMAIL, self.email.send))
         if self.push is not None:
-            push_runner = JobRunner(store, PUSH, self.push.send, self.clock, lease_seconds=lease)
+            push_runner = runner(PUSH, self.push.send)
             self.push.poke = push_runner.poke
             self._jobs.append(push_runner)
         self.presence = Presence(

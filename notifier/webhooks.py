@@ -10,7 +10,6 @@ DNS may change).
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -18,7 +17,7 @@ import orjson
 from standardwebhooks.webhooks import Webhook
 
 from .clock import Clock, millis
-from .destinations import UnsafeURL, check_destination
+from .destinations import Destinations, UnsafeURL
 from .jobs import retry_delay
 from .logs import get_logger
 from .records import Job, JobState, Notification
@@ -54,7 +53,7 @@ class Webhooks:
         self._poster = poster
         self._url = url
         self._signer = Webhook(secret)
-        self._allow_private = allow_private
+        self._destinations = Destinations(allow_private, ("http", "https"))
         self._max_attempts = max_attempts
         self._retry_base = retry_base_seconds
         self._retry_max = retry_max_seconds
@@ -108,7 +107,7 @@ class Webhooks:
     async def _deliver(self, job: Job) -> str | None:
         """None once the receiver took it; else why not."""
         try:
-            await asyncio.to_thread(check_destination, self._url, self._allow_private)
+            await self._destinations.check(self._url)
         except UnsafeURL as exc:
             return f"refused: {exc}; set NOTIFIER_WEBHOOK_ALLOW_PRIVATE=true to allow it"
         payload = job.payload

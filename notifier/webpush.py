@@ -10,7 +10,6 @@ http where private destinations are allowed) and resolve to public addresses.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import hashlib
@@ -26,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from py_vapid import Vapid02
 
 from .clock import Clock, millis
-from .destinations import UnsafeURL, check_destination
+from .destinations import Destinations, UnsafeURL
 from .errors import ErrorCode, NotifierError
 from .jobs import retry_delay
 from .logs import get_logger
@@ -119,23 +118,22 @@ class WebPush:
         self._vapid = load_vapid(vapid_key)
         self.public_key = public_key_of(self._vapid)
         self._subject = subject
-        self._allow_private = allow_private
+        self._destinations = Destinations(allow_private, ("http", "https") if allow_private else ("https",))
         self._max_attempts = max_attempts
         self._retry_base = retry_base_seconds
         self._retry_max = retry_max_seconds
         self.poke: Any = lambda: None
+        # A VAPID header per push service, signed once and reused (valid 12 h, renewed at 6).
+        self._signed: dict[str, tuple[float, dict[str, str]]] = {}
         # For the metrics.
         self.sent = 0
         self.retried = 0
         self.failed = 0
         self.expired = 0  # subscriptions the push service said are gone
 
-    def _schemes(self) -> tuple[str, ...]:
-        return ("http", "https") if self._allow_private else ("https",)
-
     async def subscribe(self, user_id: str, endpoint: str, p256dh: str, auth: str) -> PushSubscription:
         try:
-            await asyncio.to_thread(check_destination, endpoint, self._allow_private, self._schemes())
+            await self._destinations.check(endpoint)
             check_keys(p256dh, auth)
         except (UnsafeURL, ValueError) as exc:
             log.warning("push_subscription_refused", user=user_id, detail=str(exc))
@@ -167,19 +165,28 @@ class WebPush:
             await self._store.add_jobs(jobs)
             self.poke()
 
+    def _authorization(self, audience: str) -> dict[str, str]:
+        now = time.time()
+        signed = self._signed.get(audience)
+        if signed is None or signed[0] < now:
+            claims = {"sub": self._subject, "aud": audience, "exp": int(now) + 12 * 3600}
+            signed = self._signed[audience] = (now + 6 * 3600, self._vapid.sign(claims))
+            if len(self._signed) > 1000:  # push services are few; endpoints are not
+                self._signed.pop(next(iter(self._signed)))
+        return signed[1]
+
     async def send(self, job: Job) -> None:
         payload = job.payload
         endpoint = payload["endpoint"]
         try:
-            await asyncio.to_thread(check_destination, endpoint, self._allow_private, self._schemes())
+            await self._destinations.check(endpoint)
         except UnsafeURL as exc:
             await self._store.finish_job(job.id, JobState.FAILED, f"refused: {exc}")
             self.failed += 1
             return
         body = encrypt(orjson.dumps(payload["message"]), payload["p256dh"], payload["auth"])
-        claims = {"sub": self._subject, "aud": _origin(endpoint), "exp": int(time.time()) + 12 * 3600}
         headers = {
-            **self._vapid.sign(claims),
+            **self._authorization(_origin(endpoint)),
             "TTL": str(_TTL_SECONDS),
             "Content-Encoding": "aes128gcm",
             "Content-Type": "application/octet-stream",

@@ -148,8 +148,8 @@ async def test_seen_on_one_device_first_sends_nothing(
     assert (await receipts(server, note))["escalation"]["state"] == "cancelled"
     # A later escalation goes out: the cancelled one, due before it, never did.
     (marker,) = await notify(server, ["bob"], "marker", escalate=ESCALATE)
-    await until(lambda: receiver.received, timeout=10)
-    assert [r.data["notification"]["id"] for r in receiver.received] == [marker]
+    await until(lambda: receiver.of_type("notification.unseen"), timeout=10)
+    assert [r.data["notification"]["id"] for r in receiver.of_type("notification.unseen")] == [marker]
 
 
 async def test_quiet_hours_hold_an_escalation_and_critical_ones_pass(
@@ -201,8 +201,8 @@ async def test_categories_go_to_the_channels_the_user_chose(
         await bob.close()
     (muted,) = await notify(server, ["bob"], "a sale", escalate=ESCALATE, category="marketing")
     (sent,) = await notify(server, ["bob"], "an outage", escalate=ESCALATE, category="ops")
-    await until(lambda: receiver.received, timeout=10)
-    assert [r.data["notification"]["id"] for r in receiver.received] == [sent]
+    await until(lambda: receiver.of_type("notification.unseen"), timeout=10)
+    assert [r.data["notification"]["id"] for r in receiver.of_type("notification.unseen")] == [sent]
     assert (await receipts(server, muted))["escalation"]["state"] == "done"  # ran, to no channel
 
 
