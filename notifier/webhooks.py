@@ -4,8 +4,8 @@ Each delivery is a durable job (its id is the `webhook-id` header, so the receiv
 repeats), sent in order per user: a user's next one waits while one is being retried, with
 exponential backoff and jitter. After the last attempt it is listed as failed and can be
 replayed. The URL must be http(s); private, loopback and link-local addresses are refused
-unless NOTIFIER_WEBHOOK_ALLOW_PRIVATE is set (checked at start and before every send, since
-DNS may change).
+unless NOTIFIER_WEBHOOK_ALLOW_PRIVATE is set (checked at start, and again before sending,
+each host's answer kept a minute, since DNS may change).
 """
 
 from __future__ import annotations

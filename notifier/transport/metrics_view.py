@@ -100,6 +100,27 @@ def read_service(
                 ["outcome"],
                 {("sent",): webhooks.sent, ("retried",): webhooks.retried, ("failed",): webhooks.failed},
             )
+        push = notifier.push
+        if push is not None:
+            yield counter(
+                "notifier_pushes",
+                "Web Push messages by outcome (sent, retried, failed; expired: the subscription was gone)",
+                ["outcome"],
+                {
+                    ("sent",): push.sent,
+                    ("retried",): push.retried,
+                    ("failed",): push.failed,
+                    ("expired",): push.expired,
+                },
+            )
+        email = notifier.email
+        if email is not None:
+            yield counter(
+                "notifier_email_digests",
+                "E-mail digests by outcome (sent, retried, failed)",
+                ["outcome"],
+                {("sent",): email.sent, ("retried",): email.retried, ("failed",): email.failed},
+            )
         yield counter(
             "notifier_events_delivered", "Events handed to connections here", ["type"], fanout.delivered
         )
