@@ -129,6 +129,12 @@ async def test_the_operator_view_behind_a_path_prefix(server: RunningServer, tmp
         assert filtered["total"] > len(filtered["shown"])
         assert (await expect("REFRESH"))["interval"] == "30s"
 
+        await worker.call("notify", {"user_ids": ["ops"], "title": "check the receipts"})
+        await go()
+        receipts = await expect("RECEIPTS")
+        assert len(receipts["rows"]) == 1 and receipts["rows"][0].startswith("delivered"), receipts
+        assert receipts["escalation"] == "no escalation"
+
         for start in range(0, 1000, 250):
             await asyncio.gather(
                 *(

@@ -148,6 +148,13 @@ function renderNote(note, { prepend = true } = {}) {
     button.onclick = async () => markReadInPage((await client.call("notifications.mark_read", { ids: [note.id] })).marked);
     item.append(button);
   }
+  if (session?.role === "admin") {
+    const receipts = document.createElement("button");
+    receipts.textContent = "Receipts";
+    receipts.className = "receipts";
+    receipts.onclick = () => showReceipts(note.id).catch((err) => showProblem(err.message));
+    item.append(receipts);
+  }
   if (prepend) $("notes").prepend(item); else $("notes").append(item);
   while ($("notes").children.length > 50) $("notes").lastChild.remove();
 }
@@ -166,6 +173,30 @@ async function loadInbox() {
   $("notes").replaceChildren();
   for (const note of inbox.notifications) renderNote(note, { prepend: false });
   setUnread(inbox.unread);
+}
+
+// Receipts (admins): who got a notification, on which device, and its escalation
+
+async function showReceipts(id) {
+  $("receipt-id").value = id;
+  const url = new URL(`api/v1/notifications/${encodeURIComponent(id)}/receipts`, base);
+  const response = await fetch(url, { headers: authHeaders() });
+  const answer = await response.json();
+  if (!response.ok) throw new Error(`${answer.error?.code}: ${answer.error?.message}`);
+  const rows = answer.receipts.map((receipt) => {
+    const row = document.createElement("tr");
+    for (const text of [receipt.kind, receipt.device, time(receipt.at), receipt.action ?? ""]) {
+      row.append(Object.assign(document.createElement("td"), { textContent: text }));
+    }
+    return row;
+  });
+  $("receipts").replaceChildren(...rows);
+  $("receipts").dataset.for = id;
+  const escalation = answer.escalation;
+  $("escalation").textContent = escalation
+    ? `escalation ${escalation.state}, due ${time(escalation.due_at)}, ${escalation.attempts} attempts` +
+      (escalation.last_error ? ` (${escalation.last_error})` : "")
+    : "no escalation";
 }
 
 // Presence
@@ -321,6 +352,7 @@ $("filter-room").oninput = refilterEvents;
 $("filter-type").oninput = refilterEvents;
 $("presence-room").onchange = () => showPresence().catch((err) => showProblem(`${err.code}: ${err.detail}`));
 $("refresh-apply").onclick = applyRefresh;
+$("receipt-show").onclick = () => showReceipts($("receipt-id").value.trim()).catch((err) => showProblem(err.message));
 $("presence-room").append(Object.assign(document.createElement("option"), { value: "", textContent: "choose a project" }));
 // A token may be given in the fragment (#token=...), which never reaches any server log.
 const given = new URLSearchParams(location.hash.slice(1)).get("token");

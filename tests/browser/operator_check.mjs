@@ -61,6 +61,21 @@ try {
   await page.waitForFunction(() => document.querySelector("#interval").textContent === "30s");
   say("REFRESH", { interval: await page.textContent("#interval") });
 
+  await next(); // a notification for the operator: the page receives it (and says so)
+  const note = page.locator("#notes li", { hasText: "check the receipts" });
+  await note.waitFor({ timeout: 10000 });
+  await note.locator("button.receipts").click();
+  // The delivered receipt is on its way: ask again (as an operator would) until it is there.
+  const asked = Date.now();
+  while ((await page.locator("#receipts tr").count()) === 0 && Date.now() - asked < 10000) {
+    await page.click("#receipt-show");
+    await page.waitForResponse((answer) => answer.url().includes("/receipts"));
+  }
+  say("RECEIPTS", {
+    rows: await page.locator("#receipts tr").allTextContents(),
+    escalation: await page.textContent("#escalation"),
+  });
+
   await next(); // a thousand tasks
   await page.waitForFunction(() => document.querySelectorAll("[data-task]").length >= 1001, null, { timeout: 30000 });
   // Mark one row's element: a re-render of the list would replace it.
