@@ -68,8 +68,10 @@ try {
   // The delivered receipt is on its way: ask again (as an operator would) until it is there.
   const asked = Date.now();
   while ((await page.locator("#receipts tr").count()) === 0 && Date.now() - asked < 10000) {
-    await page.click("#receipt-show");
-    await page.waitForResponse((answer) => answer.url().includes("/receipts"));
+    await Promise.all([
+      page.waitForResponse((answer) => answer.url().includes("/receipts")),
+      page.click("#receipt-show"),
+    ]);
   }
   say("RECEIPTS", {
     rows: await page.locator("#receipts tr").allTextContents(),
