@@ -344,3 +344,91 @@ async def test_the_application_is_told_when_a_user_comes_online_and_goes_offline
         ]
     finally:
         await stop_server(server, runner)
+
+
+async def test_a_webhook_url_that_is_not_http_or_is_private_is_refused_at_start(tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    from notifier.app import create_app
+    from notifier.errors import StartupError
+    from tests.webhook_receiver import SECRET as WEBHOOK_SECRET
+
+    with pytest.raises(ValidationError, match="http:// or https://"):
+        make_settings(tmp_path, webhook_url="ftp://hooks.example.com/x", webhook_secret=WEBHOOK_SECRET)
+    with pytest.raises(ValidationError, match="NOTIFIER_WEBHOOK_SECRET is required"):
+        make_settings(tmp_path, webhook_url="https://hooks.example.com/x")
+    with pytest.raises(ValidationError, match="whsec_"):
+        make_settings(tmp_path, webhook_url="https://hooks.example.com/x", webhook_secret="not base64!")
+    for private in ("http://127.0.0.1:9/x", "http://169.254.169.254/latest", "http://10.0.0.7/hook"):
+        settings = make_settings(tmp_path, webhook_url=private, webhook_secret=WEBHOOK_SECRET)
+        with pytest.raises(StartupError, match=r"NOTIFIER_WEBHOOK_URL: .*non-public address"):
+            create_app(settings)
+
+
+async def test_two_nodes_send_each_channel_once_and_a_seen_on_the_other_node_cancels(
+    tmp_path: Path, receiver: WebhookReceiver
+) -> None:
+    """Redis and PostgreSQL, two nodes: the user is offline; one notification escalates to a
+    webhook and a push, each arriving once; another, seen through the other node, goes
+    nowhere."""
+    from py_vapid import Vapid02
+
+    from tests.cluster import cluster
+    from tests.push_service import PushService
+    from tests.test_cluster import token
+
+    vapid = Vapid02()
+    vapid.generate_keys()
+    pushes = PushService()
+    await pushes.start()
+    env = {
+        "NOTIFIER_WEBHOOK_URL": receiver.url,
+        "NOTIFIER_WEBHOOK_SECRET": receiver.secret,
+        "NOTIFIER_WEBHOOK_ALLOW_PRIVATE": "true",
+        "NOTIFIER_VAPID_PRIVATE_KEY": vapid.private_pem().decode(),
+        "NOTIFIER_VAPID_SUBJECT": "mailto:ops@example.com",
+        "NOTIFIER_PUSH_ALLOW_PRIVATE": "true",
+    }
+    try:
+        async with cluster(tmp_path, nodes=2, **env) as running, aiohttp.ClientSession() as http:
+            a, b = running.nodes
+            phone = pushes.device("phone")
+            bob = {"Authorization": f"Bearer {token('bob')}"}
+            async with http.post(
+                f"{b.url}/api/v1/push/subscriptions", json=phone.subscription(), headers=bob
+            ) as r:
+                assert r.status == 201
+            publisher = {"Authorization": f"Bearer {token('svc', role=Role.PUBLISHER)}"}
+            escalate = {"after_seconds": 1, "channels": ["webhook", "push"]}
+            webhook_only = {**escalate, "channels": ["webhook"]}
+            notes = []
+            for title in ("seen elsewhere", "unseen"):
+                async with http.post(
+                    f"{a.url}/api/v1/notifications",
+                    json={"user_ids": ["bob"], "title": title, "escalate": escalate},
+                    headers=publisher,
+                ) as answer:
+                    notes.append((await answer.json())["notifications"][0]["id"])
+            seen, unseen = notes
+            async with http.post(
+                f"{b.url}/api/v1/notifications/{seen}/receipts", json={"kind": "seen"}, headers=bob
+            ) as answer:
+                assert (await answer.json()) == {"recorded": 1}
+            await until(lambda: receiver.of_type("notification.unseen") and phone.shown, timeout=15)
+            # Both nodes run escalations; give a stray second send the time to show up.
+            async with http.post(
+                f"{b.url}/api/v1/notifications",
+                json={
+                    "user_ids": ["carol"],
+                    "title": "marker",
+                    "escalate": {**escalate, "channels": ["webhook"]},
+                },
+                headers=publisher,
+            ) as answer:
+                assert answer.status == 201
+            await until(lambda: len(receiver.of_type("notification.unseen")) == 2, timeout=15)
+            hooks = [r.data["notification"]["id"] for r in receiver.of_type("notification.unseen")]
+            assert hooks[0] == unseen and len(hooks) == 2 and receiver.repeats == 0
+            assert [m["id"] for m in phone.shown] == [unseen]
+    finally:
+        await pushes.stop()
