@@ -421,7 +421,7 @@ async def test_two_nodes_send_each_channel_once_and_a_seen_on_the_other_node_can
                 json={
                     "user_ids": ["carol"],
                     "title": "marker",
-                    "escalate": {**escalate, "channels": ["webhook"]},
+                    "escalate": webhook_only,
                 },
                 headers=publisher,
             ) as answer:
