@@ -21,6 +21,7 @@ SECRET = "test-secret-" + "x" * 40
 # Headers for admin-only endpoints (status, metrics), valid for a day.
 ADMIN = {"Authorization": "Bearer " + issue_token(SECRET, "HS256", "ops", role=Role.ADMIN, ttl_seconds=86400)}
 WAIT = 5.0
+_HANDSHAKE_ATTEMPTS = 3
 
 
 class ConnectRefused(Exception):
@@ -116,32 +117,40 @@ class RunningServer:
         reconnection: bool = False,
         ttl: float = 3600,
     ) -> Client:
-        """Connect a real client; raise ConnectRefused with the server's {code, message}."""
-        sio = socketio.AsyncClient(
-            reconnection=reconnection, reconnection_delay=0.1, reconnection_delay_max=0.2
-        )
-        client = Client(sio, namespace)
-        refused: list[dict[str, Any]] = []
-        sio.on("*", client._record, namespace=namespace)
-        sio.on("connect_error", lambda data: refused.append(data or {}), namespace=namespace)
+        """Connect a real client; raise ConnectRefused with the server's {code, message}.
+
+        A handshake refused at the transport (503 while the server's loop is late: admission)
+        is tried again after a moment, as every Socket.IO client does."""
         if auth is ...:
             auth = {"token": self.token(user, projects, role, ttl)}
-        try:
-            await sio.connect(
-                self.url,
-                auth=auth,
-                headers=headers or {},
-                namespaces=[namespace],
-                transports=transports or ["websocket"],
-                wait_timeout=WAIT,
+        for attempt in range(_HANDSHAKE_ATTEMPTS):
+            sio = socketio.AsyncClient(
+                reconnection=reconnection, reconnection_delay=0.1, reconnection_delay_max=0.2
             )
-        except socketio.exceptions.ConnectionError as exc:
-            await sio.disconnect()
-            if refused:
-                raise ConnectRefused(refused[-1]) from exc
-            raise
-        self.clients.append(client)
-        return client
+            client = Client(sio, namespace)
+            refused: list[Any] = []
+            sio.on("*", client._record, namespace=namespace)
+            sio.on("connect_error", lambda data, r=refused: r.append(data or {}), namespace=namespace)
+            try:
+                await sio.connect(
+                    self.url,
+                    auth=auth,
+                    headers=headers or {},
+                    namespaces=[namespace],
+                    transports=transports or ["websocket"],
+                    wait_timeout=WAIT,
+                )
+            except socketio.exceptions.ConnectionError as exc:
+                await sio.disconnect()
+                if refused and isinstance(refused[-1], dict):
+                    raise ConnectRefused(refused[-1]) from exc
+                if attempt + 1 == _HANDSHAKE_ATTEMPTS:
+                    raise
+                await asyncio.sleep(0.2 * (attempt + 1))
+                continue
+            self.clients.append(client)
+            return client
+        raise AssertionError("unreachable")
 
     async def worker(self, user: str = "worker-1", role: Role | str = Role.PUBLISHER) -> Client:
         return await self.connect(user, role=role, namespace="/workers")

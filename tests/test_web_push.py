@@ -100,7 +100,9 @@ async def test_a_subscription_the_push_service_says_is_gone_is_removed(
         return endpoints == [alive.endpoint]
 
     await eventually(removed, timeout=5)
-    assert server.notifier.push is not None and server.notifier.push.expired == 1
+    push = server.notifier.push
+    assert push is not None
+    await until(lambda: push.expired == 1, timeout=5)
 
 
 async def test_a_service_worker_reporting_seen_cancels_the_push(
