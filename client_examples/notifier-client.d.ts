@@ -55,6 +55,56 @@ export interface Notification {
   category: string;
   /** Escalates during the user's quiet hours too. */
   critical: boolean;
+  seen: boolean;
+  archived: boolean;
+  /** Hidden and not counted until then (ms); back as unread. */
+  snoozed_until: number | null;
+  /** Gone from the inbox then (ms). */
+  expires_at: number | null;
+  tags: string[];
+  severity: Severity;
+  /** The primary, then the secondary: a link, or an event sent back with `action()`. */
+  actions: NotificationAction[];
+  group_key: string | null;
+  /** How many notifications this entry of its group stands for, and the latest few. */
+  group_count: number;
+  group_items: { id: string; title: string; created_at: number }[];
+  updated_at: number | null;
+}
+
+export type Severity = "info" | "warning" | "critical";
+
+export interface NotificationAction {
+  id: string;
+  label: string;
+  url?: string;
+  event?: Record<string, unknown>;
+}
+
+export interface InboxCounts {
+  unread: number;
+  unseen: number;
+  /** Unread per category and per severity (zeros left out). */
+  categories: Record<string, number>;
+  severities: Record<string, number>;
+}
+
+export interface InboxQuery {
+  state?: "all" | "active" | "unread" | "unseen" | "read" | "snoozed" | "archived";
+  category?: string;
+  tag?: string;
+  severity?: Severity;
+  group?: string;
+  /** Created before (ms). */
+  created_before?: number;
+}
+
+export interface InboxSet {
+  read?: boolean;
+  seen?: boolean;
+  archived?: boolean;
+  /** Back as unread at this time (ms); null: not snoozed. */
+  snoozed_until?: number | null;
 }
 
 export type Channel = "webhook";
@@ -104,6 +154,15 @@ export interface EventMap {
   session: Envelope<Session, "session">;
   notification: Envelope<Notification, "notification">;
   "notifications.unread": Envelope<{ count: number }, "notifications.unread">;
+  "notifications.counts": Envelope<InboxCounts, "notifications.counts">;
+  /** One change of many: `ids` (or, for a change of over 1000, the `filter` it used). */
+  "notifications.changed": Envelope<
+    { ids?: string[]; filter?: InboxQuery; set: InboxSet },
+    "notifications.changed"
+  >;
+  "notifications.deleted": Envelope<{ ids: string[] }, "notifications.deleted">;
+  "notification.updated": Envelope<{ notification: Notification }, "notification.updated">;
+  "notification.recalled": Envelope<{ id: string }, "notification.recalled">;
   "task.created": Envelope<Task, "task.created">;
   "task.progress": Envelope<Task, "task.progress">;
   "task.completed": Envelope<Task, "task.completed">;
@@ -128,7 +187,17 @@ export interface Acks {
   unsubscribe: { ok: true; rooms: Record<string, { left: boolean; error?: ErrorBody }> };
   ping: { ok: true; server_time: number; echo: Record<string, unknown> };
   "task.get": { ok: true; task: Task };
-  "notifications.list": { ok: true; notifications: Notification[]; unread: number };
+  "notifications.list": {
+    ok: true;
+    notifications: Notification[];
+    next_cursor: string | null;
+    unread: number;
+    counts: InboxCounts;
+  };
+  "notifications.counts": { ok: true; counts: InboxCounts };
+  "notifications.change": { ok: true; changed: string[]; count: number; counts: InboxCounts };
+  "notifications.delete": { ok: true; deleted: string[]; count: number; counts: InboxCounts };
+  "notifications.action": { ok: true; recorded: number; action: NotificationAction };
   "notifications.mark_read": { ok: true; marked: string[]; unchanged: string[]; unread: number };
   "notifications.delivered": { ok: true; recorded: number };
   "notifications.seen": { ok: true; recorded: number };
@@ -146,7 +215,19 @@ export interface Requests {
   unsubscribe: { rooms: string[] };
   ping: Record<string, unknown>;
   "task.get": { task_id: string };
-  "notifications.list": { limit?: number; before?: string; unread_only?: boolean };
+  "notifications.list": InboxQuery & {
+    limit?: number;
+    /** The `next_cursor` of the page before. */
+    cursor?: string;
+    before?: string;
+    unread_only?: boolean;
+  };
+  "notifications.counts": {};
+  /** `ids` or `filter`, not both. */
+  "notifications.change": { ids?: string[]; filter?: InboxQuery; set: InboxSet };
+  /** `ids` or `filter`; neither: every archived one. */
+  "notifications.delete": { ids?: string[]; filter?: InboxQuery };
+  "notifications.action": { id: string; action: string };
   "notifications.mark_read": { ids: string[] } | { all: true };
   "notifications.delivered": { ids: string[] };
   "notifications.seen": { ids: string[] };

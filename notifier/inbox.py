@@ -10,8 +10,9 @@ from .broker import NewEvent
 from .clock import Clock, millis
 from .errors import ErrorCode, NotifierError
 from .escalation import escalation_jobs
+from .inbox_states import InboxStates, expire_job
 from .logs import get_logger
-from .models import MarkRead, NotificationsList, NotifyRequest
+from .models import InboxChange, InboxQuery, InboxSet, MarkRead, NotificationsList, NotifyRequest
 from .records import Notification, derived_id, new_id
 from .redelivery import DELIVERY_WINDOW_MS, Redelivery
 from .rooms import room_for_user
@@ -22,6 +23,11 @@ log = get_logger("notifier.service")
 # What a failing broker answers: the notification stays stored, left to the sweep.
 _BROKER_FAILURES = (ErrorCode.STORE_UNAVAILABLE, ErrorCode.UNAVAILABLE, ErrorCode.OUTCOME_UNKNOWN)
 
+
+def _size(notification: Notification) -> tuple[str, ...]:
+    return () if notification.group_count == 1 else (str(notification.group_count),)
+
+
 Publish = Callable[[Sequence[NewEvent]], Awaitable[Any]]
 
 
@@ -31,6 +37,7 @@ class Inbox:
         self._publish = publish
         self._clock = clock
         self.redelivery = Redelivery(store, self._redeliver, clock)
+        self.states = InboxStates(store, publish, clock)
         # For the metrics: stored while the broker failed, left to the redelivery sweep.
         self.queued = 0
 
@@ -54,13 +61,27 @@ class Inbox:
                 created_at=now,
                 category=request.category,
                 critical=request.critical,
+                tags=list(request.tags),
+                severity=request.severity,
+                actions=[action.model_dump(exclude_none=True) for action in request.actions],
+                group_key=request.group_key,
+                expires_at=request.expires_at,
             )
             for user_id in recipients
         ]
         # Stored first: a recipient who is offline now finds it in the inbox later. Its
-        # escalation (if any) exactly when it is.
+        # escalation and expiry (if any) exactly when it is.
         jobs = escalation_jobs(notifications, request.escalate, now)
-        await self._store.add_notifications(notifications, now + DELIVERY_WINDOW_MS, jobs)
+        jobs += [expire_job(n) for n in notifications if n.expires_at is not None]
+        if request.group_key is None:
+            await self._store.add_notifications(notifications, now + DELIVERY_WINDOW_MS, jobs)
+        else:
+            # Each joins its user's entry of the group (one statement per user).
+            notifications = [
+                await self._store.add_grouped(n, now + DELIVERY_WINDOW_MS) for n in notifications
+            ]
+            if jobs:
+                await self._store.add_jobs(jobs)
         try:
             await self._deliver(notifications, key)
         except NotifierError as exc:
@@ -96,7 +117,8 @@ class Inbox:
                     room,
                     "notification",
                     notification.to_dict(),
-                    derived_id(notification.id, "event"),
+                    # A group's entry is sent again as it grows: one event per size.
+                    derived_id(notification.id, "event", *_size(notification)),
                     now,
                     once=once or key is not None,
                 )
@@ -114,21 +136,19 @@ class Inbox:
         await self._publish(events)
 
     async def list(self, user_id: str, request: NotificationsList) -> list[Notification]:
-        return await self._store.list_notifications(
-            user_id, request.limit, request.before, request.unread_only
-        )
+        return (await self.states.page(user_id, request)).notifications
 
     async def mark_read(self, user_id: str, request: MarkRead) -> dict[str, Any]:
         """Only the user's own unread notifications change; every other id is reported back."""
-        changed = await self._store.mark_read(user_id, None if request.all else request.ids)
+        change = InboxChange(
+            ids=None if request.all else request.ids,
+            filter=InboxQuery(state="unread") if request.all else None,
+            set=InboxSet(read=True),
+        )
+        answer = await self.states.change(user_id, change)
+        changed: list[str] = answer["changed"]
         unchanged = sorted(set(request.ids or ()) - set(changed))
-        unread = await self.unread_count(user_id)
-        if changed:
-            now = millis(self._clock.now())
-            await self._publish(
-                [NewEvent(room_for_user(user_id), "notifications.unread", {"count": unread}, new_id(), now)]
-            )
-        return {"marked": changed, "unchanged": unchanged, "unread": unread}
+        return {"marked": changed, "unchanged": unchanged, "unread": answer["counts"]["unread"]}
 
     async def unread_count(self, user_id: str) -> int:
         return await self._store.unread_count(user_id)

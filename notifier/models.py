@@ -31,6 +31,11 @@ RESERVED_TYPES = frozenset(
         "session",
         "notification",
         "notifications.unread",
+        "notifications.counts",
+        "notifications.changed",
+        "notifications.deleted",
+        "notification.updated",
+        "notification.recalled",
         "config.updated",
         "refresh",
         "connection.closing",
@@ -45,6 +50,11 @@ SERVICE_EVENTS = frozenset(
         "session",
         "notification",
         "notifications.unread",
+        "notifications.counts",
+        "notifications.changed",
+        "notifications.deleted",
+        "notification.updated",
+        "notification.recalled",
         "task.created",
         "task.progress",
         "task.completed",
@@ -123,15 +133,148 @@ class Escalate(Payload):
         return channels
 
 
+Tag = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_.:-]+$")]
+Severity = Literal["info", "warning", "critical"]
+HttpUrl = Annotated[str, Field(min_length=1, max_length=2000, pattern=r"^https?://")]
+
+
+class Action(Payload):
+    """A button on the notification: a link, or an event the client sends back
+    (`notifications.action`), which the publisher is told of (webhook `notification.actioned`)."""
+
+    id: Identifier
+    label: Annotated[str, Field(min_length=1, max_length=40)]
+    url: HttpUrl | None = None
+    event: JsonObject | None = None
+
+    @model_validator(mode="after")
+    def _url_or_event(self) -> Action:
+        if (self.url is None) == (self.event is None):
+            raise ValueError("give either a url or an event")
+        return self
+
+
+def _distinct_actions(actions: list[Action]) -> list[Action]:
+    if len({a.id for a in actions}) != len(actions):
+        raise ValueError("action ids must differ")
+    return actions
+
+
+Actions = Annotated[list[Action], Field(max_length=2)]
+
+
 class NotifyRequest(Idempotent):
     user_ids: Annotated[list[UserId], Field(min_length=1, max_length=1000)]
     title: Annotated[str, Field(min_length=1, max_length=200)]
     body: Annotated[str | None, Field(max_length=4000)] = None
     data: JsonObject = {}
     category: Category = "general"
+    tags: Annotated[list[Tag], Field(max_length=10)] = []
+    severity: Severity = "info"
+    # The primary, then the secondary.
+    actions: Actions = []
+    # Notifications of one group are one entry of the inbox ("Alice and 4 others ...").
+    group_key: Annotated[str | None, Field(min_length=1, max_length=128)] = None
+    # Gone from the inbox at this time (ms since the epoch).
+    expires_at: Annotated[int | None, Field(gt=0)] = None
     # Escalates during the user's quiet hours too.
     critical: bool = False
     escalate: Escalate | None = None
+
+    @field_validator("actions")
+    @classmethod
+    def _actions(cls, actions: list[Action]) -> list[Action]:
+        return _distinct_actions(actions)
+
+
+class NotificationUpdate(Payload):
+    """A publisher's change of a sent notification: every device shows it."""
+
+    title: Annotated[str | None, Field(min_length=1, max_length=200)] = None
+    body: Annotated[str | None, Field(max_length=4000)] = None
+    data: JsonObject | None = None
+    actions: Actions | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> NotificationUpdate:
+        if not self.model_fields_set - {"id"}:
+            raise ValueError("give title, body, data or actions")
+        if self.actions is not None:
+            _distinct_actions(self.actions)
+        return self
+
+
+class NotificationRef(Payload):
+    id: Identifier
+
+
+class NotificationEdit(NotificationUpdate):
+    """`notification.update` on `/workers`: the id, and what changes."""
+
+    id: Identifier
+
+
+class InboxQuery(Payload):
+    """Which of a user's notifications (listing, and the changes below)."""
+
+    state: Literal["all", "active", "unread", "unseen", "read", "snoozed", "archived"] = "all"
+    category: Category | None = None
+    tag: Tag | None = None
+    severity: Severity | None = None
+    group: Annotated[str | None, Field(min_length=1, max_length=128)] = None
+    created_before: Annotated[int | None, Field(gt=0)] = None  # ms
+
+
+class InboxSet(Payload):
+    read: bool | None = None
+    seen: bool | None = None
+    archived: bool | None = None
+    # Back as unread at this time (ms); null: not snoozed.
+    snoozed_until: Annotated[int | None, Field(gt=0)] = None
+
+    @model_validator(mode="after")
+    def _something(self) -> InboxSet:
+        if not self.model_fields_set:
+            raise ValueError("give read, seen, archived or snoozed_until")
+        return self
+
+
+class InboxChange(Payload):
+    """One change of many notifications: by ids, or by a filter (mark all read in a category,
+    archive all read, ...)."""
+
+    ids: Annotated[list[Identifier] | None, Field(min_length=1, max_length=1000)] = None
+    filter: InboxQuery | None = None
+    set: InboxSet
+
+    @model_validator(mode="after")
+    def _ids_or_filter(self) -> InboxChange:
+        if (self.ids is None) == (self.filter is None):
+            raise ValueError("give either ids or a filter")
+        return self
+
+
+class InboxDelete(Payload):
+    """Delete by ids, or by a filter (by default: every archived one)."""
+
+    ids: Annotated[list[Identifier] | None, Field(min_length=1, max_length=1000)] = None
+    filter: InboxQuery | None = None
+
+    @model_validator(mode="after")
+    def _ids_or_filter(self) -> InboxDelete:
+        if self.ids is not None and self.filter is not None:
+            raise ValueError("give either ids or a filter")
+        return self
+
+
+class ActionChosen(Payload):
+    id: Identifier
+    action: Identifier
+
+
+class ActionByRest(Payload):
+    action: Identifier
+    device: Annotated[str, Field(min_length=1, max_length=128)] = "rest"
 
 
 class ReceiptReport(Payload):
@@ -258,9 +401,11 @@ class TaskUpdate(Idempotent):
         return self
 
 
-class NotificationsList(Payload):
+class NotificationsList(InboxQuery):
     limit: Annotated[int, Field(ge=1, le=100)] = 20
-    before: Identifier | None = None
+    # The `next_cursor` of the page before: stable while new notifications arrive.
+    cursor: Annotated[str | None, Field(pattern=r"^[0-9]{1,18}$")] = None
+    before: Identifier | None = None  # the last id of the page before (the older way)
     unread_only: bool = False
 
 

@@ -123,9 +123,40 @@ class Notification:
     read: bool = False
     category: str = "general"
     critical: bool = False
+    seen: bool = False
+    archived: bool = False
+    snoozed_until: int | None = None  # ms: back as unread then
+    expires_at: int | None = None  # ms: gone then
+    tags: list[str] = field(default_factory=list)
+    severity: str = "info"  # info, warning, critical
+    # At most two: the primary and the secondary. Each {id, label} and a `url` or an `event`
+    # payload the client sends back (`notifications.action`).
+    actions: list[dict[str, Any]] = field(default_factory=list)
+    # Notifications of one group are one entry: how many, and the latest few.
+    group_key: str | None = None
+    group_count: int = 1
+    group_items: list[dict[str, Any]] = field(default_factory=list)
+    updated_at: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def merge(self, newer: Notification) -> None:
+        """`newer` joins this entry of its group: its content shows, the count grows."""
+        self.group_items = [_item(newer), *(self.group_items or [_item(self)])][:_GROUP_ITEMS]
+        self.group_count += 1
+        self.title, self.body, self.data = newer.title, newer.body, newer.data
+        self.actions, self.tags, self.severity = newer.actions, newer.tags, newer.severity
+        self.read = self.seen = False
+        self.snoozed_until = None
+        self.updated_at = newer.created_at
+
+
+_GROUP_ITEMS = 3
+
+
+def _item(n: Notification) -> dict[str, Any]:
+    return {"id": n.id, "title": n.title, "created_at": n.created_at}
 
 
 class ReceiptKind(StrEnum):
@@ -185,3 +216,24 @@ class PushSubscription:
     p256dh: str
     auth: str
     created_at: int
+
+
+@dataclass(frozen=True)
+class InboxFilter:
+    """Which of a user's notifications: by state, category, tag, severity, group, age."""
+
+    state: str = "all"  # all, active, unread, unseen, read, snoozed, archived
+    category: str | None = None
+    tag: str | None = None
+    severity: str | None = None
+    group: str | None = None
+    created_before: int | None = None  # ms
+    snoozed_until: int | None = None  # snoozed until exactly this (ms)
+
+
+@dataclass
+class InboxPage:
+    notifications: list[Notification]
+    # The next page starts after this (a position in the user's list, stable while new
+    # notifications arrive); None on the last page.
+    cursor: int | None

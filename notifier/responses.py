@@ -60,6 +60,17 @@ class NotificationOut(Answer):
     read: bool
     category: str
     critical: bool
+    seen: bool
+    archived: bool
+    snoozed_until: int | None
+    expires_at: int | None
+    tags: list[str]
+    severity: Literal["info", "warning", "critical"]
+    actions: list[dict[str, Any]]
+    group_key: str | None
+    group_count: int
+    group_items: list[dict[str, Any]]
+    updated_at: int | None
 
 
 class EnvelopeOut(Answer):
@@ -88,9 +99,48 @@ class NotificationsAnswer(Answer):
     notifications: list[NotificationOut]
 
 
+class CountsOut(Answer):
+    unread: int
+    unseen: int
+    categories: dict[str, int]  # unread per category
+    severities: dict[str, int]  # unread per severity
+
+
 class NotificationsListAnswer(Answer):
     notifications: list[NotificationOut]
+    next_cursor: str | None
     unread: int
+    counts: CountsOut
+
+
+class CountsAnswer(Answer):
+    counts: CountsOut
+
+
+class ChangeAnswer(Answer):
+    changed: list[str]  # the first 1000
+    count: int
+    counts: CountsOut
+
+
+class DeleteAnswer(Answer):
+    deleted: list[str]
+    count: int
+    counts: CountsOut
+
+
+class NotificationAnswer(Answer):
+    notification: NotificationOut
+
+
+class RecallAnswer(Answer):
+    recalled: str
+    user_id: str
+
+
+class ActionAnswer(Answer):
+    recorded: int
+    action: dict[str, Any]
 
 
 class MarkReadAnswer(Answer):

@@ -21,13 +21,18 @@ from .health import Health
 from .history import Replay, SharedReplays
 from .idempotency import Idempotency
 from .inbox import Inbox
+from .inbox_states import EXPIRE, WAKE
 from .jobs import JobRunner
 from .logs import get_logger
 from .maintenance import Maintenance
 from .metrics import Tally
 from .models import (
+    ActionChosen,
+    InboxChange,
+    InboxDelete,
     MarkRead,
     NotificationsList,
+    NotificationUpdate,
     NotifyRequest,
     Position,
     Preferences,
@@ -39,6 +44,7 @@ from .presence import Presence, check_tracked
 from .receipts import Receipts
 from .records import (
     Envelope,
+    InboxPage,
     Job,
     Notification,
     ReceiptKind,
@@ -152,7 +158,12 @@ class Notifier:
             busy = lambda: self.loop_is_busy()  # noqa: E731 - read when called: set after this
             return JobRunner(store, kind, handle, self.clock, lease_seconds=lease, busy=busy, **options)
 
-        self._jobs = [runner(ESCALATION, self.escalations.run, serial=user_of)]
+        states = self.inbox.states
+        self._jobs = [
+            runner(ESCALATION, self.escalations.run, serial=user_of),
+            runner(WAKE, states.wake),
+            runner(EXPIRE, states.expire),
+        ]
         if self.webhooks is not None:
             webhook_runner = runner(WEBHOOK, self.webhooks.send)
             self.webhooks.poke = webhook_runner.poke
@@ -451,6 +462,59 @@ class Notifier:
 
     async def unread_count(self, user_id: str) -> int:
         return await self.inbox.unread_count(user_id)
+
+    async def inbox_page(self, user_id: str, request: NotificationsList) -> InboxPage:
+        """A page of the user's inbox, newest first, by state, category, tag, severity or
+        group; `cursor` continues it, stable while new notifications arrive."""
+        return await self.inbox.states.page(user_id, request)
+
+    async def inbox_counts(self, user_id: str) -> dict[str, Any]:
+        return await self.inbox.states.counts(user_id)
+
+    async def change_inbox(self, user_id: str, request: InboxChange, device: str = "") -> dict[str, Any]:
+        """Read / seen / archived / snoozed for the user's notifications, by ids or filter:
+        one statement, one event to every device."""
+        answer = await self.inbox.states.change(user_id, request)
+        changed: list[str] = answer["changed"]
+        if changed and request.set.read:
+            await self.receipts.record(user_id, ReceiptKind.READ, changed, device)
+        elif changed and request.set.seen:
+            await self.receipts.record(user_id, ReceiptKind.SEEN, changed, device)
+        return answer
+
+    async def delete_from_inbox(self, user_id: str, request: InboxDelete) -> dict[str, Any]:
+        return await self.inbox.states.delete(user_id, request)
+
+    async def update_notification(self, notification_id: str, request: NotificationUpdate) -> Notification:
+        """A publisher changes what a sent notification says: every device shows it."""
+        return await self.inbox.states.update(notification_id, request)
+
+    async def recall_notification(self, notification_id: str) -> dict[str, Any]:
+        """A publisher takes a notification back: it leaves every device and the inbox."""
+        return await self.inbox.states.recall(notification_id)
+
+    async def choose_action(self, user_id: str, request: ActionChosen, device: str = "") -> dict[str, Any]:
+        """The user chose one of the notification's actions: recorded (an `actioned` receipt),
+        and the publisher told (webhook `notification.actioned`, with the action's event)."""
+        notification = await self.store.get_notification(request.id)
+        if notification is None or notification.user_id != user_id:
+            raise NotifierError(ErrorCode.NOT_FOUND, "no notification of yours has this id")
+        action = next((a for a in notification.actions if a["id"] == request.action), None)
+        if action is None:
+            raise NotifierError(
+                ErrorCode.INVALID_PAYLOAD, f"action: this notification has no action {request.action!r}"
+            )
+        recorded = await self.receipts.record(
+            user_id, ReceiptKind.ACTIONED, [notification.id], device, request.action
+        )
+        if recorded and self.webhooks is not None:
+            await self.webhooks.enqueue(
+                f"{notification.id}:actioned:{request.action}",
+                "notification.actioned",
+                user_id,
+                {"notification_id": notification.id, "user_id": user_id, "action": action},
+            )
+        return {"recorded": recorded, "action": action}
 
     # Refresh
 

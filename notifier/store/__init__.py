@@ -12,7 +12,17 @@ from typing import Any, Literal, Protocol
 
 from ..errors import StartupError
 from ..health import Health
-from ..records import Job, JobState, Notification, PushSubscription, Receipt, Task, TaskStatus
+from ..records import (
+    InboxFilter,
+    InboxPage,
+    Job,
+    JobState,
+    Notification,
+    PushSubscription,
+    Receipt,
+    Task,
+    TaskStatus,
+)
 
 ClaimState = Literal["new", "done", "pending"]
 
@@ -83,6 +93,51 @@ class Store(Protocol):
     async def unread_count(self, user_id: str) -> int: ...
 
     async def unread_counts(self, user_ids: list[str]) -> dict[str, int]: ...
+
+    # The inbox's states (read, seen, archived, snoozed), kept with exact counts.
+    async def list_page(
+        self, user_id: str, match: InboxFilter, limit: int, cursor: int | None, now: int
+    ) -> InboxPage:
+        """Newest first, after `cursor`; expired ones (`expires_at` <= now) left out."""
+        ...
+
+    async def change_notifications(
+        self,
+        user_id: str,
+        ids: list[str] | None,
+        match: InboxFilter | None,
+        changes: dict[str, Any],
+        now: int,
+    ) -> list[str]:
+        """Set read / seen / archived / snoozed_until on the user's notifications named by
+        ids or matched by the filter; the ids that changed."""
+        ...
+
+    async def delete_notifications(
+        self, user_id: str | None, ids: list[str] | None, match: InboxFilter | None, now: int
+    ) -> list[tuple[str, str]]:
+        """Delete them (by id alone when `user_id` is None); (id, user_id) of each deleted."""
+        ...
+
+    async def get_notification(self, notification_id: str) -> Notification | None: ...
+
+    async def update_notification(self, notification_id: str, fields: dict[str, Any]) -> Notification | None:
+        """Change its content (title, body, data, actions); None if there is no such one."""
+        ...
+
+    async def add_grouped(self, notification: Notification, deliver_by: int) -> Notification:
+        """Store one with a `group_key`: joins the user's active entry of that group (count,
+        latest items, unread again, first in the list) or starts it; the entry."""
+        ...
+
+    async def inbox_counts(self, user_id: str) -> dict[str, Any]:
+        """{unread, unseen, categories: {name: unread}, severities: {name: unread}}, read from
+        the counts the store keeps in every change's transaction."""
+        ...
+
+    async def recount(self, user_id: str) -> dict[str, Any]:
+        """The same counts by a scan: what the kept ones must always equal (for tests)."""
+        ...
 
     async def trim_notifications(self, older_than_ts: int, max_per_user: int) -> int: ...
 

@@ -23,8 +23,10 @@ from ..batching import Batcher
 from ..errors import ErrorCode, NotifierError, StartupError
 from ..health import Health
 from ..logs import get_logger
-from ..records import Job, Notification, Task, TaskStatus
+from ..records import InboxFilter, Job, Notification, Task, TaskStatus
 from . import Claim
+from .postgres_inbox import MIGRATION as INBOX_MIGRATION
+from .postgres_inbox import PostgresInbox
 from .postgres_jobs import MIGRATION as JOBS_MIGRATION
 from .postgres_jobs import PostgresJobs, insert_jobs
 
@@ -66,6 +68,7 @@ _MIGRATIONS = [
         ON notifier_notifications (deliver_at) WHERE deliver_at IS NOT NULL;
     """,
     JOBS_MIGRATION,
+    INBOX_MIGRATION,
 ]
 
 # SQLSTATE classes that mean "the database cannot serve right now", not "your query is wrong":
@@ -92,7 +95,7 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
-class PostgresStore(PostgresJobs):
+class PostgresStore(PostgresJobs, PostgresInbox):
     shared = True
 
     def __init__(self, url: str, health: Health, *, pool_size: int = 10, schema: str | None = None) -> None:
@@ -108,7 +111,7 @@ class PostgresStore(PostgresJobs):
         self._notifications: Batcher[tuple[list[Notification], int, list[Job]], None] = Batcher(
             self._insert_notifications
         )
-        self._unread: Batcher[list[str], dict[str, int]] = Batcher(self._count_unread)
+        self._unread: Batcher[list[str], dict[str, int]] = Batcher(self._read_unread)
 
     # Lifecycle
 
@@ -233,7 +236,11 @@ class PostgresStore(PostgresJobs):
     async def _insert_notifications(
         self, batches: list[tuple[list[Notification], int, list[Job]]]
     ) -> list[None]:
-        rows = [(n, deliver_by) for batch, deliver_by, _ in batches for n in batch]
+        # In user order: each row's trigger updates its user's counts, and concurrent batches
+        # that lock them in one order cannot deadlock.
+        rows = sorted(
+            ((n, deliver_by) for batch, deliver_by, _ in batches for n in batch), key=lambda r: r[0].user_id
+        )
         jobs = [job for _, _, batch_jobs in batches for job in batch_jobs]
 
         async def insert(db: asyncpg.Connection) -> None:
@@ -246,15 +253,29 @@ class PostgresStore(PostgresJobs):
 
         async def insert_notifications(db: asyncpg.Connection) -> None:
             await db.execute(
-                "INSERT INTO notifier_notifications (id, user_id, created_at, read, body, deliver_at) "
-                "SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::boolean[], $5::jsonb[], "
-                "$6::bigint[]) ON CONFLICT (id) DO NOTHING",
+                "INSERT INTO notifier_notifications (id, user_id, created_at, read, body, deliver_at, "
+                "seen, archived, snoozed_until, expires_at, category, severity, group_key, tags) "
+                "SELECT id, user_id, created_at, read, body, deliver_at, seen, archived, snoozed_until, "
+                "expires_at, category, severity, group_key, tags::jsonb FROM unnest($1::text[], "
+                "$2::text[], $3::bigint[], $4::boolean[], $5::jsonb[], $6::bigint[], $7::boolean[], "
+                "$8::boolean[], $9::bigint[], $10::bigint[], $11::text[], $12::text[], $13::text[], "
+                "$14::text[]) AS r(id, user_id, created_at, read, body, deliver_at, seen, archived, "
+                "snoozed_until, expires_at, category, severity, group_key, tags) "
+                "ON CONFLICT (id) DO NOTHING",
                 [n.id for n, _ in rows],
                 [n.user_id for n, _ in rows],
                 [n.created_at for n, _ in rows],
                 [n.read for n, _ in rows],
                 [n.to_dict() for n, _ in rows],
                 [deliver_by for _, deliver_by in rows],
+                [n.seen for n, _ in rows],
+                [n.archived for n, _ in rows],
+                [n.snoozed_until for n, _ in rows],
+                [n.expires_at for n, _ in rows],
+                [n.category for n, _ in rows],
+                [n.severity for n, _ in rows],
+                [n.group_key for n, _ in rows],
+                [orjson.dumps(n.tags).decode() for n, _ in rows],  # a jsonb each, not an array
             )
 
         await self._run(insert)
@@ -285,30 +306,18 @@ class PostgresStore(PostgresJobs):
     async def list_notifications(
         self, user_id: str, limit: int, before: str | None, unread_only: bool
     ) -> list[Notification]:
-        rows = await self._run(
-            lambda db: db.fetch(
-                "SELECT body, read FROM notifier_notifications WHERE user_id = $1 "
-                "AND ($2::text IS NULL OR seq < COALESCE("
-                "  (SELECT seq FROM notifier_notifications WHERE id = $2), -1)) "
-                "AND (NOT $3 OR NOT read) ORDER BY seq DESC LIMIT $4",
-                user_id,
-                before,
-                unread_only,
-                limit,
+        cursor = None
+        if before is not None:
+            seq = await self._run(
+                lambda db: db.fetchval("SELECT seq FROM notifier_notifications WHERE id = $1", before)
             )
-        )
-        return [Notification(**{**row["body"], "read": row["read"]}) for row in rows]
+            cursor = int(seq) if seq is not None else -1
+        match = InboxFilter(state="unread" if unread_only else "all")
+        return (await self.list_page(user_id, match, limit, cursor, 0)).notifications
 
     async def mark_read(self, user_id: str, ids: list[str] | None) -> list[str]:
-        rows = await self._run(
-            lambda db: db.fetch(
-                "UPDATE notifier_notifications SET read = true WHERE user_id = $1 AND NOT read "
-                "AND ($2::text[] IS NULL OR id = ANY($2)) RETURNING id",
-                user_id,
-                ids,
-            )
-        )
-        return [row["id"] for row in rows]
+        match = InboxFilter(state="unread") if ids is None else None
+        return await self.change_notifications(user_id, ids, match, {"read": True, "seen": True}, 0)
 
     async def unread_count(self, user_id: str) -> int:
         return (await self.unread_counts([user_id]))[user_id]
@@ -316,17 +325,17 @@ class PostgresStore(PostgresJobs):
     async def unread_counts(self, user_ids: list[str]) -> dict[str, int]:
         return await self._unread.submit(user_ids)
 
-    async def _count_unread(self, requests: list[list[str]]) -> list[dict[str, int]]:
-        """The counts asked for during one loop iteration, in one query."""
+    async def _read_unread(self, requests: list[list[str]]) -> list[dict[str, int]]:
+        """The counts asked for during one loop iteration, in one query (kept exact by the
+        inbox trigger: no scan)."""
         users = sorted({user for request in requests for user in request})
         rows = await self._run(
             lambda db: db.fetch(
-                "SELECT user_id, count(*) AS unread FROM notifier_notifications "
-                "WHERE user_id = ANY($1) AND NOT read GROUP BY user_id",
+                "SELECT user_id, n FROM notifier_inbox_counts WHERE name = 'unread' AND user_id = ANY($1)",
                 users,
             )
         )
-        counts = {row["user_id"]: int(row["unread"]) for row in rows}
+        counts = {row["user_id"]: int(row["n"]) for row in rows}
         return [{user: counts.get(user, 0) for user in request} for request in requests]
 
     async def trim_notifications(self, older_than_ts: int, max_per_user: int) -> int:

@@ -6,14 +6,15 @@ iteration however many updates it had (the commit every writer then waits for)."
 from __future__ import annotations
 
 import sqlite3
-from collections import OrderedDict
 from typing import Any
 
 import orjson
 
-from ..records import FINISHED_STATUSES, Job, Notification, Task, TaskStatus
+from ..records import FINISHED_STATUSES, InboxFilter, Job, Notification, Task, TaskStatus
 from . import Claim
 from .sqlite_db import SqliteDatabase
+from .sqlite_inbox import STATE_COLUMNS, SqliteInbox, row_values
+from .sqlite_inbox import migrate as migrate_inbox
 from .sqlite_jobs import INSERT_JOB, SqliteJobs, job_rows
 from .sqlite_jobs import SCHEMA as _JOBS_SCHEMA
 
@@ -36,7 +37,6 @@ CREATE TABLE IF NOT EXISTS revocations (
 );
 """
 
-_MAX_UNREAD_COUNTS = 100_000
 
 _UPSERT_TASK = (
     "INSERT INTO tasks (id, project_id, status, finished_at, body) VALUES (?, ?, ?, ?, ?) "
@@ -49,7 +49,7 @@ def _task_row(task: Task) -> tuple[Any, ...]:
     return (task.id, task.project_id, task.status.value, task.finished_at, orjson.dumps(task.to_dict()))
 
 
-class SqliteStore(SqliteJobs):
+class SqliteStore(SqliteJobs, SqliteInbox):
     shared = False
 
     def __init__(self, db: SqliteDatabase) -> None:
@@ -58,14 +58,13 @@ class SqliteStore(SqliteJobs):
         db.add_schema(_migrate_idempotency)
         db.add_schema(_migrate_redelivery)
         db.add_schema(_JOBS_SCHEMA)
+        db.add_schema(migrate_inbox)
         db.on_before_commit(self._write_tasks)
         db.on_after_commit(self._tasks_committed)
         db.on_after_rollback(self._tasks_rolled_back)
         db.on_reopen(self._load_tasks)
         # Unfinished tasks, the newest state of each; finished ones are read from the table.
         self._live: dict[str, Task] = {}
-        # Unread counts of recent users (committed data; see unread_counts).
-        self._unread: OrderedDict[str, int] = OrderedDict()
         # Tasks changed in the open transaction, and what each was before it (to roll back).
         self._dirty: dict[str, Task] = {}
         self._before: dict[str, Task | None] = {}
@@ -87,7 +86,6 @@ class SqliteStore(SqliteJobs):
             ).fetchall()
         )
         self._live = {task.id: task for task in (_task(body) for (body,) in rows)}
-        self._unread.clear()  # a reopened file may hold other data
 
     def _stage(self, task: Task, previous: Task | None) -> None:
         self._before.setdefault(task.id, previous)
@@ -172,16 +170,22 @@ class SqliteStore(SqliteJobs):
         self, notifications: list[Notification], deliver_by: int, jobs: list[Job] | None = None
     ) -> None:
         rows = [
-            (n.id, n.user_id, n.created_at, int(n.read), orjson.dumps(n.to_dict()), deliver_by)
+            (
+                n.id,
+                n.user_id,
+                n.created_at,
+                int(n.read),
+                orjson.dumps(n.to_dict()),
+                deliver_by,
+                *row_values(n),
+            )
             for n in notifications
         ]
-        for notification in notifications:
-            self._unread.pop(notification.user_id, None)
 
         def add(db: sqlite3.Connection) -> None:
             db.executemany(
-                "INSERT OR IGNORE INTO notifications (id, user_id, created_at, read, body, deliver_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT OR IGNORE INTO notifications (id, user_id, created_at, read, body, deliver_at, "
+                f"{STATE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
             if jobs:
@@ -210,59 +214,18 @@ class SqliteStore(SqliteJobs):
     async def list_notifications(
         self, user_id: str, limit: int, before: str | None, unread_only: bool
     ) -> list[Notification]:
-        clauses, params = ["user_id = ?"], [user_id]
+        cursor = None
         if before is not None:
-            clauses.append("seq < COALESCE((SELECT seq FROM notifications WHERE id = ?), -1)")
-            params.append(before)
-        if unread_only:
-            clauses.append("read = 0")
-        rows = self.db.read(
-            lambda db: db.execute(
-                f"SELECT body, read FROM notifications WHERE {' AND '.join(clauses)} "
-                "ORDER BY seq DESC LIMIT ?",
-                (*params, limit),
-            ).fetchall()
-        )
-        return [Notification(**{**orjson.loads(body), "read": bool(read)}) for body, read in rows]
+            row = self.db.read(
+                lambda db: db.execute("SELECT seq FROM notifications WHERE id = ?", (before,)).fetchone()
+            )
+            cursor = int(row[0]) if row else -1
+        match = InboxFilter(state="unread" if unread_only else "all")
+        return (await self.list_page(user_id, match, limit, cursor, 0)).notifications
 
     async def mark_read(self, user_id: str, ids: list[str] | None) -> list[str]:
-        if ids is None:
-            sql, params = (
-                ("UPDATE notifications SET read = 1 WHERE user_id = ? AND read = 0 RETURNING id"),
-                (user_id,),
-            )
-        else:
-            sql = (
-                f"UPDATE notifications SET read = 1 WHERE user_id = ? AND read = 0 "
-                f"AND id IN ({','.join('?' * len(ids))}) RETURNING id"
-            )
-            params = (user_id, *ids)  # type: ignore[assignment]
-        self._unread.pop(user_id, None)
-        rows = await self.db.write(lambda db: db.execute(sql, params).fetchall())
-        return [row[0] for row in rows]
-
-    async def unread_count(self, user_id: str) -> int:
-        return (await self.unread_counts([user_id]))[user_id]
-
-    async def unread_counts(self, user_ids: list[str]) -> dict[str, int]:
-        """Counts of committed data; kept in memory (this process is the only writer, and
-        every write that changes a user's count forgets it), since every connection asks."""
-        cache = self._unread
-        missing = [user for user in user_ids if user not in cache]
-        if missing:
-            counts = dict.fromkeys(missing, 0)
-            rows = self.db.read(
-                lambda db: db.execute(
-                    f"SELECT user_id, COUNT(*) FROM notifications WHERE read = 0 AND user_id IN "
-                    f"({','.join('?' * len(missing))}) GROUP BY user_id",
-                    missing,
-                ).fetchall()
-            )
-            counts.update({user: int(count) for user, count in rows})
-            cache.update(counts)
-            while len(cache) > _MAX_UNREAD_COUNTS:
-                cache.popitem(last=False)
-        return {user: cache[user] for user in user_ids}
+        match = InboxFilter(state="unread") if ids is None else None
+        return await self.change_notifications(user_id, ids, match, {"read": True, "seen": True}, 0)
 
     async def trim_notifications(self, older_than_ts: int, max_per_user: int) -> int:
         def trim(db: sqlite3.Connection) -> int:
@@ -278,9 +241,7 @@ class SqliteStore(SqliteJobs):
             db.execute("DELETE FROM jobs WHERE state <> 'pending' AND due_at < ?", (older_than_ts,))
             return int(removed)
 
-        removed = await self.db.write(trim)
-        self._unread.clear()
-        return removed
+        return await self.db.write(trim)
 
     # Idempotency
 

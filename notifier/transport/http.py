@@ -15,8 +15,14 @@ from ..idempotency import fingerprint_of, scoped
 from ..keys import ENGINE, GATEWAY, HEALTH, NOTIFIER, REST_LIMIT, VERIFIER
 from ..logs import get_logger
 from ..models import (
+    ActionByRest,
+    ActionChosen,
+    InboxChange,
+    InboxDelete,
     MarkRead,
+    NotificationRef,
     NotificationsList,
+    NotificationUpdate,
     NotifyRequest,
     Preferences,
     PresenceRequest,
@@ -228,22 +234,93 @@ async def notify(request: web.Request) -> web.Response:
     return await _once(request, claims, "notify", body, run)
 
 
+def _inbox_owner(claims: Claims, query: dict[str, str]) -> str:
+    user_id = query.pop("user_id", claims.sub)
+    if user_id != claims.sub and not claims.is_admin:
+        raise NotifierError(ErrorCode.FORBIDDEN, "only admins may read another user's inbox")
+    return user_id
+
+
 @routes.get("/api/v1/notifications")
 async def list_notifications(request: web.Request) -> web.Response:
     claims = _claims(request)
     query = dict(request.query)
-    user_id = query.pop("user_id", claims.sub)
-    if user_id != claims.sub and not claims.is_admin:
-        raise NotifierError(ErrorCode.FORBIDDEN, "only admins may read another user's inbox")
+    user_id = _inbox_owner(claims, query)
     listing = _validate(NotificationsList, query)
     notifier = request.app[NOTIFIER]
-    notifications = await notifier.list_notifications(user_id, listing)
+    page = await notifier.inbox_page(user_id, listing)
+    counts = await notifier.inbox_counts(user_id)
     return json_response(
         {
-            "notifications": [n.to_dict() for n in notifications],
-            "unread": await notifier.unread_count(user_id),
+            "notifications": [n.to_dict() for n in page.notifications],
+            "next_cursor": None if page.cursor is None else str(page.cursor),
+            "unread": counts["unread"],
+            "counts": counts,
         }
     )
+
+
+@routes.get("/api/v1/notifications/counts")
+async def notification_counts(request: web.Request) -> web.Response:
+    claims = _claims(request)
+    user_id = _inbox_owner(claims, dict(request.query))
+    return json_response({"counts": await request.app[NOTIFIER].inbox_counts(user_id)})
+
+
+@routes.post("/api/v1/notifications/changes")
+async def change_notifications(request: web.Request) -> web.Response:
+    """Read, seen, archived or snoozed, by ids or by filter: one change, one event per device."""
+    claims = _claims(request)
+    body = await _body(request, InboxChange)
+
+    async def run(key: str | None) -> Answer:
+        return 200, await request.app[NOTIFIER].change_inbox(claims.sub, body, "rest")
+
+    return await _once(request, claims, "notifications.change", body, run)
+
+
+@routes.post("/api/v1/notifications/delete")
+async def delete_notifications(request: web.Request) -> web.Response:
+    claims = _claims(request)
+    body = await _body(request, InboxDelete)
+
+    async def run(key: str | None) -> Answer:
+        return 200, await request.app[NOTIFIER].delete_from_inbox(claims.sub, body)
+
+    return await _once(request, claims, "notifications.delete", body, run)
+
+
+@routes.post("/api/v1/notifications/{notification_id}/actions")
+async def choose_action(request: web.Request) -> web.Response:
+    claims = _claims(request)
+    body = await _body(request, ActionByRest)
+    chosen = ActionChosen(id=_notification_id(request), action=body.action)
+    return json_response(await request.app[NOTIFIER].choose_action(claims.sub, chosen, body.device))
+
+
+def _notification_id(request: web.Request) -> str:
+    return _validate(NotificationRef, {"id": request.match_info["notification_id"]}).id
+
+
+@routes.patch("/api/v1/notifications/{notification_id}")
+async def update_notification(request: web.Request) -> web.Response:
+    """A publisher changes a sent notification: every device shows the change."""
+    claims = _publisher_claims(request)
+    notification_id = _notification_id(request)
+    body = await _body(request, NotificationUpdate)
+
+    async def run(key: str | None) -> Answer:
+        updated = await request.app[NOTIFIER].update_notification(notification_id, body)
+        return 200, {"notification": updated.to_dict()}
+
+    return await _once(request, claims, f"notification.update:{notification_id}", body, run)
+
+
+@routes.delete("/api/v1/notifications/{notification_id}")
+async def recall_notification(request: web.Request) -> web.Response:
+    """A publisher takes a notification back: it leaves every device and the inbox."""
+    _publisher_claims(request)
+    return json_response(await request.app[NOTIFIER].recall_notification(_notification_id(request)))
 
 
 @routes.post("/api/v1/notifications/read")

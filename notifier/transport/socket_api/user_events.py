@@ -5,8 +5,11 @@ from __future__ import annotations
 from ...clock import millis
 from ...errors import ErrorCode, NotifierError
 from ...models import (
+    ActionChosen,
     ActionReport,
     AuthRefresh,
+    InboxChange,
+    InboxDelete,
     MarkRead,
     NoPayload,
     NotificationsList,
@@ -46,11 +49,36 @@ async def notifications_list(
     ctx: SocketContext, connection: SocketConnection, request: NotificationsList
 ) -> Reply:
     user_id = claims_of(connection).sub
-    notifications = await ctx.notifier.list_notifications(user_id, request)
+    page = await ctx.notifier.inbox_page(user_id, request)
+    counts = await ctx.notifier.inbox_counts(user_id)
     return {
-        "notifications": [n.to_dict() for n in notifications],
-        "unread": await ctx.notifier.unread_count(user_id),
+        "notifications": [n.to_dict() for n in page.notifications],
+        "next_cursor": None if page.cursor is None else str(page.cursor),
+        "unread": counts["unread"],
+        "counts": counts,
     }
+
+
+async def notifications_counts(ctx: SocketContext, connection: SocketConnection, request: NoPayload) -> Reply:
+    return {"counts": await ctx.notifier.inbox_counts(claims_of(connection).sub)}
+
+
+async def notifications_change(
+    ctx: SocketContext, connection: SocketConnection, request: InboxChange
+) -> Reply:
+    return await ctx.notifier.change_inbox(claims_of(connection).sub, request, connection.sid)
+
+
+async def notifications_delete(
+    ctx: SocketContext, connection: SocketConnection, request: InboxDelete
+) -> Reply:
+    return await ctx.notifier.delete_from_inbox(claims_of(connection).sub, request)
+
+
+async def notifications_action(
+    ctx: SocketContext, connection: SocketConnection, request: ActionChosen
+) -> Reply:
+    return await ctx.notifier.choose_action(claims_of(connection).sub, request, connection.sid)
 
 
 async def notifications_mark_read(
@@ -132,6 +160,10 @@ USER_EVENTS: EventTable = {
     "task.get": (TaskRef, task_get),
     "notifications.list": (NotificationsList, notifications_list),
     "notifications.mark_read": (MarkRead, notifications_mark_read),
+    "notifications.counts": (NoPayload, notifications_counts),
+    "notifications.change": (InboxChange, notifications_change),
+    "notifications.delete": (InboxDelete, notifications_delete),
+    "notifications.action": (ActionChosen, notifications_action),
     "notifications.delivered": (ReceiptReport, notifications_delivered),
     "notifications.seen": (ReceiptReport, notifications_seen),
     "notifications.actioned": (ActionReport, notifications_actioned),

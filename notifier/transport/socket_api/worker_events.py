@@ -13,6 +13,9 @@ from pydantic import BaseModel
 from ...idempotency import fingerprint_of, scoped
 from ...models import (
     AuthRefresh,
+    NotificationEdit,
+    NotificationRef,
+    NotificationUpdate,
     NotifyRequest,
     PingRequest,
     PresenceRequest,
@@ -76,6 +79,19 @@ async def notify(ctx: SocketContext, connection: SocketConnection, request: Noti
     return await _once(ctx, connection, "notify", request, run)
 
 
+async def notification_update(
+    ctx: SocketContext, connection: SocketConnection, request: NotificationEdit
+) -> Reply:
+    update = NotificationUpdate.model_validate(request.model_dump(exclude={"id"}, exclude_unset=True))
+    return {"notification": (await ctx.notifier.update_notification(request.id, update)).to_dict()}
+
+
+async def notification_recall(
+    ctx: SocketContext, connection: SocketConnection, request: NotificationRef
+) -> Reply:
+    return await ctx.notifier.recall_notification(request.id)
+
+
 async def task_create(ctx: SocketContext, connection: SocketConnection, request: TaskCreate) -> Reply:
     async def run() -> Reply:
         return {"task": (await ctx.notifier.create_task(request)).to_dict()}
@@ -114,6 +130,8 @@ async def task_cancel(ctx: SocketContext, connection: SocketConnection, request:
 WORKER_EVENTS: EventTable = {
     "publish": (PublishRequest, publish),
     "notify": (NotifyRequest, notify),
+    "notification.update": (NotificationEdit, notification_update),
+    "notification.recall": (NotificationRef, notification_recall),
     "task.create": (TaskCreate, task_create),
     "task.progress": (TaskProgress, task_progress),
     "task.complete": (TaskComplete, task_complete),
