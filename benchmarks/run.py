@@ -10,6 +10,7 @@
     .venv/bin/python -m benchmarks.run storm --clients 10000        # restart, and a killed node
     .venv/bin/python -m benchmarks.run runner     # GuardedRunner against aiohttp's own AppRunner
     .venv/bin/python -m benchmarks.run escalation --users 10000   # Web Push for offline users
+    .venv/bin/python -m benchmarks.run inbox --notifications 100000   # listing a large inbox
 
 Servers under test, each in its own process on 127.0.0.1: notifier (`python -m notifier serve`,
 SQLite store, publishing through `/workers` `publish`), notifier-inprocess (fan-out only: the
@@ -597,6 +598,12 @@ def _install_node_packages() -> None:
         subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=BENCH, check=True)
 
 
+async def inbox_command(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from benchmarks.inbox import inbox_command as measure
+
+    return await measure(args)
+
+
 async def escalation_command(args: argparse.Namespace) -> list[dict[str, Any]]:
     from benchmarks.escalation import escalation_command as measure
 
@@ -621,6 +628,7 @@ async def main() -> None:
             "storm",
             "runner",
             "escalation",
+            "inbox",
             "all",
         ],
     )
@@ -640,6 +648,7 @@ async def main() -> None:
         help="events published per second during `storm` (over its 50 rooms)",
     )
     parser.add_argument("--users", type=int, default=10_000, help="offline users for `escalation`")
+    parser.add_argument("--notifications", type=int, default=100_000, help="one user's inbox for `inbox`")
     parser.add_argument("--window", type=int, default=400, help="handshakes in flight for `connect`")
     parser.add_argument(
         "--connect-rate", type=float, default=2000, help="connections opened per second for `hold`"
@@ -651,7 +660,7 @@ async def main() -> None:
         help="which servers to measure (default: all; ratios need notifier)",
     )
     args = parser.parse_args()
-    if args.command not in ("progress", "hostile", "runner"):
+    if args.command not in ("progress", "hostile", "runner", "inbox"):
         _install_node_packages()
     commands = {
         "fanout": fanout_command,
@@ -665,6 +674,7 @@ async def main() -> None:
         "storm": storm_command,
         "runner": runner_command,
         "escalation": escalation_command,
+        "inbox": inbox_command,
     }
     if args.command == "all":
         memory_clients = args.clients or [1000, 10000]

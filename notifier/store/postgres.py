@@ -49,8 +49,6 @@ _MIGRATIONS = [
         created_at bigint NOT NULL, read boolean NOT NULL DEFAULT false, body jsonb NOT NULL
     );
     CREATE INDEX IF NOT EXISTS notifier_notifications_user ON notifier_notifications (user_id, seq);
-    CREATE INDEX IF NOT EXISTS notifier_notifications_unread
-        ON notifier_notifications (user_id) WHERE NOT read;
     CREATE TABLE IF NOT EXISTS notifier_idempotency (
         key text PRIMARY KEY, ts bigint NOT NULL, result jsonb
     );

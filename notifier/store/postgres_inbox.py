@@ -32,6 +32,10 @@ DO $$ BEGIN
 END $$;
 CREATE UNIQUE INDEX IF NOT EXISTS notifier_notifications_group
     ON notifier_notifications (user_id, group_key) WHERE group_key IS NOT NULL AND NOT archived;
+-- Unread ones in list order (the older index on user_id alone made listing sort them all).
+DROP INDEX IF EXISTS notifier_notifications_unread;
+CREATE INDEX IF NOT EXISTS notifier_notifications_unread_seq
+    ON notifier_notifications (user_id, seq) WHERE NOT read AND NOT archived;
 CREATE INDEX IF NOT EXISTS notifier_notifications_expiring
     ON notifier_notifications (expires_at) WHERE expires_at IS NOT NULL;
 DO $$ BEGIN
