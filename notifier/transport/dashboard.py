@@ -21,6 +21,7 @@ _CHECKOUT = Path(__file__).resolve().parents[2]
 
 _ASSETS = {
     "dashboard.js": [_PACKAGE_STATIC / "dashboard.js"],
+    "notifier-inbox.js": [_PACKAGE_STATIC / "notifier-inbox.js"],
     "notifier-client.mjs": [
         _VENDORED / "notifier-client.mjs",
         _CHECKOUT / "client_examples" / "notifier-client.mjs",
@@ -61,17 +62,33 @@ async def dashboard(request: web.Request) -> web.FileResponse:
     return web.FileResponse(_PACKAGE_STATIC / "index.html", headers=_PAGE_HEADERS)
 
 
+# The client for pages without an import map (`<notifier-inbox>` on any site): the same
+# module, importing the socket.io client served beside it.
+_STANDALONE = "notifier-client.standalone.mjs"
+# Public code any page may load as a module (no credentials, nothing private in it).
+_ASSET_HEADERS = {"X-Content-Type-Options": "nosniff", "Access-Control-Allow-Origin": "*"}
+
+
 @routes.get("/static/{name}")
 async def asset(request: web.Request) -> web.StreamResponse:
-    places = _ASSETS.get(request.match_info["name"])
+    name = request.match_info["name"]
+    if name == _STANDALONE:
+        source = _find(_ASSETS["notifier-client.mjs"]).read_text()
+        body = source.replace('from "socket.io-client";', 'from "./socket.io.esm.min.js";', 1)
+        return web.Response(text=body, content_type="text/javascript", headers=_ASSET_HEADERS)
+    places = _ASSETS.get(name)
     if places is None:
         raise NotifierError(ErrorCode.NOT_FOUND, "no such asset")
+    response = web.FileResponse(_find(places), headers=_ASSET_HEADERS)
+    response.content_type = "text/javascript"
+    return response
+
+
+def _find(places: list[Path]) -> Path:
     path = next((place for place in places if place.exists()), None)
     if path is None:
         raise NotifierError(
             ErrorCode.NOT_FOUND,
             f"{places[0].name} is missing: install the wheel, or run scripts/setup.sh (npm ci) in a checkout",
         )
-    response = web.FileResponse(path, headers={"X-Content-Type-Options": "nosniff"})
-    response.content_type = "text/javascript"
-    return response
+    return path
