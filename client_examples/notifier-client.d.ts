@@ -254,6 +254,10 @@ export interface NotifierClientOptions {
   reconnectionDelayMax?: number;
   /** Report each notification received (`notifications.delivered`), batched; true by default. */
   receipts?: boolean;
+  /** One connection for every tab of this origin: the tab holding a Web Lock connects and
+   *  relays events and calls over a BroadcastChannel; when it closes, the next tab connects
+   *  and resumes from the last position (nothing lost, nothing twice). */
+  shared?: boolean;
 }
 
 export declare class NotifierError extends Error {

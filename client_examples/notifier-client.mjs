@@ -40,6 +40,15 @@ export class NotifierClient {
     this._stateHandlers = new Set();
     this._resetHandlers = new Set();
     this._closed = false;
+    // One connection per browser (`shared: true`): the tab holding the Web Lock connects,
+    // and relays events, the session and calls to the others over a BroadcastChannel.
+    this._shared = Boolean(options.shared && globalThis.BroadcastChannel && globalThis.navigator?.locks);
+    this._leader = !this._shared;
+    this._channel = null;
+    this._calls = new Map(); // a follower's calls waiting for the leader's reply
+    this._callSeq = 0;
+    this._release = null;
+    this._waiting = null; // connect()'s promise, until the session arrives
     this.socket = io(url, {
       autoConnect: false,
       path: options.path,  // behind a path prefix: "/prefix/socket.io/"
@@ -63,9 +72,8 @@ export class NotifierClient {
     });
     this.socket.on("connect_error", (err) => this._setState("refused", err.data?.code ?? err.message));
     this.socket.on("session", (env) => {
-      this.session = env.data;
-      this._adopt(env.data.rooms ?? {});
-      this._dispatch("session", env);
+      this._relay({ kind: "session", env });
+      this._onSession(env);
     });
     this.socket.on("auth.expiring", (env) => {
       this.tokenExpiresAt = env?.data?.expires_at ?? null;
@@ -79,9 +87,95 @@ export class NotifierClient {
     });
     this.socket.onAny((type, env) => {
       if (type === "session" || !env || typeof env !== "object") return;
+      this._relay({ kind: "event", type, env });
       if (!this._accept(env)) return;
       if (type === "notification" && options.receipts !== false && env.data?.id) this._received(env.data.id);
       this._dispatch(type, env);
+    });
+  }
+
+  _onSession(env) {
+    this.session = env.data;
+    this._adopt(env.data.rooms ?? {});
+    this._setState("connected");
+    this._waiting?.resolve(env.data);
+    this._waiting = null;
+    this._dispatch("session", env);
+  }
+
+  // Shared mode
+
+  _relay(message) {
+    if (this._channel && this._leader) this._channel.postMessage(message);
+  }
+
+  _connectShared() {
+    this._channel = new BroadcastChannel(`notifier:${this.url}`);
+    this._channel.onmessage = (message) => this._fromTab(message.data);
+    return new Promise((resolve, reject) => {
+      this._waiting = { resolve, reject };
+      // Held until this tab closes (or close()): then the next tab in line leads.
+      navigator.locks.request(`notifier:${this.url}`, () => new Promise((release) => {
+        this._release = release;
+        if (this._closed) return release();
+        this._lead();
+      }));
+      this._channel.postMessage({ kind: "hello" }); // a leader answers with the session
+    });
+  }
+
+  _lead() {
+    this._leader = true;
+    this._setState("connecting");
+    const onError = (err) => {
+      this.socket.off("connect_error", onError);
+      this._waiting?.reject(new NotifierError(err.data?.code ?? "UNAVAILABLE", err.data?.message ?? err.message));
+      this._waiting = null;
+    };
+    this.socket.on("connect_error", onError);
+    this.socket.once("session", () => this.socket.off("connect_error", onError));
+    // The positions this tab kept from relayed events: the server replays what the old
+    // leader's tab took with it, and ids drop what was seen already.
+    this.socket.connect();
+  }
+
+  _fromTab(message) {
+    if (this._leader) {
+      if (message.kind === "hello" && this.session) this._relay({ kind: "session", env: { data: this.session } });
+      if (message.kind === "call") {
+        this.call(message.event, message.payload, message.timeoutMs).then(
+          (reply) => this._relay({ kind: "reply", id: message.id, reply }),
+          (err) => this._relay({ kind: "reply", id: message.id, error: { code: err.code ?? "UNAVAILABLE", message: err.detail ?? String(err) } }),
+        );
+      }
+      return;
+    }
+    if (message.kind === "session") this._onSession(message.env);
+    else if (message.kind === "event") {
+      const { type, env } = message;
+      if (type === "rooms.revoked") for (const room of env?.data?.rooms ?? []) delete this.positions[room];
+      if (this._accept(env)) this._dispatch(type, env);
+    } else if (message.kind === "reply") {
+      const waiting = this._calls.get(message.id);
+      if (!waiting) return;
+      this._calls.delete(message.id);
+      if (message.error) waiting.reject(new NotifierError(message.error.code, message.error.message));
+      else waiting.resolve(message.reply);
+    }
+  }
+
+  _callThroughLeader(event, payload, timeoutMs) {
+    const id = `${Date.now()}-${++this._callSeq}-${Math.random()}`;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this._calls.delete(id);
+        reject(new NotifierError("TIMEOUT", "no tab answered for the shared connection"));
+      }, timeoutMs);
+      this._calls.set(id, {
+        resolve: (reply) => { clearTimeout(timer); resolve(reply); },
+        reject: (err) => { clearTimeout(timer); reject(err); },
+      });
+      this._channel.postMessage({ kind: "call", id, event, payload, timeoutMs });
     });
   }
 
@@ -145,6 +239,7 @@ export class NotifierClient {
   connect() {
     this._closed = false;
     this._setState("connecting");
+    if (this._shared) return this._connectShared();
     return new Promise((resolve, reject) => {
       const cleanup = () => {
         this.socket.off("session", onSession);
@@ -164,11 +259,14 @@ export class NotifierClient {
   close() {
     this._closed = true;
     this.socket.disconnect();
+    this._release?.(); // shared: the next tab leads
+    this._channel?.close();
     this._setState("closed");
   }
 
   /** Emit with an ack; resolves with the reply, rejects with NotifierError on {ok: false}. */
   async call(event, payload = {}, timeoutMs = 10000) {
+    if (this._shared && !this._leader) return this._callThroughLeader(event, payload, timeoutMs);
     const reply = await this.socket.timeout(timeoutMs).emitWithAck(event, payload);
     if (!reply?.ok) {
       throw new NotifierError(reply?.error?.code ?? "INTERNAL", reply?.error?.message ?? "");
