@@ -332,3 +332,61 @@ async def test_a_database_from_the_version_before_keeps_every_notification(tmp_p
         assert (await store.inbox_counts("alice"))["unseen"] == 3  # read ones count as seen
     finally:
         await store.close()
+
+
+async def test_counts_stay_exact_on_two_nodes_of_postgresql(tmp_path: Path) -> None:
+    """The same, through REST, from several devices against two nodes sharing PostgreSQL:
+    concurrent transactions change one user's counts at once."""
+    import aiohttp
+
+    from notifier.health import Health
+    from notifier.store import open_store
+    from tests.cluster import cluster
+    from tests.test_cluster import token
+
+    async with cluster(tmp_path, nodes=2) as running, aiohttp.ClientSession() as http:
+        users = ["p0", "p1"]
+        publisher = {"Authorization": f"Bearer {token('svc', role=Role.PUBLISHER)}"}
+        known: dict[str, list[str]] = {user: [] for user in users}
+
+        async def device(seed: int, operations: int) -> None:
+            local = random.Random(seed)
+            for n in range(operations):
+                node = running.nodes[n % 2].url
+                user = local.choice(users)
+                mine = {"Authorization": f"Bearer {token(user)}"}
+                if local.random() < 0.35 or not known[user]:
+                    body = {
+                        "user_ids": [user],
+                        "title": "t",
+                        "category": local.choice(["a", "b"]),
+                        "severity": local.choice(["info", "critical"]),
+                        "group_key": local.choice([None, None, "g"]),
+                    }
+                    async with http.post(f"{node}/api/v1/notifications", json=body, headers=publisher) as r:
+                        assert r.status == 201, await r.text()
+                        known[user].extend(note["id"] for note in (await r.json())["notifications"])
+                    continue
+                ids = local.sample(known[user], k=min(len(known[user]), 2))
+                roll = local.random()
+                if roll < 0.7:
+                    field = local.choice(["read", "seen", "archived"])
+                    change = {"ids": ids, "set": {field: local.random() < 0.7}}
+                elif roll < 0.85:
+                    change = {"filter": {"category": local.choice(["a", "b"])}, "set": {"read": True}}
+                else:
+                    async with http.post(f"{node}/api/v1/notifications/delete", json={}, headers=mine) as r:
+                        assert r.status == 200, await r.text()
+                    continue
+                async with http.post(f"{node}/api/v1/notifications/changes", json=change, headers=mine) as r:
+                    assert r.status == 200, await r.text()
+
+        await asyncio.gather(*(device(seed, 300) for seed in range(4)))
+        store = open_store(running.store_url, Health())
+        await store.open()
+        try:
+            for user in users:
+                kept, recounted = await store.inbox_counts(user), await store.recount(user)
+                assert kept == recounted, (user, kept, recounted)
+        finally:
+            await store.close()
