@@ -97,7 +97,7 @@ export class NotifierClient {
   _onSession(env) {
     this.session = env.data;
     this._adopt(env.data.rooms ?? {});
-    this._setState("connected");
+    if (this.state !== "connected") this._setState("connected"); // a follower's tab
     this._waiting?.resolve(env.data);
     this._waiting = null;
     this._dispatch("session", env);

@@ -4,7 +4,11 @@ recalls, snooze and expiry, groups, actions and stable listing, on real servers 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import random
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -14,7 +18,9 @@ import pytest
 from notifier import Settings
 from notifier.auth import Role
 from notifier.client import Subscriber
+from notifier.health import Health
 from notifier.models import InboxChange, InboxDelete, InboxQuery, InboxSet, NotifyRequest
+from notifier.store import open_store
 from tests.conftest import RunningServer, make_settings, until
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -282,56 +288,60 @@ async def test_paging_is_stable_while_new_notifications_arrive(server: RunningSe
     assert bad[0] == 422
 
 
-async def test_a_database_from_the_version_before_keeps_every_notification(tmp_path: Path) -> None:
-    """A file written by the code of the version before (git 9d03ac0): opened by this
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+async def test_a_database_from_the_version_before_keeps_every_notification(
+    tmp_path: Path, backend: str
+) -> None:
+    """A database written by the code of the version before (git 9d03ac0): opened by this
     one, every notification is there, with its read state, and the counts are right."""
-    import os
-    import subprocess
-    import sys
+    async with contextlib.AsyncExitStack() as stack:
+        if backend == "sqlite":
+            url = f"sqlite:///{tmp_path / 'notifier.db'}"
+        else:
+            from tests.backends import postgres_database
 
-    from notifier.health import Health
-    from notifier.records import Notification
-    from notifier.store import open_store
+            url = await stack.enter_async_context(postgres_database())
+        await write_with_the_version_before(tmp_path / "old", url)
+        store = open_store(url, Health())
+        await store.open()
+        stack.push_async_callback(store.close)
+        listed = await store.list_notifications("alice", 10, None, False)
+        assert [(n.id, n.read) for n in listed] == [(f"n{i}", i in (1, 3)) for i in range(4, -1, -1)]
+        assert all(n.severity == "info" and n.category == "general" for n in listed)
+        assert await store.inbox_counts("alice") == await store.recount("alice")
+        counts = await store.inbox_counts("alice")
+        assert (counts["unread"], counts["unseen"]) == (3, 3)  # read ones count as seen
+        changed = await store.change_notifications("alice", ["n0"], None, {"archived": True}, 0)
+        assert changed == ["n0"] and (await store.inbox_counts("alice"))["unread"] == 2
 
-    old = tmp_path / "old"
-    add = ["git", "worktree", "add", "--detach", str(old), OLD_VERSION]
+
+async def write_with_the_version_before(worktree: Path, url: str) -> None:
+    """Five notifications for alice, two read, stored by the code of OLD_VERSION."""
+    add = ["git", "worktree", "add", "--detach", str(worktree), OLD_VERSION]
     made = await asyncio.to_thread(subprocess.run, add, cwd=ROOT, capture_output=True)
     if made.returncode != 0:
         pytest.skip(f"no git history here: {made.stderr.decode()[-200:]}")
+    script = (
+        "import asyncio\n"
+        "from notifier.health import Health\n"
+        "from notifier.records import Notification\n"
+        "from notifier.store import open_store\n"
+        "async def main():\n"
+        f"    store = open_store({url!r}, Health())\n"
+        "    await store.open()\n"
+        "    await store.add_notifications([Notification(id=f'n{i}', user_id='alice', title=f't{i}', "
+        "body=None, created_at=i + 1) for i in range(5)])\n"
+        "    await store.mark_read('alice', ['n1', 'n3'])\n"
+        "    await store.close()\n"
+        "asyncio.run(main())\n"
+    )
     try:
-        database = tmp_path / "notifier.db"
-        script = (
-            "import asyncio\n"
-            "from notifier.health import Health\n"
-            "from notifier.records import Notification\n"
-            "from notifier.store import open_store\n"
-            "async def main():\n"
-            f"    store = open_store('sqlite:///{database}', Health())\n"
-            "    await store.open()\n"
-            "    await store.add_notifications([Notification(id=f'n{i}', user_id='alice', title=f't{i}', "
-            "body=None, created_at=i + 1) for i in range(5)])\n"
-            "    await store.mark_read('alice', ['n1', 'n3'])\n"
-            "    await store.close()\n"
-            "asyncio.run(main())\n"
-        )
-        env = {**os.environ, "PYTHONPATH": str(old)}  # the old code, not this checkout's
+        env = {**os.environ, "PYTHONPATH": str(worktree)}  # the old code, not this checkout's
         run = [sys.executable, "-c", script]
-        await asyncio.to_thread(subprocess.run, run, cwd=old, check=True, env=env)
+        await asyncio.to_thread(subprocess.run, run, cwd=worktree, check=True, env=env)
     finally:
-        remove = ["git", "worktree", "remove", "--force", str(old)]
+        remove = ["git", "worktree", "remove", "--force", str(worktree)]
         await asyncio.to_thread(subprocess.run, remove, cwd=ROOT, capture_output=True)
-
-    store = open_store(f"sqlite:///{database}", Health())
-    await store.open()
-    try:
-        listed = await store.list_notifications("alice", 10, None, False)
-        assert [(n.id, n.read) for n in listed] == [(f"n{i}", i in (1, 3)) for i in range(4, -1, -1)]
-        assert isinstance(listed[0], Notification) and listed[0].severity == "info"
-        assert await store.inbox_counts("alice") == await store.recount("alice")
-        assert (await store.inbox_counts("alice"))["unread"] == 3
-        assert (await store.inbox_counts("alice"))["unseen"] == 3  # read ones count as seen
-    finally:
-        await store.close()
 
 
 async def test_counts_stay_exact_on_two_nodes_of_postgresql(tmp_path: Path) -> None:

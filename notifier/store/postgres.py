@@ -35,6 +35,7 @@ log = get_logger("notifier.store")
 T = TypeVar("T")
 COMPONENT = "store"
 _PROBE_SECONDS = 1.0
+_CONFLICT_ATTEMPTS = 3
 _SCHEMA_LOCK = 7_142_001  # pg_advisory_xact_lock key: one process migrates at a time
 
 _MIGRATIONS = [
@@ -148,8 +149,16 @@ class PostgresStore(PostgresJobs, PostgresInbox):
             raise NotifierError(ErrorCode.STORE_UNAVAILABLE, "the store is not open")
         started = time.perf_counter()
         try:
-            async with self._pool.acquire(timeout=5) as conn:
-                result = await work(conn)
+            for attempt in range(_CONFLICT_ATTEMPTS):
+                try:
+                    async with self._pool.acquire(timeout=5) as conn:
+                        result = await work(conn)
+                    break
+                except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
+                    # Two changes of one user's notifications (and counts) crossed: PostgreSQL
+                    # rolled one back, whole; running it again is safe.
+                    if attempt + 1 == _CONFLICT_ATTEMPTS:
+                        raise
         except Exception as exc:
             if not _unavailable(exc):
                 raise

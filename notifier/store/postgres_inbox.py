@@ -143,6 +143,16 @@ def where(user_id: str, ids: list[str] | None, match: InboxFilter | None, now: i
     return w
 
 
+async def _one_user_at_a_time(
+    db: asyncpg.Connection, user_id: str, sql: str, params: list[Any]
+) -> list[asyncpg.Record]:
+    """A change of many of one user's notifications, after any other change of theirs: two
+    that took their rows (and counts) in different orders would deadlock."""
+    async with db.transaction():
+        await db.execute("SELECT pg_advisory_xact_lock(hashtext('notifier-inbox:' || $1))", user_id)
+        return list(await db.fetch(sql, *params))
+
+
 class PostgresInbox:
     async def _run(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         raise NotImplementedError  # PostgresStore's
@@ -169,6 +179,13 @@ class PostgresInbox:
         now: int,
     ) -> list[str]:
         w = where(user_id, ids, match, now)
+        if changes.get("archived") is False:
+            # A group has one entry: an archived one of a group that started another stays.
+            w.add(
+                "NOT (group_key IS NOT NULL AND EXISTS (SELECT 1 FROM notifier_notifications o "
+                "WHERE o.user_id = notifier_notifications.user_id AND o.group_key = "
+                "notifier_notifications.group_key AND NOT o.archived AND o.id <> notifier_notifications.id))"
+            )
         sets, differs = [], []
         for column, value in changes.items():
             w.params.append(value)
@@ -178,7 +195,7 @@ class PostgresInbox:
             f"UPDATE notifier_notifications SET {', '.join(sets)} WHERE {w.sql()} "
             f"AND ({' OR '.join(differs)}) RETURNING id"
         )
-        rows = await self._run(lambda db: db.fetch(sql, *w.params))
+        rows = await self._run(lambda db: _one_user_at_a_time(db, user_id, sql, w.params))
         return [row["id"] for row in rows]
 
     async def delete_notifications(
@@ -190,7 +207,10 @@ class PostgresInbox:
         else:
             w = where(user_id, ids, match, now)
         sql = f"DELETE FROM notifier_notifications WHERE {w.sql()} RETURNING id, user_id"
-        rows = await self._run(lambda db: db.fetch(sql, *w.params))
+        if user_id is None:
+            rows = await self._run(lambda db: db.fetch(sql, *w.params))
+        else:
+            rows = await self._run(lambda db: _one_user_at_a_time(db, user_id, sql, w.params))
         return [(row["id"], row["user_id"]) for row in rows]
 
     async def get_notification(self, notification_id: str) -> Notification | None:

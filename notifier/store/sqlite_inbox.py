@@ -101,6 +101,13 @@ def row_values(n: Notification) -> tuple[Any, ...]:
     )
 
 
+# A group has one entry in the inbox: an archived one of a group that started another stays
+# in the archive.
+_GROUP_HAS_AN_ENTRY = (
+    "(group_key IS NOT NULL AND EXISTS (SELECT 1 FROM notifications other WHERE "
+    "other.user_id = notifications.user_id AND other.group_key = notifications.group_key "
+    "AND other.archived = 0 AND other.id <> notifications.id))"
+)
 STATE_COLUMNS = "seen, archived, snoozed_until, expires_at, category, severity, group_key, tags"
 _SELECT = "SELECT seq, body, read, seen, archived, snoozed_until FROM notifications"
 
@@ -185,6 +192,8 @@ class SqliteInbox:
         """Set `changes` (read, seen, archived, snoozed_until) on the user's notifications
         these ids or the filter name; the ids that changed."""
         clause, params = where(user_id, ids, match, now)
+        if changes.get("archived") is False:
+            clause += f" AND NOT {_GROUP_HAS_AN_ENTRY}"
         sets = ", ".join(f"{column} = ?" for column in changes)
         differs = " OR ".join(f"{column} IS NOT ?" for column in changes)
         values = [int(v) if isinstance(v, bool) else v for v in changes.values()]
