@@ -33,7 +33,9 @@ async function report(id, receipt) {
 }
 
 self.addEventListener("message", (event) => {
-  if (event.data?.type === "notifier.config") event.waitUntil(saveConfig(event.data));
+  if (event.data?.type !== "notifier.config") return;
+  // Saved, then told back: a page may wait for it before anything is pushed.
+  event.waitUntil(saveConfig(event.data).then(() => event.source?.postMessage({ type: "notifier.config.saved" })));
 });
 
 self.addEventListener("push", (event) => {

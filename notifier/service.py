@@ -13,10 +13,11 @@ import orjson
 from . import __version__
 from .auth import Claims
 from .broker import Broker, Delivery, Guard, Member, NewEvent
+from .channels import open_channels
 from .clock import Clock, SystemClock, millis
-from .email_digest import EMAIL, EmailDigests
+from .email_digest import EMAIL
 from .errors import ErrorCode, NotifierError
-from .escalation import ESCALATION, Channel, Escalations, escalation_id, user_of
+from .escalation import ESCALATION, Escalations, escalation_id, user_of
 from .health import Health
 from .history import Replay, SharedReplays
 from .idempotency import Idempotency
@@ -71,8 +72,8 @@ from .settings import Settings
 from .store import Store
 from .tasks import TaskBook
 from .threadsafe import ThreadSafeNotifier
-from .webhooks import WEBHOOK, Poster, Webhooks
-from .webpush import PUSH, WebPush
+from .webhooks import WEBHOOK, Poster
+from .webpush import PUSH
 
 log = get_logger("notifier.service")
 T = TypeVar("T")
@@ -109,47 +110,9 @@ class Notifier:
         )
         self.inbox = Inbox(store, self._publish, self.clock)
         self.receipts = Receipts(store, self.clock)
-        self.webhooks: Webhooks | None = None
-        channels: dict[str, Channel] = {}
-        if settings.webhook_url and settings.webhook_secret is not None:
-            self.webhooks = channels["webhook"] = Webhooks(
-                store,
-                self.clock,
-                poster or _NoPoster(),
-                url=settings.webhook_url,
-                secret=settings.webhook_secret.get_secret_value(),
-                allow_private=settings.webhook_allow_private,
-                max_attempts=settings.webhook_max_attempts,
-                retry_base_seconds=settings.webhook_retry_base_seconds,
-                retry_max_seconds=settings.webhook_retry_max_seconds,
-            )
-        self.push: WebPush | None = None
-        if settings.vapid_private_key is not None:
-            self.push = channels["push"] = WebPush(
-                store,
-                self.clock,
-                poster or _NoPoster(),
-                vapid_key=settings.vapid_private_key.get_secret_value(),
-                subject=settings.vapid_subject,
-                allow_private=settings.push_allow_private,
-                max_attempts=settings.webhook_max_attempts,
-                retry_base_seconds=settings.webhook_retry_base_seconds,
-                retry_max_seconds=settings.webhook_retry_max_seconds,
-            )
-        self.email: EmailDigests | None = None
-        if settings.smtp_url:
-            self.email = channels["email"] = EmailDigests(
-                store,
-                self.clock,
-                smtp_url=settings.smtp_url,
-                sender=settings.email_from,
-                window_seconds=settings.email_digest_seconds,
-                public_url=settings.public_url,
-                max_attempts=settings.webhook_max_attempts,
-                retry_base_seconds=settings.webhook_retry_base_seconds,
-                retry_max_seconds=settings.webhook_retry_max_seconds,
-            )
-        self.escalations = Escalations(store, self.clock, channels)
+        channels = open_channels(settings, store, self.clock, poster)
+        self.webhooks, self.push, self.email = channels.webhooks, channels.push, channels.email
+        self.escalations = Escalations(store, self.clock, channels.by_name())
         # Set by the application to "the event loop is late" (metrics): jobs then wait.
         self.loop_is_busy: Callable[[], bool] = lambda: False
 
@@ -609,11 +572,6 @@ class Transport(Protocol):
     def drop_members(self, room: str, reason: str) -> None: ...
 
     def user_connection_count(self) -> int: ...
-
-
-class _NoPoster:
-    async def post(self, url: str, body: bytes, headers: dict[str, str]) -> int:
-        raise OSError("no HTTP client was given to the service (Notifier(poster=...))")
 
 
 class _NoTransport:

@@ -177,8 +177,11 @@ const registration = await navigator.serviceWorker.register("/notifier-sw.js");
 await navigator.serviceWorker.ready;
 // What NotifierClient.registerPush() hands the worker (a real push service is not reachable
 // from the test machine, so the subscription itself is registered by the test).
+const saved = new Promise((resolve) => navigator.serviceWorker.addEventListener("message", (event) => {
+  if (event.data?.type === "notifier.config.saved") resolve();
+}));
 registration.active.postMessage({ type: "notifier.config", token, url: location.origin });
-await new Promise((resolve) => setTimeout(resolve, 200));
+await saved;
 document.body.dataset.ready = "true";
 </script></body></html>"""
 
