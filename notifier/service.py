@@ -41,6 +41,7 @@ from .models import (
     TaskCreate,
     TaskProgress,
 )
+from .outbox import OutboxRelay
 from .presence import Presence, check_tracked
 from .receipts import Receipts
 from .records import (
@@ -109,6 +110,7 @@ class Notifier:
             store, self._announce_task, self._publish_one, self.clock, settings.progress_max_per_second
         )
         self.inbox = Inbox(store, self._publish, self.clock)
+        self.outbox = OutboxRelay(store, self._publish)
         self.receipts = Receipts(store, self.clock)
         channels = open_channels(settings, store, self.clock, poster)
         self.webhooks, self.push, self.email = channels.webhooks, channels.push, channels.email
@@ -174,6 +176,8 @@ class Notifier:
         self._refresh.start()
         self._maintenance.start()
         self.inbox.redelivery.start()
+        if self.store.shared:  # PostgreSQL: applications may publish in their transactions
+            self.outbox.start()
         for runner in self._jobs:
             runner.start()
 
@@ -185,6 +189,7 @@ class Notifier:
         await asyncio.gather(*self._background, return_exceptions=True)
         await self._maintenance.stop()
         await self.inbox.redelivery.stop()
+        await self.outbox.stop()
         for runner in self._jobs:
             await runner.stop()
         await self.receipts.close()

@@ -23,6 +23,7 @@ from ..records import (
     Task,
     TaskStatus,
 )
+from .postgres_outbox import OutboxEvent, Relay
 
 ClaimState = Literal["new", "done", "pending"]
 
@@ -34,6 +35,9 @@ class Claim:
 
     state: ClaimState
     result: dict[str, Any] | None = None
+
+
+__all__ = ["Claim", "ClaimState", "OutboxEvent", "Store", "open_store"]
 
 
 class Store(Protocol):
@@ -200,6 +204,13 @@ class Store(Protocol):
         ...
 
     async def push_subscriptions(self, user_id: str) -> list[PushSubscription]: ...
+
+    # The transactional outbox (PostgreSQL): events applications published in their own
+    # transactions.
+    async def relay_outbox(self, relay: Relay, limit: int) -> int:
+        """Hand the oldest committed outbox events to `relay` and remove the ones it returns,
+        in one transaction, one process at a time; how many (0: none, or none here)."""
+        ...
 
     # Idempotency: a request retried after a lost answer is applied once.
     async def claim_idempotency_key(self, key: str, ts: int, stale_before: int) -> Claim:

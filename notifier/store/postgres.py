@@ -29,6 +29,8 @@ from .postgres_inbox import MIGRATION as INBOX_MIGRATION
 from .postgres_inbox import PostgresInbox
 from .postgres_jobs import MIGRATION as JOBS_MIGRATION
 from .postgres_jobs import PostgresJobs, insert_jobs
+from .postgres_outbox import MIGRATION as OUTBOX_MIGRATION
+from .postgres_outbox import PostgresOutbox
 
 log = get_logger("notifier.store")
 
@@ -68,6 +70,7 @@ _MIGRATIONS = [
     """,
     JOBS_MIGRATION,
     INBOX_MIGRATION,
+    OUTBOX_MIGRATION,
 ]
 
 # SQLSTATE classes that mean "the database cannot serve right now", not "your query is wrong":
@@ -94,7 +97,7 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
-class PostgresStore(PostgresJobs, PostgresInbox):
+class PostgresStore(PostgresJobs, PostgresInbox, PostgresOutbox):
     shared = True
 
     def __init__(self, url: str, health: Health, *, pool_size: int = 10, schema: str | None = None) -> None:

@@ -12,6 +12,7 @@ import orjson
 
 from ..records import FINISHED_STATUSES, InboxFilter, Job, Notification, Task, TaskStatus
 from . import Claim
+from .postgres_outbox import Relay
 from .sqlite_db import SqliteDatabase
 from .sqlite_inbox import STATE_COLUMNS, SqliteInbox, row_values
 from .sqlite_inbox import migrate as migrate_inbox
@@ -192,6 +193,10 @@ class SqliteStore(SqliteJobs, SqliteInbox):
                 db.executemany(INSERT_JOB, job_rows(jobs))
 
         await self.db.write(add)
+
+    async def relay_outbox(self, relay: Relay, limit: int) -> int:
+        """No outbox: applications publish into their own transactions with PostgreSQL."""
+        return 0
 
     async def mark_delivered(self, ids: list[str]) -> None:
         await self.db.write(

@@ -1,0 +1,85 @@
+"""Publishing inside the application's own transaction (PostgreSQL): the transactional outbox.
+
+An application calls `SELECT notifier_publish(room, type, data)` in its transaction; the
+event is a row of `notifier_outbox`, there exactly when the transaction commits. The function
+takes a lock per room until the commit, so a room's rows are numbered in commit order. Each
+node relays the outbox, one node at a time (an advisory lock for the relaying transaction):
+it reads the oldest rows, appends them to the rooms' histories under their ids (at most once
+each), and deletes them in the same transaction. A node that dies mid-way leaves them to the
+next; the broker drops a second append of an id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import asyncpg
+
+T = TypeVar("T")
+
+MIGRATION = """
+CREATE TABLE IF NOT EXISTS notifier_outbox (
+    seq bigserial PRIMARY KEY, room text NOT NULL, type text NOT NULL,
+    data jsonb NOT NULL DEFAULT '{}',
+    id text NOT NULL DEFAULT md5(random()::text || clock_timestamp()::text),
+    created_at bigint NOT NULL DEFAULT (extract(epoch FROM clock_timestamp()) * 1000)::bigint
+);
+CREATE OR REPLACE FUNCTION notifier_publish(room text, type text, data jsonb DEFAULT '{}')
+RETURNS text LANGUAGE plpgsql AS $$
+DECLARE event_id text;
+BEGIN
+  -- A room's transactions take turns from here to their commit: its rows are numbered in
+  -- commit order.
+  PERFORM pg_advisory_xact_lock(hashtext('notifier-outbox:' || room));
+  INSERT INTO notifier_outbox (room, type, data) VALUES (room, type, COALESCE(data, '{}'))
+  RETURNING id INTO event_id;
+  PERFORM pg_notify('notifier_outbox', '');
+  RETURN event_id;
+END $$;
+"""
+
+_RELAY_LOCK = 7_142_002
+
+
+@dataclass(frozen=True)
+class OutboxEvent:
+    seq: int
+    room: str
+    type: str
+    data: dict[str, Any]
+    id: str
+    created_at: int
+
+
+Relay = Callable[[list[OutboxEvent]], Awaitable[list[OutboxEvent]]]
+
+
+class PostgresOutbox:
+    async def _run(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        raise NotImplementedError  # PostgresStore's
+
+    async def relay_outbox(self, relay: Relay, limit: int) -> int:
+        """Hand the oldest committed outbox rows to `relay` (which appends them), and delete
+        them in the same transaction; how many. 0 when another node is relaying."""
+
+        async def take(db: asyncpg.Connection) -> int:
+            async with db.transaction():
+                if not await db.fetchval("SELECT pg_try_advisory_xact_lock($1)", _RELAY_LOCK):
+                    return 0
+                rows = await db.fetch(
+                    "SELECT seq, room, type, data, id, created_at FROM notifier_outbox ORDER BY seq LIMIT $1",
+                    limit,
+                )
+                if not rows:
+                    return 0
+                events = [
+                    OutboxEvent(r["seq"], r["room"], r["type"], r["data"], r["id"], r["created_at"])
+                    for r in rows
+                ]
+                done = await relay(events)  # an exception rolls the whole batch back
+                await db.execute("DELETE FROM notifier_outbox WHERE seq = ANY($1)", [e.seq for e in done])
+                return len(done)
+
+        return await self._run(take)
