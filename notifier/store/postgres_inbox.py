@@ -143,13 +143,16 @@ def where(user_id: str, ids: list[str] | None, match: InboxFilter | None, now: i
     return w
 
 
+_USER_TURN = "SELECT pg_advisory_xact_lock(hashtext('notifier-inbox:' || $1))"
+
+
 async def _one_user_at_a_time(
     db: asyncpg.Connection, user_id: str, sql: str, params: list[Any]
 ) -> list[asyncpg.Record]:
     """A change of many of one user's notifications, after any other change of theirs: two
     that took their rows (and counts) in different orders would deadlock."""
     async with db.transaction():
-        await db.execute("SELECT pg_advisory_xact_lock(hashtext('notifier-inbox:' || $1))", user_id)
+        await db.execute(_USER_TURN, user_id)
         return list(await db.fetch(sql, *params))
 
 
@@ -240,11 +243,9 @@ class PostgresInbox:
 
         async def add(db: asyncpg.Connection) -> Notification:
             async with db.transaction():
-                # One group's notifications arrive one at a time (the unique index would
-                # refuse a second new entry otherwise).
-                await db.execute(
-                    "SELECT pg_advisory_xact_lock(hashtext($1 || '|' || $2))", n.user_id, n.group_key
-                )
+                # One at a time with every other change of the user's inbox (an unarchive
+                # could otherwise give the group a second entry between look and insert).
+                await db.execute(_USER_TURN, n.user_id)
                 row = await db.fetchrow(
                     f"{_SELECT} WHERE user_id = $1 AND group_key = $2 AND NOT archived FOR UPDATE",
                     n.user_id,
