@@ -21,7 +21,7 @@ from urllib.parse import quote, urlsplit
 import aiosmtplib
 
 from .clock import Clock, millis
-from .jobs import retry_delay
+from .jobs import Retries
 from .logs import get_logger
 from .models import Preferences
 from .records import Job, JobState, Notification
@@ -61,9 +61,7 @@ class EmailDigests:
         self._sender = sender
         self._window_ms = int(window_seconds * 1000)
         self._public_url = public_url.rstrip("/")
-        self._max_attempts = max_attempts
-        self._retry_base = retry_base_seconds
-        self._retry_max = retry_max_seconds
+        self._retries = Retries(max_attempts, retry_base_seconds, retry_max_seconds)
         self._key: bytes | None = None
         self.poke = lambda: None
         # For the metrics.
@@ -105,13 +103,10 @@ class EmailDigests:
             )
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             error = f"{type(exc).__name__}: {exc}"[:300]
-            if job.attempts + 1 >= self._max_attempts:
-                await self._store.finish_job(job.id, JobState.FAILED, error)
+            if await self._retries.after_failure(self._store, self._clock, job, error):
                 self.failed += 1
                 log.warning("email_failed", job=job.id, error=error)
             else:
-                delay = retry_delay(job.attempts, self._retry_base, self._retry_max)
-                await self._store.retry_job(job.id, millis(self._clock.now() + delay), error)
                 self.retried += 1
             return
         await self._store.finish_jobs([item.id for item in items], JobState.DONE)

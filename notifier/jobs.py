@@ -8,11 +8,12 @@ import asyncio
 import contextlib
 import random
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from .clock import Clock, millis
 from .errors import NotifierError
 from .logs import get_logger
-from .records import Job
+from .records import Job, JobState
 from .store import Store
 
 log = get_logger("notifier.service")
@@ -29,6 +30,24 @@ def retry_delay(attempts: int, base: float, most: float) -> float:
     """Seconds before the next attempt: exponential, capped, with jitter (so receivers that
     come back are not met by every sender at once)."""
     return float(min(most, base * 2**attempts) * random.uniform(0.5, 1.0))
+
+
+@dataclass(frozen=True)
+class Retries:
+    """How a delivery job (webhook, push, mail) that failed is tried again."""
+
+    max_attempts: int
+    base_seconds: float
+    max_seconds: float
+
+    async def after_failure(self, store: Store, clock: Clock, job: Job, error: str) -> bool:
+        """Schedule the next attempt, or fail the job after its last one; True if it failed."""
+        if job.attempts + 1 >= self.max_attempts:
+            await store.finish_job(job.id, JobState.FAILED, error)
+            return True
+        delay = retry_delay(job.attempts, self.base_seconds, self.max_seconds)
+        await store.retry_job(job.id, millis(clock.now() + delay), error)
+        return False
 
 
 class JobRunner:

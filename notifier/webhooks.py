@@ -18,7 +18,7 @@ from standardwebhooks.webhooks import Webhook
 
 from .clock import Clock, millis
 from .destinations import Destinations, UnsafeURL
-from .jobs import retry_delay
+from .jobs import Retries
 from .logs import get_logger
 from .records import Job, JobState, Notification
 from .store import Store
@@ -54,9 +54,7 @@ class Webhooks:
         self._url = url
         self._signer = Webhook(secret)
         self._destinations = Destinations(allow_private, ("http", "https"))
-        self._max_attempts = max_attempts
-        self._retry_base = retry_base_seconds
-        self._retry_max = retry_max_seconds
+        self._retries = Retries(max_attempts, retry_base_seconds, retry_max_seconds)
         # Set by the service once its runner exists: look for due jobs at once.
         self.poke: Any = lambda: None
         # For the metrics.
@@ -85,15 +83,11 @@ class Webhooks:
             await self._store.finish_job(job.id, JobState.DONE)
             self.sent += 1
             return
-        attempts = job.attempts + 1
-        if attempts >= self._max_attempts:
-            await self._store.finish_job(job.id, JobState.FAILED, error)
+        if await self._retries.after_failure(self._store, self._clock, job, error):
             self.failed += 1
-            log.warning("webhook_failed", job=job.id, attempts=attempts, error=error)
-            return
-        delay = retry_delay(job.attempts, self._retry_base, self._retry_max)
-        await self._store.retry_job(job.id, millis(self._clock.now() + delay), error)
-        self.retried += 1
+            log.warning("webhook_failed", job=job.id, attempts=job.attempts + 1, error=error)
+        else:
+            self.retried += 1
 
     async def failures(self, limit: int) -> list[Job]:
         return await self._store.list_jobs(WEBHOOK, JobState.FAILED, limit)

@@ -27,7 +27,7 @@ from py_vapid import Vapid02
 from .clock import Clock, millis
 from .destinations import Destinations, UnsafeURL
 from .errors import ErrorCode, NotifierError
-from .jobs import retry_delay
+from .jobs import Retries
 from .logs import get_logger
 from .records import Job, JobState, Notification, PushSubscription
 from .store import Store
@@ -119,9 +119,7 @@ class WebPush:
         self.public_key = public_key_of(self._vapid)
         self._subject = subject
         self._destinations = Destinations(allow_private, ("http", "https") if allow_private else ("https",))
-        self._max_attempts = max_attempts
-        self._retry_base = retry_base_seconds
-        self._retry_max = retry_max_seconds
+        self._retries = Retries(max_attempts, retry_base_seconds, retry_max_seconds)
         self.poke: Any = lambda: None
         # A VAPID header per push service, signed once and reused (valid 12 h, renewed at 6).
         self._signed: dict[str, tuple[float, dict[str, str]]] = {}
@@ -205,11 +203,8 @@ class WebPush:
             await self._store.finish_job(job.id, JobState.CANCELLED, f"subscription gone ({error})")
             self.expired += 1
             log.info("push_subscription_expired", endpoint=_origin(endpoint), status=status)
-        elif job.attempts + 1 >= self._max_attempts:
-            await self._store.finish_job(job.id, JobState.FAILED, error)
+        elif await self._retries.after_failure(self._store, self._clock, job, error):
             self.failed += 1
             log.warning("push_failed", job=job.id, error=error)
         else:
-            delay = retry_delay(job.attempts, self._retry_base, self._retry_max)
-            await self._store.retry_job(job.id, millis(self._clock.now() + delay), error)
             self.retried += 1
