@@ -21,7 +21,7 @@ from .clock import Clock, SystemClock
 from .destinations import UnsafeURL, check_destination
 from .errors import StartupError
 from .health import Health
-from .keys import ENGINE, GATEWAY, HEALTH, METRICS, NOTIFIER, REST_LIMIT, SETTINGS, VERIFIER
+from .keys import ENGINE, GATEWAY, HEALTH, METRICS, NOTIFIER, REST_LIMIT, SETTINGS, SIBLINGS, VERIFIER
 from .logs import ClientErrorLog, get_logger
 from .metrics import Metrics
 from .service import Notifier
@@ -35,8 +35,10 @@ from .transport.rest_limits import RestRateLimit
 from .transport.socket_api import SocketGateway
 from .transport.webhook_poster import HttpPoster
 from .transport.wire_errors import NotifierErrorShapes, http_error_body
+from .transport.workers import HandedConnections, Siblings
 from .wire import EngineOptions, EngineServer, GuardedRunner, SocketServer, TokenBucket
 from .wire.limits import ConnectionLimits, OpenConnections
+from .worker_routing import WorkerRole
 
 log = get_logger("notifier.app")
 
@@ -55,8 +57,11 @@ _LISTEN_BACKLOG = 65535
 _JOBS_YIELD_LAG = 0.01
 
 
-def create_app(settings: Settings | None = None, *, clock: Clock | None = None) -> web.Application:
-    """Build the whole service. Run it with `serve`, or mount it in an app of your own."""
+def create_app(
+    settings: Settings | None = None, *, clock: Clock | None = None, worker: WorkerRole | None = None
+) -> web.Application:
+    """Build the whole service. Run it with `serve`, or mount it in an app of your own.
+    `worker`: this process is one of `serve --workers N`."""
     settings = settings or Settings()
     clock = clock or SystemClock()
     health = Health()
@@ -87,7 +92,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     verifier = TokenVerifier(settings, verification_key(settings))
     client_errors = ClientErrorLog(get_logger("notifier.clients"))
 
-    metrics = Metrics()
+    metrics = Metrics(worker.index if worker is not None else None)
     # Escalations, webhooks, pushes and mails wait while the loop is late: live delivery first.
     notifier.loop_is_busy = lambda: metrics.latest_lag > _JOBS_YIELD_LAG
     receipt_seconds = metrics.receipt_seconds
@@ -109,6 +114,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
             max_pending_per_peer=settings.max_pending_sessions_per_peer,
             exempt=frozenset(settings.trusted_proxies),
         ),
+        sid_prefix=worker.sid_prefix if worker is not None else "",
     )
     engine = EngineServer(
         options,
@@ -143,7 +149,11 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     app[HEALTH] = health
     app[METRICS] = metrics
     app[REST_LIMIT] = RestRateLimit(settings, clock)
-    app.router.add_route("*", SOCKETIO_PATH, engine.handle)
+    siblings = Siblings(worker) if worker is not None else None
+    if siblings is not None:
+        app[SIBLINGS] = siblings
+    socketio_route = siblings.engine_route(engine.handle) if siblings is not None else engine.handle
+    app.router.add_route("*", SOCKETIO_PATH, socketio_route)
     app.router.add_get("/metrics", metrics_view.public_metrics)
     app.add_routes(health_routes)
     app.add_routes(routes)
@@ -151,6 +161,8 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await notifier.start()
+        if siblings is not None:
+            await siblings.start()
         engine.start()
         gateway.start()
         metrics.start()
@@ -167,6 +179,8 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         engine.stop()
         await sockets.settle(timeout=2.0)
         await notifier.stop()
+        if siblings is not None:
+            await siblings.stop()
         await poster.close()
         log.info("stopped")
 
@@ -217,11 +231,14 @@ def raise_open_files_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def _listen(host_variable: str, port_variable: str, host: str, port: int) -> socket.socket:
+def _listen(
+    host_variable: str, port_variable: str, host: str, port: int, *, shared: bool = False
+) -> socket.socket:
     """A listening socket; a failure names the variable at fault: the address when it does
-    not resolve or is not this machine's, the port otherwise (taken, privileged)."""
+    not resolve or is not this machine's, the port otherwise (taken, privileged). `shared`:
+    every worker of `serve --workers` binds it (SO_REUSEPORT)."""
     try:
-        return socket.create_server((host, port), backlog=_LISTEN_BACKLOG)
+        return socket.create_server((host, port), backlog=_LISTEN_BACKLOG, reuse_port=shared)
     except socket.gaierror as exc:
         raise StartupError(f"{host_variable}: {host!r} is not an address here: {exc.strerror}") from exc
     except OSError as exc:
@@ -229,27 +246,39 @@ def _listen(host_variable: str, port_variable: str, host: str, port: int) -> soc
         raise StartupError(f"{variable}: cannot listen on {host}:{port}: {exc.strerror}") from exc
 
 
-async def serve(settings: Settings, host: str, port: int) -> None:
-    """Run the service until SIGTERM or SIGINT, then close connections and exit promptly."""
+def listen_public(host: str, port: int) -> socket.socket:
+    return _listen("NOTIFIER_HOST", "NOTIFIER_PORT", host, port)
+
+
+async def serve(settings: Settings, host: str, port: int, worker: WorkerRole | None = None) -> None:
+    """Run the service until SIGTERM or SIGINT, then close connections and exit promptly.
+    `worker`: one of `serve --workers N`, whose connections the supervisor hands over."""
     # Bound before anything starts, so a taken port is the only thing reported.
-    listener = _listen("NOTIFIER_HOST", "NOTIFIER_PORT", host, port)
+    listener = listen_public(host, port) if worker is None else None
     internal = None
     if settings.internal_port is not None:
         internal = _listen(
-            "NOTIFIER_INTERNAL_HOST", "NOTIFIER_INTERNAL_PORT", settings.internal_host, settings.internal_port
+            "NOTIFIER_INTERNAL_HOST",
+            "NOTIFIER_INTERNAL_PORT",
+            settings.internal_host,
+            settings.internal_port,
+            shared=worker is not None,
         )
-    app = create_app(settings)
+    app = create_app(settings, worker=worker)
     runner = make_runner(app, shutdown_timeout=5.0)
     await runner.setup()
     tune_garbage_collector()
     raise_open_files_limit()
-    await web.SockSite(runner, listener, backlog=_LISTEN_BACKLOG).start()
-    log.info("listening", url=f"http://{host}:{port}")
-    internal_runner = None
+    handed = None
+    if listener is not None:
+        await web.SockSite(runner, listener, backlog=_LISTEN_BACKLOG).start()
+        log.info("listening", url=f"http://{host}:{port}")
+    internal_runners = []
     if internal is not None:
-        internal_runner = web.AppRunner(metrics_view.internal_app(app[METRICS], app[HEALTH]), access_log=None)
+        internal_runner = web.AppRunner(metrics_view.internal_app(app), access_log=None)
         await internal_runner.setup()
         await web.SockSite(internal_runner, internal).start()
+        internal_runners.append(internal_runner)
         log.info(
             "listening_internal",
             url=f"http://{settings.internal_host}:{settings.internal_port}",
@@ -257,6 +286,18 @@ async def serve(settings: Settings, host: str, port: int) -> None:
         )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    if worker is not None:
+        # The siblings reach this worker here: requests for its sessions, and scrapes.
+        await web.UnixSite(runner, str(worker.forward_socket(worker.index))).start()
+        scrape_runner = web.AppRunner(metrics_view.worker_app(app), access_log=None)
+        await scrape_runner.setup()
+        await web.UnixSite(scrape_runner, str(worker.scrape_socket(worker.index))).start()
+        internal_runners.append(scrape_runner)
+        assert runner.server is not None
+        handed = HandedConnections(socket.socket(fileno=worker.channel_fd), runner.server)
+        handed.start()
+        orphaned = loop.create_task(_stop_when(handed.closed, stop))
+        log.info("worker_listening", worker=worker.index, workers=worker.count)
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     try:
@@ -270,6 +311,15 @@ async def serve(settings: Settings, host: str, port: int) -> None:
         # clients' closing handshakes were measured to hang until the shutdown timeout.
         app[HEALTH].draining = True
         await app[ENGINE].drop_all()
+        if handed is not None:
+            handed.stop()
+            orphaned.cancel()
         await runner.cleanup()
-        if internal_runner is not None:
+        for internal_runner in internal_runners:
             await internal_runner.cleanup()
+
+
+async def _stop_when(happened: asyncio.Event, stop: asyncio.Event) -> None:
+    await happened.wait()
+    log.warning("supervisor_gone", detail="the supervisor's channel closed; this worker stops")
+    stop.set()

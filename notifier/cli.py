@@ -27,6 +27,7 @@ from .settings import (
     described,
     unknown_variables,
 )
+from .worker_routing import WorkerRole
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,6 +38,16 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", help="overrides NOTIFIER_HOST")
     serve.add_argument("--port", type=int, help="overrides NOTIFIER_PORT")
     serve.add_argument("--internal-port", type=int, help="overrides NOTIFIER_INTERNAL_PORT")
+    serve.add_argument(
+        "--workers",
+        type=_worker_count,
+        help="N worker processes on the port, or 'auto' (one per usable core); needs a shared "
+        "broker (NOTIFIER_BROKER_URL)",
+    )
+    # How the supervisor starts each of its workers (not for people).
+    serve.add_argument("--worker", help=argparse.SUPPRESS)
+    serve.add_argument("--channel-fd", type=int, help=argparse.SUPPRESS)
+    serve.add_argument("--worker-directory", type=Path, help=argparse.SUPPRESS)
 
     token = commands.add_parser("token", help="print a signed token for a user")
     token.add_argument("--sub", required=True, help="user id")
@@ -65,18 +76,40 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         if args.internal_port is not None:
             settings = settings.model_copy(update={"internal_port": args.internal_port})
-        return _serve(settings, args.host, args.port)
+        if args.workers is not None:
+            return _supervise(settings, args)
+        return _serve(settings, args.host, args.port, _worker_role(args))
     if args.command == "config":
         return _config(settings)
     return _token(settings, args)
 
 
-def _serve(settings: Settings, host: str | None, port: int | None) -> int:
-    from .app import serve
+def _worker_count(value: str) -> int:
+    if value == "auto":
+        from .supervisor import usable_cores
+
+        return usable_cores()
+    try:
+        count = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError("a number of workers, or 'auto'") from None
+    if not 1 <= count <= 256:
+        raise argparse.ArgumentTypeError("between 1 and 256 workers")
+    return count
+
+
+def _worker_role(args: argparse.Namespace) -> WorkerRole | None:
+    if args.worker is None:
+        return None
+    index, count = (int(part) for part in args.worker.split("/"))
+    return WorkerRole(index, count, args.channel_fd, args.worker_directory)
+
+
+def _prepare(settings: Settings, *, report_unknown: bool = True) -> None:
     from .logs import configure_logging, get_logger
 
     configure_logging(settings.log_level, settings.log_format)
-    for variable in unknown_variables():
+    for variable in unknown_variables() if report_unknown else []:
         get_logger("notifier.settings").warning("unknown_setting", variable=variable)
     try:
         import uvloop
@@ -84,12 +117,50 @@ def _serve(settings: Settings, host: str | None, port: int | None) -> int:
         pass
     else:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def _serve(settings: Settings, host: str | None, port: int | None, worker: WorkerRole | None) -> int:
+    from .app import serve
+
+    _prepare(settings, report_unknown=worker is None)  # (a supervisor reported them already)
     try:
-        asyncio.run(serve(settings, host or settings.host, settings.port if port is None else port))
+        asyncio.run(serve(settings, host or settings.host, settings.port if port is None else port, worker))
     except StartupError as exc:
         print(f"cannot start: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _supervise(settings: Settings, args: argparse.Namespace) -> int:
+    """`serve --workers N`: the supervisor (notifier.supervisor)."""
+    from .app import listen_public
+    from .supervisor import Supervisor, worker_command
+
+    if not settings.broker_url:
+        print(
+            f"cannot start: --workers {args.workers}: workers share histories, fan-out and presence "
+            "through a broker; set NOTIFIER_BROKER_URL (redis://... or postgresql://...) and "
+            "NOTIFIER_STORE_URL=postgresql://...",
+            file=sys.stderr,
+        )
+        return 2
+    _prepare(settings)
+    host = args.host or settings.host
+    port = settings.port if args.port is None else args.port
+    try:
+        listener = listen_public(host, port)
+    except StartupError as exc:
+        print(f"cannot start: {exc}", file=sys.stderr)
+        return 2
+    command = worker_command()
+    if args.internal_port is not None:
+        command += ["--internal-port", str(args.internal_port)]
+
+    async def supervise() -> int:
+        supervisor = Supervisor(listener, args.workers, command, drain_seconds=settings.drain_seconds)
+        return await supervisor.run()
+
+    return asyncio.run(supervise())
 
 
 def _config(settings: Settings) -> int:

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from .settings import Settings
     from .transport.rest_limits import RestRateLimit
     from .transport.socket_api import SocketGateway
+    from .transport.workers import Siblings
     from .wire import EngineServer
 
 NOTIFIER: web.AppKey[Notifier] = web.AppKey("notifier")
@@ -24,3 +25,5 @@ ENGINE: web.AppKey[EngineServer] = web.AppKey("engine")
 HEALTH: web.AppKey[Health] = web.AppKey("health")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 REST_LIMIT: web.AppKey[RestRateLimit] = web.AppKey("rest_limit")
+# Under `serve --workers`: the other workers of this one.
+SIBLINGS: web.AppKey[Siblings] = web.AppKey("siblings")

@@ -29,10 +29,12 @@ class ServiceProcess:
         secret: str | None,
         port: int | None = None,
         log_path: Path | None = None,
+        serve_args: tuple[str, ...] = (),
         **env: str,
     ) -> None:
         """`secret=None` runs it in development mode (a generated secret in data_dir);
-        `log_path` collects its log (stderr) in a file."""
+        `log_path` collects its log (stderr) in a file; `serve_args` follow `serve`."""
+        self.serve_args = serve_args
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER_")}
@@ -59,6 +61,7 @@ class ServiceProcess:
                 "-m",
                 "notifier",
                 "serve",
+                *self.serve_args,
                 env=self.env,
                 stderr=stderr,
             )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -12,7 +13,7 @@ from pydantic import BaseModel, ValidationError
 from ..auth import Claims
 from ..errors import HTTP_STATUS, ErrorCode, NotifierError
 from ..idempotency import fingerprint_of, scoped
-from ..keys import ENGINE, GATEWAY, HEALTH, NOTIFIER, REST_LIMIT, VERIFIER
+from ..keys import ENGINE, GATEWAY, HEALTH, NOTIFIER, REST_LIMIT, SIBLINGS, VERIFIER
 from ..logs import get_logger
 from ..models import (
     ActionByRest,
@@ -153,14 +154,32 @@ async def status(request: web.Request) -> web.Response:
     if not _claims(request).is_admin:
         raise NotifierError(ErrorCode.FORBIDDEN, "the status is for admin tokens")
     gateway = request.app[GATEWAY]
-    return json_response(
-        {
-            **request.app[NOTIFIER].status(),
-            "connections": gateway.connection_counts(),
-            "sessions": request.app[ENGINE].counts(),
-            "rooms": gateway.room_count(),
-        }
-    )
+    answer = {
+        **request.app[NOTIFIER].status(),
+        "connections": gateway.connection_counts(),
+        "sessions": request.app[ENGINE].counts(),
+        "rooms": gateway.room_count(),
+    }
+    siblings = request.app.get(SIBLINGS)
+    if siblings is not None:
+        # Under `serve --workers`: which worker answered, and every worker's summary.
+        own = worker_summary(request.app)
+        others = await siblings.statuses()
+        answer["worker"] = own["index"]
+        answer["workers"] = sorted([own, *others.values()], key=lambda summary: int(summary["index"]))
+    return json_response(answer)
+
+
+def worker_summary(app: web.Application) -> dict[str, Any]:
+    """One worker's figures for `/api/v1/status` (`serve --workers`)."""
+    gateway = app[GATEWAY]
+    return {
+        "index": app[SIBLINGS].role.index,
+        "pid": os.getpid(),
+        "connections": gateway.connection_counts(),
+        "sessions": app[ENGINE].counts(),
+        "rooms": gateway.room_count(),
+    }
 
 
 # Idempotency (the IETF draft's header, or the body's `idempotency_key`)

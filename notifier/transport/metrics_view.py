@@ -14,15 +14,14 @@ from aiohttp import web
 from prometheus_client.core import Metric
 
 from ..errors import ErrorCode, NotifierError
-from ..health import Health
-from ..keys import HEALTH, METRICS, VERIFIER
+from ..keys import HEALTH, METRICS, SIBLINGS, VERIFIER
 from ..logs import ClientErrorLog
 from ..metrics import CONTENT_TYPE, Metrics, counter, gauge
 from ..service import Notifier
 from ..wire import EngineServer, SocketServer
 from ..wire.codes import SLOW_CONSUMER
 from .fanout import SocketFanOut
-from .http import health_routes
+from .http import health_routes, json_response, worker_summary
 from .socket_api import SocketGateway
 
 
@@ -173,8 +172,12 @@ def read_service(
     metrics.read_at_scrape(read)
 
 
-def _exposition(metrics: Metrics) -> web.Response:
-    return web.Response(body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})
+async def _exposition(app: web.Application) -> web.Response:
+    """This process's metrics; under `serve --workers`, every worker's (each labelled)."""
+    own = app[METRICS].exposition()
+    siblings = app.get(SIBLINGS)
+    body = own if siblings is None else await siblings.metrics(own)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
 async def public_metrics(request: web.Request) -> web.Response:
@@ -186,18 +189,36 @@ async def public_metrics(request: web.Request) -> web.Response:
             ErrorCode.FORBIDDEN,
             "/metrics needs an admin token here; Prometheus should scrape NOTIFIER_INTERNAL_PORT",
         )
-    return _exposition(request.app[METRICS])
+    return await _exposition(request.app)
 
 
-def internal_app(metrics: Metrics, health: Health) -> web.Application:
+def internal_app(service: web.Application) -> web.Application:
     """The internal listener: /metrics, /healthz and /readyz, no token (keep it private)."""
     app = web.Application()
-    app[METRICS] = metrics
-    app[HEALTH] = health
+    app[METRICS] = service[METRICS]
+    app[HEALTH] = service[HEALTH]
+    if SIBLINGS in service:
+        app[SIBLINGS] = service[SIBLINGS]
 
     async def scrape(request: web.Request) -> web.Response:
-        return _exposition(metrics)
+        return await _exposition(app)
 
     app.router.add_get("/metrics", scrape)
     app.add_routes(health_routes)
+    return app
+
+
+def worker_app(service: web.Application) -> web.Application:
+    """What a worker of `serve --workers` tells its siblings, on its Unix socket: its own
+    metrics and its summary (they gather every worker's)."""
+    app = web.Application()
+
+    async def scrape(request: web.Request) -> web.Response:
+        return web.Response(body=service[METRICS].exposition(), headers={"Content-Type": CONTENT_TYPE})
+
+    async def summary(request: web.Request) -> web.Response:
+        return json_response(worker_summary(service))
+
+    app.router.add_get("/metrics", scrape)
+    app.router.add_get("/worker", summary)
     return app

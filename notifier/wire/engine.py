@@ -48,6 +48,9 @@ class EngineOptions:
     cors_origins: list[str] = field(default_factory=list)
     trusted_proxies: frozenset[str] = frozenset()
     limits: ConnectionLimits = field(default_factory=ConnectionLimits)
+    # Put before every sid: a process among several on one port names itself in its sids, so
+    # whatever passes connections to them can route a long-polling request by its sid alone.
+    sid_prefix: str = ""
 
 
 class TransportError(Exception):
@@ -205,7 +208,7 @@ class EngineServer:
                 "too many sessions from your address are not connected yet; retry shortly",
                 limits.retry_after,
             )
-        sid = new_sid()
+        sid = self.options.sid_prefix + new_sid()
         header = request.headers.get("Authorization")
         # Kept even when query tokens are refused: the refusal then says why.
         query_token = request.query.get("token")
