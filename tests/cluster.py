@@ -75,17 +75,19 @@ class RedisServer:
 
 
 class Cluster:
-    def __init__(self, directory: Path, redis: RedisServer, store_url: str) -> None:
+    def __init__(self, directory: Path, redis: RedisServer | None, store_url: str) -> None:
+        """`redis` None: the broker is PostgreSQL, the store's own database."""
         self.directory = directory
         self.redis = redis
         self.store_url = store_url
+        self.broker_url = redis.url if redis is not None else store_url
         self.nodes: list[ServiceProcess] = []
 
     async def add_node(self, **env: str) -> ServiceProcess:
         index = len(self.nodes)
         settings = {
             "NOTIFIER_STORE_URL": self.store_url,
-            "NOTIFIER_BROKER_URL": self.redis.url,
+            "NOTIFIER_BROKER_URL": self.broker_url,
             "NOTIFIER_LOG_LEVEL": "INFO",
             **env,
         }
@@ -105,9 +107,11 @@ class Cluster:
 
 
 @asynccontextmanager
-async def cluster(directory: Path, nodes: int, **env: str) -> AsyncIterator[Cluster]:
-    redis = RedisServer(directory / "redis")
-    await redis.start()
+async def cluster(directory: Path, nodes: int, broker: str = "redis", **env: str) -> AsyncIterator[Cluster]:
+    """`broker`: "redis" (a Redis of the test's own) or "postgresql" (the store's database)."""
+    redis = RedisServer(directory / "redis") if broker == "redis" else None
+    if redis is not None:
+        await redis.start()
     try:
         async with postgres_database() as store_url:
             running = Cluster(directory, redis, store_url)
@@ -118,7 +122,8 @@ async def cluster(directory: Path, nodes: int, **env: str) -> AsyncIterator[Clus
             finally:
                 await running.stop()
     finally:
-        await redis.stop()
+        if redis is not None:
+            await redis.stop()
 
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -63,9 +63,15 @@ class Client:
 
 
 @contextlib.asynccontextmanager
-async def behind_nginx(tmp_path: Path, nodes: int) -> AsyncIterator[tuple[Cluster, Nginx]]:
+async def behind_nginx(
+    tmp_path: Path, nodes: int, broker: str = "redis"
+) -> AsyncIterator[tuple[Cluster, Nginx]]:
     async with cluster(
-        tmp_path, nodes=nodes, NOTIFIER_WORKER_RATE_PER_SECOND="100000", NOTIFIER_WORKER_RATE_BURST="10000"
+        tmp_path,
+        nodes=nodes,
+        broker=broker,
+        NOTIFIER_WORKER_RATE_PER_SECOND="100000",
+        NOTIFIER_WORKER_RATE_BURST="10000",
     ) as running:
         nginx = Nginx(tmp_path / "nginx", [f"127.0.0.1:{node.port}" for node in running.nodes])
         await nginx.start()
@@ -106,8 +112,9 @@ def _needs_loopback_aliases() -> None:
         pytest.skip("clients bind 127.0.0.x addresses, which Linux routes on loopback")
 
 
-async def test_every_client_gets_every_event_once_in_order_on_any_node(tmp_path: Path) -> None:
-    async with behind_nginx(tmp_path, nodes=3) as (running, nginx):
+@pytest.mark.parametrize("broker", ["redis", "postgresql"])
+async def test_every_client_gets_every_event_once_in_order_on_any_node(tmp_path: Path, broker: str) -> None:
+    async with behind_nginx(tmp_path, nodes=3, broker=broker) as (running, nginx):
         clients = [Client(nginx.url, i, "websocket" if i % 2 else "polling") for i in range(12)]
         for client in clients:
             await client.start()
@@ -145,8 +152,9 @@ async def test_every_client_gets_every_event_once_in_order_on_any_node(tmp_path:
                 await client.close()
 
 
-async def test_a_killed_node_loses_nothing(tmp_path: Path) -> None:
-    async with behind_nginx(tmp_path, nodes=3) as (running, nginx):
+@pytest.mark.parametrize("broker", ["redis", "postgresql"])
+async def test_a_killed_node_loses_nothing(tmp_path: Path, broker: str) -> None:
+    async with behind_nginx(tmp_path, nodes=3, broker=broker) as (running, nginx):
         clients = [Client(nginx.url, i, "websocket" if i % 3 else "polling") for i in range(9)]
         for client in clients:
             await client.start()

@@ -9,6 +9,7 @@ import random
 from pathlib import Path
 
 import asyncpg
+import pytest
 
 from notifier.client import Subscriber
 from notifier.client.outbox import publish_asyncpg
@@ -27,8 +28,9 @@ def recorder(subscriber: Subscriber) -> list[dict]:
     return seen
 
 
-async def test_a_commit_delivers_once_and_a_rollback_nothing(tmp_path: Path) -> None:
-    async with cluster(tmp_path, nodes=1) as running:
+@pytest.mark.parametrize("broker", ["redis", "postgresql"])
+async def test_a_commit_delivers_once_and_a_rollback_nothing(tmp_path: Path, broker: str) -> None:
+    async with cluster(tmp_path, nodes=1, broker=broker) as running:
         (node,) = running.nodes
         alice = Subscriber(node.url, token("alice"))
         seen = recorder(alice)
@@ -63,12 +65,15 @@ async def test_a_commit_delivers_once_and_a_rollback_nothing(tmp_path: Path) -> 
             await alice.close()
 
 
-async def test_concurrent_transactions_arrive_exactly_once_in_commit_order_per_room(tmp_path: Path) -> None:
+@pytest.mark.parametrize("broker", ["redis", "postgresql"])
+async def test_concurrent_transactions_arrive_exactly_once_in_commit_order_per_room(
+    tmp_path: Path, broker: str
+) -> None:
     """1,000 application transactions over five rooms, a third rolled back, from a pool of
     20 connections; two nodes relay. Each room's committed events arrive once, in the order
     their transactions committed (the application numbers them under the room's turn)."""
     rooms = [f"project:r{n}" for n in range(5)]
-    async with cluster(tmp_path, nodes=2) as running:
+    async with cluster(tmp_path, nodes=2, broker=broker) as running:
         watcher = Subscriber(running.nodes[1].url, token("watch", ["*"]))
         seen = recorder(watcher)
         await watcher.connect()
@@ -115,8 +120,9 @@ async def test_concurrent_transactions_arrive_exactly_once_in_commit_order_per_r
             await watcher.close()
 
 
-async def test_a_relaying_node_killed_loses_and_doubles_nothing(tmp_path: Path) -> None:
-    async with cluster(tmp_path, nodes=2) as running:
+@pytest.mark.parametrize("broker", ["redis", "postgresql"])
+async def test_a_relaying_node_killed_loses_and_doubles_nothing(tmp_path: Path, broker: str) -> None:
+    async with cluster(tmp_path, nodes=2, broker=broker) as running:
         a, b = running.nodes
         alice = Subscriber(b.url, token("alice"), reconnection_delay=0.1)
         seen = recorder(alice)

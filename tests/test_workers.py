@@ -25,7 +25,10 @@ from tests.test_cluster import Recorder, publish_many, token
 
 
 @contextlib.asynccontextmanager
-async def workers(directory: Path, count: int = 2, **env: str) -> AsyncIterator[ServiceProcess]:
+async def workers(
+    directory: Path, count: int = 2, broker: str = "redis", **env: str
+) -> AsyncIterator[ServiceProcess]:
+    """`serve --workers count` on PostgreSQL, the broker Redis or PostgreSQL."""
     redis = RedisServer(directory / "redis")
     await redis.start()
     try:
@@ -36,7 +39,7 @@ async def workers(directory: Path, count: int = 2, **env: str) -> AsyncIterator[
                 log_path=directory / "notifier.log",
                 serve_args=("--workers", str(count)),
                 NOTIFIER_STORE_URL=store_url,
-                NOTIFIER_BROKER_URL=redis.url,
+                NOTIFIER_BROKER_URL=redis.url if broker == "redis" else store_url,
                 NOTIFIER_LOG_LEVEL="INFO",
                 **env,
             )
@@ -66,10 +69,11 @@ async def status(url: str) -> dict[str, Any]:
         return answer
 
 
+@pytest.mark.parametrize("broker", ["redis", "postgresql"])
 async def test_clients_of_both_transports_spread_over_the_workers_and_miss_nothing_when_one_is_killed(
-    tmp_path: Path,
+    tmp_path: Path, broker: str
 ) -> None:
-    async with workers(tmp_path) as service:
+    async with workers(tmp_path, broker=broker) as service:
         recorders = [
             Recorder(service.url, f"user{n}", "project:p1", transports=transports)
             for n, transports in enumerate([["websocket"], ["polling"]] * 3)

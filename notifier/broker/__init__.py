@@ -3,7 +3,8 @@ to the connections in that room on every node, in offset order.
 
 The in-process broker (`local`) keeps histories in the SQLite database of the embedded store
 and delivers within the process; the Redis broker (`redis`) keeps them in Redis and delivers to
-every node through Redis pub/sub. Chosen by `NOTIFIER_BROKER_URL` (empty: in-process).
+every node through Redis pub/sub; the PostgreSQL broker (`postgres`) keeps them in tables and
+delivers by LISTEN/NOTIFY. Chosen by `NOTIFIER_BROKER_URL` (empty: in-process).
 """
 
 from __future__ import annotations
@@ -236,7 +237,16 @@ def open_broker(url: str, store: Store, health: Health, **options: Any) -> Broke
         from .redis import RedisBroker
 
         return RedisBroker(url, health, **options)
+    if url.startswith(("postgresql://", "postgres://")):
+        if not store.shared:
+            raise StartupError(
+                "NOTIFIER_BROKER_URL: a PostgreSQL broker needs a shared store; set "
+                "NOTIFIER_STORE_URL=postgresql://... (the same database will do)"
+            )
+        from .postgres import PostgresBroker
+
+        return PostgresBroker(url, health, **options)
     raise StartupError(
-        f"NOTIFIER_BROKER_URL: unsupported URL {url!r}; use redis://host:port/db, rediss://, unix:// "
-        "or redis+sentinel://host:26379,.../<primary name>[/db]"
+        f"NOTIFIER_BROKER_URL: unsupported URL {url!r}; use redis://host:port/db, rediss://, unix://, "
+        "redis+sentinel://host:26379,.../<primary name>[/db] or postgresql://..."
     )
