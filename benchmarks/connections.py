@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -80,10 +80,19 @@ def split_cores(pid: int) -> set[int] | None:
 
 
 async def measure_connect_rate(
-    server: Any, secret: str, count: int, window: int, shards: int
+    server: Any,
+    secret: str,
+    count: int,
+    window: int,
+    shards: int,
+    *,
+    pin: bool = True,
+    cpu: Callable[[int], float] | None = None,
 ) -> dict[str, Any]:
-    """Connections set up per second (the server on one core, the generator on the others),
-    and the server's CPU time per connection."""
+    """Connections set up per second (`pin`: the server on one core, the generator on the
+    others; else both anywhere), and the server's CPU time per connection (`cpu`: how it is
+    read from the server's pid; its process alone by default)."""
+    cpu = cpu or cpu_seconds
     config = {
         "mode": "connect",
         "url": server.url,
@@ -93,10 +102,10 @@ async def measure_connect_rate(
         "rooms": 50,
         "secret": secret,
     }
-    cpus = split_cores(server.process.pid)
-    cpu_before = cpu_seconds(server.process.pid)
+    cpus = split_cores(server.process.pid) if pin else None
+    cpu_before = cpu(server.process.pid)
     clients = await Clients.start(config, timeout=120, cpus=cpus)
-    cpu_used = cpu_seconds(server.process.pid) - cpu_before
+    cpu_used = cpu(server.process.pid) - cpu_before
     await clients.stop()
     figures = clients.started
     per_connection = cpu_used / max(figures["connected"], 1)

@@ -1,37 +1,9 @@
-// Reference: Node socket.io 4.8 with its defaults. A client's "publish" is broadcast to all others.
-// With JWT_SECRET set, connections are refused without a valid HS256 token (signature and exp),
-// the check notifier makes, so that connection set-up rates compare like with like.
-import { createHmac, timingSafeEqual } from "node:crypto";
+// Reference: Node socket.io 4.8 with its defaults, one process (handlers: ref_node_handlers.mjs).
 import { createServer } from "node:http";
 import { Server } from "socket.io";
+import { attach } from "./ref_node_handlers.mjs";
 
 const http = createServer();
 const io = new Server(http, { cors: { origin: "*" } });
-const secret = process.env.JWT_SECRET;
-
-function verify(token) {
-  const [head, body, signature] = String(token ?? "").split(".");
-  if (!signature) return null;
-  const expected = createHmac("sha256", secret).update(`${head}.${body}`).digest();
-  const given = Buffer.from(signature, "base64url");
-  if (given.length !== expected.length || !timingSafeEqual(given, expected)) return null;
-  const claims = JSON.parse(Buffer.from(body, "base64url").toString());
-  if (JSON.parse(Buffer.from(head, "base64url").toString()).alg !== "HS256") return null;
-  return typeof claims.exp === "number" && claims.exp > Date.now() / 1000 ? claims : null;
-}
-
-if (secret) {
-  io.use((socket, next) => {
-    const claims = verify(socket.handshake.auth?.token);
-    if (!claims) return next(new Error("invalid token"));
-    socket.data.user = claims.sub;
-    next();
-  });
-}
-io.on("connection", (socket) => {
-  socket.on("publish", (message, ack) => {
-    socket.broadcast.emit(message.type, message);
-    if (typeof ack === "function") ack({ ok: true });
-  });
-});
+attach(io, process.env.JWT_SECRET);
 http.listen(Number(process.env.PORT), "127.0.0.1", () => console.log("listening"));

@@ -11,6 +11,8 @@
     .venv/bin/python -m benchmarks.run runner     # GuardedRunner against aiohttp's own AppRunner
     .venv/bin/python -m benchmarks.run escalation --users 10000   # Web Push for offline users
     .venv/bin/python -m benchmarks.run inbox --notifications 100000   # listing a large inbox
+    .venv/bin/python -m benchmarks.run workers --clients 2000  # --workers 2 against one process
+    .venv/bin/python -m benchmarks.run pgbroker --clients 2000  # PostgreSQL broker against Redis
 
 Servers under test, each in its own process on 127.0.0.1: notifier (`python -m notifier serve`,
 SQLite store, publishing through `/workers` `publish`), notifier-inprocess (fan-out only: the
@@ -84,10 +86,12 @@ async def run_server(name: str, **extra_env: str) -> AsyncIterator[Server]:
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER_")}
     with tempfile.TemporaryDirectory() as data_dir:
-        if name in ("notifier", "notifier-inprocess", "notifier-redis"):
+        if name in ("notifier", "notifier-inprocess", "notifier-redis", "notifier-workers"):
             command = [sys.executable, "-m", "notifier", "serve"]
             if name == "notifier-inprocess":
                 command = [sys.executable, str(BENCH / "inprocess_server.py")]
+            if name == "notifier-workers":
+                command += ["--workers", "2"]
             env.update(
                 NOTIFIER_PORT=str(port),
                 NOTIFIER_JWT_SECRET=SECRET,
@@ -106,8 +110,10 @@ async def run_server(name: str, **extra_env: str) -> AsyncIterator[Server]:
             env["PORT"] = str(port)
             namespace, token = "/", None
         else:
-            command = ["node", str(BENCH / "ref_node_server.mjs")]
+            script = "ref_node_cluster.mjs" if name == "node-cluster" else "ref_node_server.mjs"
+            command = ["node", str(BENCH / script)]
             env["PORT"] = str(port)
+            env["WORKERS"] = "2"
             env["JWT_SECRET"] = SECRET  # tokens checked as notifier checks them
             namespace, token = "/", issue_token(SECRET, "HS256", "bench", role=Role.PUBLISHER)
         process = await asyncio.create_subprocess_exec(
@@ -610,6 +616,18 @@ async def escalation_command(args: argparse.Namespace) -> list[dict[str, Any]]:
     return await measure(args)
 
 
+async def workers_command(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from benchmarks.workers import workers_command as measure
+
+    return await measure(args)
+
+
+async def pgbroker_command(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from benchmarks.workers import pgbroker_command as measure
+
+    return await measure(args)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -629,6 +647,8 @@ async def main() -> None:
             "runner",
             "escalation",
             "inbox",
+            "workers",
+            "pgbroker",
             "all",
         ],
     )
@@ -675,6 +695,8 @@ async def main() -> None:
         "runner": runner_command,
         "escalation": escalation_command,
         "inbox": inbox_command,
+        "workers": workers_command,
+        "pgbroker": pgbroker_command,
     }
     if args.command == "all":
         memory_clients = args.clients or [1000, 10000]

@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ import asyncpg
 
 from notifier.auth import Role
 from notifier.client import NotifierClientError, Subscriber, Worker
-from tests.cluster import Cluster, cluster
+from tests.cluster import Cluster, PostgresServer, cluster
 from tests.faults import SilencingProxy
 from tests.service_process import ServiceProcess
 from tests.test_cluster import token
@@ -237,6 +237,23 @@ async def restart_redis_empty(suite: Suite) -> None:
     await restart_redis(suite)
 
 
+async def terminate_listen_connections(suite: Suite) -> None:
+    db = await asyncpg.connect(suite.running.store_url)
+    try:
+        await db.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND query LIKE 'LISTEN%'"
+        )
+    finally:
+        await db.close()
+
+
+async def restart_postgresql(suite: Suite) -> None:
+    assert suite.postgres is not None
+    await suite.postgres.stop()
+    await suite.postgres.start()
+
+
 @dataclass(frozen=True)
 class Fault:
     name: str
@@ -255,6 +272,17 @@ FAULTS = [
     Fault("Redis back from an older snapshot", snapshot_redis, restart_redis),
     Fault("Redis restarted empty", restart_redis_empty),
 ]
+# With the PostgreSQL broker (no Redis): each node's store and broker connections pass
+# through its own proxy.
+POSTGRES_FAULTS = [
+    Fault("none", nothing),
+    Fault("LISTEN connections terminated", terminate_listen_connections),
+    Fault("PostgreSQL sessions terminated", terminate_postgresql_sessions),
+    Fault("20 ms to PostgreSQL", slow_links, fast_links),
+    Fault("a node killed (-9), restarted", kill_node, restart_node),
+    Fault("PostgreSQL restarted", restart_postgresql),
+]
+BROKERS = {"redis": FAULTS, "postgresql": POSTGRES_FAULTS}
 
 
 @dataclass
@@ -268,10 +296,10 @@ class Row:
     out_of_order: list[str] = field(default_factory=list)
 
 
-def check(history: History, watchers: list[Watcher]) -> dict[str, Row]:
+def check(history: History, watchers: list[Watcher], faults: list[Fault] = FAULTS) -> dict[str, Row]:
     """Every acknowledged event, for every client following its room: delivered once, or told;
     nothing delivered twice; each publisher's events in order within an epoch."""
-    rows = {fault.name: Row() for fault in FAULTS}
+    rows = {fault.name: Row() for fault in faults}
     published = history.published
     for entry in published.values():
         if entry.acked is not None:
@@ -339,17 +367,47 @@ def table(rows: dict[str, Row]) -> str:
 class Suite:
     running: Cluster
     nodes: list[Node]
+    postgres: PostgresServer | None = None  # the PostgreSQL broker's server, the suite's own
 
 
-async def run(directory: Path, seconds: float) -> dict[str, Row]:
-    """Every fault for `seconds` each, under load; the checked history, a row per fault."""
-    async with cluster(directory, nodes=0) as running:
-        nodes: list[Node] = []
+@contextlib.asynccontextmanager
+async def two_nodes(directory: Path, broker: str) -> AsyncIterator[Suite]:
+    """Two nodes, each reaching the broker through a proxy of its own (the PostgreSQL broker:
+    the database, for the store and the broker)."""
+    if broker == "redis":
+        async with cluster(directory, nodes=0) as running:
+            assert running.redis is not None
+            nodes: list[Node] = []
+            for _ in range(2):
+                link = SilencingProxy(running.redis.port)
+                await link.start()
+                nodes.append(Node(await running.add_node(NOTIFIER_BROKER_URL=link.url), link))
+            yield Suite(running, nodes)
+        return
+    postgres = PostgresServer()
+    await postgres.init()
+    await postgres.start()
+    running = Cluster(directory, None, postgres.url)
+    try:
+        nodes = []
         for _ in range(2):
-            link = SilencingProxy(running.redis.port)
+            link = SilencingProxy(postgres.port)
             await link.start()
-            nodes.append(Node(await running.add_node(NOTIFIER_BROKER_URL=link.url), link))
-        suite = Suite(running, nodes)
+            through = postgres.url.replace(f":{postgres.port}/", f":{link.port}/")
+            node = await running.add_node(NOTIFIER_STORE_URL=through, NOTIFIER_BROKER_URL=through)
+            nodes.append(Node(node, link))
+        yield Suite(running, nodes, postgres)
+    finally:
+        await running.stop()
+        await postgres.stop()
+        postgres.remove()
+
+
+async def run(directory: Path, seconds: float, broker: str = "redis") -> dict[str, Row]:
+    """Every fault for `seconds` each, under load; the checked history, a row per fault."""
+    faults = BROKERS[broker]
+    async with two_nodes(directory, broker) as suite:
+        nodes = suite.nodes
         watchers = [
             Watcher(node.process.url, f"u{i}{transport[0]}", transport)
             for i, node in enumerate(nodes)
@@ -368,7 +426,7 @@ async def run(directory: Path, seconds: float) -> dict[str, Row]:
                 publishers.append(
                     asyncio.create_task(publish_over_rest(url, f"rest{i}", users, history, stop))
                 )
-            for fault in FAULTS:
+            for fault in faults:
                 history.phase = fault.name
                 await fault.start(suite)
                 await asyncio.sleep(seconds / 2)
@@ -376,7 +434,7 @@ async def run(directory: Path, seconds: float) -> dict[str, Row]:
                 await asyncio.sleep(seconds / 2)
             stop.set()
             await asyncio.wait_for(asyncio.gather(*publishers), RETRY_FOR + 10)
-            await settle(history, watchers)
+            await settle(history, watchers, faults)
         finally:
             stop.set()
             for task in publishers:
@@ -386,14 +444,14 @@ async def run(directory: Path, seconds: float) -> dict[str, Row]:
                 await watcher.subscriber.close()
             for node in nodes:
                 await node.link.stop()
-        return check(history, watchers)
+        return check(history, watchers, faults)
 
 
-async def settle(history: History, watchers: list[Watcher]) -> None:
+async def settle(history: History, watchers: list[Watcher], faults: list[Fault]) -> None:
     """Until every client has every acknowledged event of its rooms or was told (bounded)."""
     deadline = time.monotonic() + SETTLE
     while time.monotonic() < deadline:
-        rows = check(history, watchers)
+        rows = check(history, watchers, faults)
         if all(not row.lost for row in rows.values()):
             return
         await asyncio.sleep(0.2)
@@ -415,12 +473,14 @@ def failures(rows: dict[str, Row]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=20.0, help="how long each fault's phase lasts")
+    parser.add_argument("--broker", choices=sorted(BROKERS), default="redis")
     arguments = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="notifier-faults-") as directory:
         started = time.monotonic()
-        rows = asyncio.run(run(Path(directory), arguments.seconds))
+        rows = asyncio.run(run(Path(directory), arguments.seconds, arguments.broker))
     print(table(rows))
-    print(f"\n{len(FAULTS)} faults, {arguments.seconds:g} s each, {time.monotonic() - started:.0f} s in all")
+    faults = len(BROKERS[arguments.broker])
+    print(f"\n{faults} faults, {arguments.seconds:g} s each, {time.monotonic() - started:.0f} s in all")
     problems = failures(rows)
     for problem in problems:
         print(problem)

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.fault_suite import FAULTS, ROOM, History, Received, Watcher, check, failures, run, table
+from tests.fault_suite import (
+    FAULTS,
+    POSTGRES_FAULTS,
+    ROOM,
+    History,
+    Received,
+    Watcher,
+    check,
+    failures,
+    run,
+    table,
+)
 
 
 async def test_every_fault_in_turn_loses_duplicates_and_reorders_nothing_acknowledged(tmp_path: Path) -> None:
@@ -19,6 +30,15 @@ async def test_every_fault_in_turn_loses_duplicates_and_reorders_nothing_acknowl
     assert rows["Redis back from an older snapshot"].told + rows["Redis restarted empty"].told > 0, table(
         rows
     )
+
+
+async def test_every_fault_of_a_cluster_on_postgresql_alone_loses_nothing(tmp_path: Path) -> None:
+    rows = await run(tmp_path, seconds=4.0, broker="postgresql")
+    print(table(rows))
+    assert failures(rows) == [], table(rows)
+    for fault in POSTGRES_FAULTS:
+        row = rows[fault.name]
+        assert row.acked >= 10 and row.checked >= 4 * row.acked // 2, (fault.name, table(rows))
 
 
 def test_the_checker_finds_losses_duplicates_and_reordering() -> None:

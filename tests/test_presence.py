@@ -111,7 +111,8 @@ async def test_an_abandoned_long_polling_client_leaves_within_the_gap_and_the_gr
             await observer.next_event("presence.left", timeout=gap + GRACE + 3)
             took = time.monotonic() - abandoned
             assert presence_events(observer, "left") == ["carol"]
-            assert gap + GRACE - 0.1 <= took <= gap + GRACE + 1.0, took
+            # (the sweep runs every second, and the gap is checked on the time wheel's tick)
+            assert gap + GRACE - 0.1 <= took <= gap + GRACE + 1.5, took
             assert (await carol.poll())[0] == 400  # the session is gone
     finally:
         await stop_server(server, runner)

@@ -59,6 +59,7 @@ _POOL_SIZE = 10
 _NOTIFY_LIMIT = 7900
 _SCHEMA_LOCK = 7_142_003
 _CATCH_UP_BATCH = 1000
+_MAX_QUEUED = 100_000  # notifications waiting to be handled here
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS notifier_broker_meta (key text PRIMARY KEY, value text NOT NULL);
@@ -196,8 +197,7 @@ class PostgresBroker:
             self._pool = None
 
     async def call(self, work: Callable[[asyncpg.Connection], Awaitable[T]], operation: str = "call") -> T:
-        """Work on a pooled connection; an outage becomes STORE_UNAVAILABLE (OUTCOME_UNKNOWN for
-        an append whose connection broke: its commit may have happened)."""
+        """Work on a pooled connection; an outage becomes STORE_UNAVAILABLE."""
         if self._pool is None:
             raise NotifierError(ErrorCode.STORE_UNAVAILABLE, "the broker is not started")
         started = time.perf_counter()
@@ -208,12 +208,6 @@ class PostgresBroker:
             if not _unavailable(exc):
                 raise
             self._health.fail(COMPONENT, f"PostgreSQL at {_where(self._url)}: {type(exc).__name__}: {exc}")
-            if operation == "append" and not isinstance(exc, asyncpg.CannotConnectNowError):
-                raise NotifierError(
-                    ErrorCode.OUTCOME_UNKNOWN,
-                    "the broker's connection broke while appending: this may or may not have been "
-                    "stored; retry with the same idempotency key",
-                ) from exc
             raise NotifierError(
                 ErrorCode.STORE_UNAVAILABLE, "the broker cannot be reached right now; retry"
             ) from exc
@@ -236,8 +230,13 @@ class PostgresBroker:
     async def _append_batch(
         self, groups: list[tuple[Sequence[NewEvent], Guard | None]]
     ) -> list[list[Envelope] | None]:
+        committing = False
+
         async def append(db: asyncpg.Connection) -> tuple[list[bool], list[int], dict[tuple[str, int], Any]]:
-            async with db.transaction():
+            nonlocal committing
+            transaction = db.transaction()
+            await transaction.start()
+            try:
                 passed = []
                 for _, guard in groups:
                     passed.append(
@@ -272,9 +271,26 @@ class PostgresBroker:
                         room,
                         offset,
                     )
-                return passed, offsets, earlier
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await transaction.rollback()
+                raise
+            committing = True
+            await transaction.commit()
+            return passed, offsets, earlier
 
-        passed, offsets, earlier = await self.call(append, "append")
+        try:
+            passed, offsets, earlier = await self.call(append, "append")
+        except NotifierError as exc:
+            if committing and exc.code == ErrorCode.STORE_UNAVAILABLE:
+                # The connection broke during the commit: it may have happened. Only a retry
+                # under the same idempotency key is safe (its event is appended at most once).
+                raise NotifierError(
+                    ErrorCode.OUTCOME_UNKNOWN,
+                    "the broker's connection broke while committing: this may or may not have been "
+                    "stored; retry with the same idempotency key",
+                ) from exc
+            raise
         results: list[list[Envelope] | None] = []
         at = 0
         epoch = self.epoch
@@ -434,6 +450,13 @@ class PostgresBroker:
                         await asyncio.wait_for(connection.close(), 2)
 
     def _heard(self, connection: Any, pid: int, channel: str, payload: str) -> None:
+        if self._inbox.qsize() >= _MAX_QUEUED:
+            # Far behind: drop what waits and catch up from the tables instead, as after a
+            # lost connection (memory stays bounded whatever the cluster's rate).
+            while not self._inbox.empty():
+                self._inbox.get_nowait()
+            self._inbox.put_nowait(None)
+            return
         self._inbox.put_nowait(payload)
 
     async def _consume(self) -> None:
@@ -456,6 +479,8 @@ class PostgresBroker:
                 # The tables could not be read: listen again, which catches up once they can.
                 self._health.fail(SUBSCRIPTION, f"catching up from PostgreSQL: {exc.message}")
                 self._broken.set()
+            except Exception as exc:  # a notification not of ours (the channel is public)
+                log.warning("broker_notification_refused", detail=f"{type(exc).__name__}: {exc}")
 
     async def _on_notification(self, payload: str) -> None:
         node = self._node
@@ -627,7 +652,11 @@ class PostgresBroker:
         payloads = []
         for route, event in events:
             delivery = Delivery.unkept(route, event)
-            payloads.append(f"U{route}\n{event.type}\n{delivery.text}")
+            payload = f"U{route}\n{event.type}\n{delivery.text}"
+            if len(payload.encode()) > _NOTIFY_LIMIT:
+                log.warning("announcement_too_big", route=route, type=event.type, limit=_NOTIFY_LIMIT)
+                continue
+            payloads.append(payload)
 
         async def send(db: asyncpg.Connection) -> None:
             await db.execute("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p", CHANNEL, payloads)
@@ -636,6 +665,8 @@ class PostgresBroker:
 
     async def signal(self, kind: str, data: dict[str, Any]) -> None:
         message = "S" + orjson.dumps({"signal": kind, "data": data}).decode()
+        if len(message.encode()) > _NOTIFY_LIMIT:
+            raise NotifierError(ErrorCode.INVALID_PAYLOAD, f"a signal takes at most {_NOTIFY_LIMIT} bytes")
         await self.call(lambda db: db.execute("SELECT pg_notify($1, $2)", CHANNEL, message), "signal")
 
     def presence(self, *, grace_seconds: float, ttl_seconds: float) -> PresenceBackend:
