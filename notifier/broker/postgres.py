@@ -349,6 +349,9 @@ class PostgresBroker:
         ]
 
     async def bounds(self, room: str) -> tuple[StreamPosition, int]:
+        # What was delivered here before the query was sent: the query's snapshot holds at
+        # least that much (an event delivered while it runs may be newer than its snapshot).
+        delivered = self._last.get(room)
         row = await self.call(
             lambda db: db.fetchrow(
                 "SELECT (SELECT head FROM notifier_room_heads WHERE room = $1) AS head, "
@@ -358,9 +361,8 @@ class PostgresBroker:
         )
         head = int(row["head"] or 0)
         first = int(row["first"]) if row["first"] is not None else head + 1
-        last = self._last.get(room)
-        if last is not None and head < last:
-            await self._retire_epoch(f"room {room!r} has head {head}, below {last} delivered here")
+        if delivered is not None and head < delivered:
+            await self._retire_epoch(f"room {room!r} has head {head}, below {delivered} delivered here")
         return StreamPosition(self.epoch, head), first
 
     async def trim(self, older_than_ts: int, max_per_room: int) -> int:
