@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
@@ -16,7 +16,7 @@ from .errors import NotifierError
 from .logs import get_logger
 from .models import PublishRequest
 from .rooms import parse_room
-from .store import OutboxEvent, Store
+from .store import OutboxEvent, Relay
 
 log = get_logger("notifier.service")
 
@@ -26,8 +26,14 @@ _EVERY_SECONDS = 0.2
 _BATCH = 500
 
 
+class OutboxSource(Protocol):
+    """Where the outbox is: the PostgreSQL store, or the application's database."""
+
+    async def relay_outbox(self, relay: Relay, limit: int) -> int: ...
+
+
 class OutboxRelay:
-    def __init__(self, store: Store, publish: Publish) -> None:
+    def __init__(self, store: OutboxSource, publish: Publish) -> None:
         self._store = store
         self._publish = publish
         self._task: asyncio.Task[None] | None = None

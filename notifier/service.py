@@ -70,7 +70,7 @@ from .rooms import (
     room_for_user,
 )
 from .settings import Settings
-from .store import Store
+from .store import OutboxDatabase, Store
 from .tasks import TaskBook
 from .threadsafe import ThreadSafeNotifier
 from .webhooks import WEBHOOK, Poster
@@ -110,7 +110,9 @@ class Notifier:
             store, self._announce_task, self._publish_one, self.clock, settings.progress_max_per_second
         )
         self.inbox = Inbox(store, self._publish, self.clock)
-        self.outbox = OutboxRelay(store, self._publish)
+        # The outbox: in the application's database when it is named, else in the store's.
+        self._outbox_database = OutboxDatabase(settings.outbox_url) if settings.outbox_url else None
+        self.outbox = OutboxRelay(self._outbox_database or store, self._publish)
         self.receipts = Receipts(store, self.clock)
         channels = open_channels(settings, store, self.clock, poster)
         self.webhooks, self.push, self.email = channels.webhooks, channels.push, channels.email
@@ -176,7 +178,10 @@ class Notifier:
         self._refresh.start()
         self._maintenance.start()
         self.inbox.redelivery.start()
-        if self.store.shared:  # PostgreSQL: applications may publish in their transactions
+        if self._outbox_database is not None:
+            await self._outbox_database.open()
+            self.outbox.start()
+        elif self.store.shared:  # PostgreSQL: applications may publish in their transactions
             self.outbox.start()
         for runner in self._jobs:
             runner.start()
@@ -190,6 +195,8 @@ class Notifier:
         await self._maintenance.stop()
         await self.inbox.redelivery.stop()
         await self.outbox.stop()
+        if self._outbox_database is not None:
+            await self._outbox_database.close()
         for runner in self._jobs:
             await runner.stop()
         await self.receipts.close()

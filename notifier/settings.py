@@ -32,6 +32,7 @@ SECRET_FILE_FIELDS = (
     "jwt_secret",
     "store_url",
     "broker_url",
+    "outbox_url",
     "webhook_secret",
     "vapid_private_key",
     "smtp_url",
@@ -94,6 +95,9 @@ class Settings(BaseSettings):
     # Empty: one process, room histories in the store's SQLite database. redis://host:port/db
     # (also rediss://, unix://): histories and delivery across processes in Redis.
     broker_url: str = ""
+    # Empty: applications publish in their transactions through the PostgreSQL store's own
+    # database. postgresql://...: the outbox lives in that database (the application's).
+    outbox_url: str = ""
     # SQLite's synchronous pragma: NORMAL survives a killed process, FULL also a power loss.
     sqlite_synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
 
@@ -242,6 +246,13 @@ class Settings(BaseSettings):
                 )
         return value
 
+    @field_validator("outbox_url")
+    @classmethod
+    def _outbox_is_postgresql(cls, value: str) -> str:
+        if value and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL (the database applications publish in)")
+        return value
+
     @field_validator("smtp_url")
     @classmethod
     def _smtp_url(cls, value: str) -> str:
@@ -379,7 +390,7 @@ def described(settings: Settings) -> dict[str, str]:
         value = getattr(settings, name)
         if name == "jwt_secret":
             shown = "(not set: development mode)" if value is None else "*** (set)"
-        elif name in ("store_url", "broker_url") and value:
+        elif name in ("store_url", "broker_url", "outbox_url") and value:
             shown = masked_url(str(value))
         elif name == "jwt_public_key" and value:
             shown = "(a PEM public key)"

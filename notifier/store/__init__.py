@@ -23,7 +23,7 @@ from ..records import (
     Task,
     TaskStatus,
 )
-from .postgres_outbox import OutboxEvent, Relay
+from .postgres_outbox import OutboxDatabase, OutboxEvent, Relay
 
 ClaimState = Literal["new", "done", "pending"]
 
@@ -37,7 +37,7 @@ class Claim:
     result: dict[str, Any] | None = None
 
 
-__all__ = ["Claim", "ClaimState", "OutboxEvent", "Store", "open_store"]
+__all__ = ["Claim", "ClaimState", "OutboxDatabase", "OutboxEvent", "Relay", "Store", "open_store"]
 
 
 class Store(Protocol):

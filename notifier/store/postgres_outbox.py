@@ -11,11 +11,16 @@ next; the broker drops a second append of an id.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import asyncpg
+import orjson
+
+from ..errors import ErrorCode, NotifierError, StartupError
 
 T = TypeVar("T")
 
@@ -41,6 +46,7 @@ END $$;
 """
 
 _RELAY_LOCK = 7_142_002
+_MIGRATION_LOCK = 7_142_005
 
 
 @dataclass(frozen=True)
@@ -83,3 +89,53 @@ class PostgresOutbox:
                 return len(done)
 
         return await self._run(take)
+
+
+async def _json_codec(conn: asyncpg.Connection) -> None:
+    """jsonb as Python values, as the store's connections have it."""
+    await conn.set_type_codec(
+        "jsonb", encoder=lambda value: orjson.dumps(value).decode(), decoder=orjson.loads, schema="pg_catalog"
+    )
+
+
+class OutboxDatabase(PostgresOutbox):
+    """The outbox in a database other than the store's (`NOTIFIER_OUTBOX_URL`): the
+    application's own, so that its transactions need no access to notifier's. The function
+    and table are created there at start; the relay appends to the broker as before."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._pool: asyncpg.Pool | None = None
+
+    async def open(self) -> None:
+        try:
+            self._pool = await asyncpg.create_pool(
+                self._url, min_size=1, max_size=2, command_timeout=10, init=_json_codec
+            )
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+                await conn.execute(MIGRATION)
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            if self._pool is not None:
+                await self._pool.close()
+            raise StartupError(f"NOTIFIER_OUTBOX_URL: cannot use PostgreSQL there: {exc}") from exc
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._pool.close(), 5)
+            self._pool = None
+
+    async def _run(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """An outage of the application's database defers relaying (logged by the relay); it
+        does not make notifier unready, whose clients it does not concern."""
+        if self._pool is None:
+            raise NotifierError(ErrorCode.STORE_UNAVAILABLE, "the outbox's database is not open")
+        try:
+            async with self._pool.acquire(timeout=5) as conn:
+                return await work(conn)
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise NotifierError(
+                ErrorCode.STORE_UNAVAILABLE,
+                f"the outbox's database cannot be used right now: {type(exc).__name__}",
+            ) from exc
