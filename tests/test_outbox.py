@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -16,7 +17,8 @@ from notifier.client import Subscriber
 from notifier.client.outbox import publish_asyncpg
 from tests.backends import postgres_database
 from tests.cluster import cluster
-from tests.conftest import eventually, until
+from tests.conftest import SECRET, eventually, until
+from tests.service_process import ServiceProcess
 from tests.test_cluster import token
 
 
@@ -147,36 +149,56 @@ async def test_a_relaying_node_killed_loses_and_doubles_nothing(tmp_path: Path, 
             await alice.close()
 
 
-async def test_the_outbox_may_live_in_the_applications_own_database(tmp_path: Path) -> None:
+@contextlib.asynccontextmanager
+async def node_with_outbox_in(
+    tmp_path: Path, application_url: str, store: str
+) -> AsyncIterator[tuple[str, str | None]]:
+    """A node whose outbox is `application_url`; its URL and its store's (None: embedded)."""
+    if store == "embedded":
+        node = ServiceProcess(tmp_path / "data", SECRET, NOTIFIER_OUTBOX_URL=application_url)
+        await node.start()
+        try:
+            yield node.url, None
+        finally:
+            await node.kill()
+        return
+    outbox = {"NOTIFIER_OUTBOX_URL": application_url}
+    async with cluster(tmp_path, nodes=1, broker="postgresql", **outbox) as running:
+        yield running.nodes[0].url, running.store_url
+
+
+@pytest.mark.parametrize("store", ["postgresql", "embedded"])
+async def test_the_outbox_may_live_in_the_applications_own_database(tmp_path: Path, store: str) -> None:
     """NOTIFIER_OUTBOX_URL: the application's database, not the store's; its transactions
     need nothing of notifier's database."""
-    async with postgres_database() as application_url:
-        async with cluster(
-            tmp_path, nodes=1, broker="postgresql", NOTIFIER_OUTBOX_URL=application_url
-        ) as running:
-            (node,) = running.nodes
-            alice = Subscriber(node.url, token("alice"))
-            seen = recorder(alice)
-            await alice.connect()
-            app = await asyncpg.connect(application_url)
-            store = await asyncpg.connect(running.store_url)
-            try:
+    async with (
+        postgres_database() as application_url,
+        node_with_outbox_in(tmp_path, application_url, store) as (url, store_url),
+    ):
+        alice = Subscriber(url, token("alice"))
+        seen = recorder(alice)
+        await alice.connect()
+        app = await asyncpg.connect(application_url)
+        try:
+            async with app.transaction():
+                await app.execute("CREATE TABLE orders (id int PRIMARY KEY, shipped bool)")
+                await app.execute("INSERT INTO orders VALUES (1, true)")
+                await publish_asyncpg(app, "user:alice", "shipped", {"order": 1})
+            with contextlib.suppress(RuntimeError):
                 async with app.transaction():
-                    await app.execute("CREATE TABLE orders (id int PRIMARY KEY, shipped bool)")
-                    await app.execute("INSERT INTO orders VALUES (1, true)")
-                    await publish_asyncpg(app, "user:alice", "shipped", {"order": 1})
-                with contextlib.suppress(RuntimeError):
-                    async with app.transaction():
-                        await publish_asyncpg(app, "user:alice", "shipped", {"order": 2})
-                        raise RuntimeError("rolled back")
-                async with app.transaction():
-                    await publish_asyncpg(app, "user:alice", "shipped", {"order": 3})
-                await until(lambda: len(seen) >= 2, timeout=10)
-                assert [e["data"]["order"] for e in seen] == [1, 3]
-                await eventually(lambda: outbox_is_empty(app), timeout=10)
-                # The store's database has no outbox rows: they were never there.
-                assert await store.fetchval("SELECT count(*) FROM notifier_outbox") == 0
-            finally:
-                await app.close()
-                await store.close()
-                await alice.close()
+                    await publish_asyncpg(app, "user:alice", "shipped", {"order": 2})
+                    raise RuntimeError("rolled back")
+            async with app.transaction():
+                await publish_asyncpg(app, "user:alice", "shipped", {"order": 3})
+            await until(lambda: len(seen) >= 2, timeout=10)
+            assert [e["data"]["order"] for e in seen] == [1, 3]
+            await eventually(lambda: outbox_is_empty(app), timeout=10)
+            if store_url is not None:  # the store's database never had these rows
+                notifier_db = await asyncpg.connect(store_url)
+                try:
+                    assert await notifier_db.fetchval("SELECT count(*) FROM notifier_outbox") == 0
+                finally:
+                    await notifier_db.close()
+        finally:
+            await app.close()
+            await alice.close()
