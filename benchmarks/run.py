@@ -670,13 +670,14 @@ async def main() -> None:
     parser.add_argument("--users", type=int, default=10_000, help="offline users for `escalation`")
     parser.add_argument("--notifications", type=int, default=100_000, help="one user's inbox for `inbox`")
     parser.add_argument("--window", type=int, default=400, help="handshakes in flight for `connect`")
+    parser.add_argument("--setups", type=int, default=10_000, help="connections set up for `workers`")
     parser.add_argument(
         "--connect-rate", type=float, default=2000, help="connections opened per second for `hold`"
     )
     parser.add_argument(
         "--servers",
         nargs="+",
-        choices=FANOUT_SERVERS,
+        choices=(*FANOUT_SERVERS, "notifier-redis", "notifier-workers", "node-cluster"),
         help="which servers to measure (default: all; ratios need notifier)",
     )
     args = parser.parse_args()

@@ -269,7 +269,6 @@ async def serve(settings: Settings, host: str, port: int, worker: WorkerRole | N
     await runner.setup()
     tune_garbage_collector()
     raise_open_files_limit()
-    handed = None
     if listener is not None:
         await web.SockSite(runner, listener, backlog=_LISTEN_BACKLOG).start()
         log.info("listening", url=f"http://{host}:{port}")
@@ -286,18 +285,11 @@ async def serve(settings: Settings, host: str, port: int, worker: WorkerRole | N
         )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    handed = None
     if worker is not None:
-        # The siblings reach this worker here: requests for its sessions, and scrapes.
-        await web.UnixSite(runner, str(worker.forward_socket(worker.index))).start()
-        scrape_runner = web.AppRunner(metrics_view.worker_app(app), access_log=None)
-        await scrape_runner.setup()
-        await web.UnixSite(scrape_runner, str(worker.scrape_socket(worker.index))).start()
+        handed, scrape_runner = await _take_handed_connections(app, runner, worker)
         internal_runners.append(scrape_runner)
-        assert runner.server is not None
-        handed = HandedConnections(socket.socket(fileno=worker.channel_fd), runner.server)
-        handed.start()
-        orphaned = loop.create_task(_stop_when(handed.closed, stop))
-        log.info("worker_listening", worker=worker.index, workers=worker.count)
+        handed.closed_callback = stop.set  # the supervisor is gone: so is this worker
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     try:
@@ -313,13 +305,22 @@ async def serve(settings: Settings, host: str, port: int, worker: WorkerRole | N
         await app[ENGINE].drop_all()
         if handed is not None:
             handed.stop()
-            orphaned.cancel()
         await runner.cleanup()
         for internal_runner in internal_runners:
             await internal_runner.cleanup()
 
 
-async def _stop_when(happened: asyncio.Event, stop: asyncio.Event) -> None:
-    await happened.wait()
-    log.warning("supervisor_gone", detail="the supervisor's channel closed; this worker stops")
-    stop.set()
+async def _take_handed_connections(
+    app: web.Application, runner: web.AppRunner, worker: WorkerRole
+) -> tuple[HandedConnections, web.AppRunner]:
+    """A worker of `serve --workers`: its Unix sockets for the siblings (requests for its
+    sessions, and scrapes), then the connections the supervisor hands over."""
+    await web.UnixSite(runner, str(worker.forward_socket(worker.index))).start()
+    scrape_runner = web.AppRunner(metrics_view.worker_app(app), access_log=None)
+    await scrape_runner.setup()
+    await web.UnixSite(scrape_runner, str(worker.scrape_socket(worker.index))).start()
+    assert runner.server is not None
+    handed = HandedConnections(socket.socket(fileno=worker.channel_fd), runner.server)
+    handed.start()
+    log.info("worker_listening", worker=worker.index, workers=worker.count)
+    return handed, scrape_runner

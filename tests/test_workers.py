@@ -20,7 +20,7 @@ import pytest
 from tests.backends import postgres_database
 from tests.cluster import RedisServer
 from tests.conftest import ADMIN, SECRET, until
-from tests.service_process import ServiceProcess, run_notifier
+from tests.service_process import ServiceProcess, free_port, run_notifier
 from tests.test_cluster import Recorder, publish_many, token
 
 
@@ -185,20 +185,26 @@ async def test_sigterm_drains_every_worker_and_exits(tmp_path: Path) -> None:
 
 
 async def test_metrics_and_status_report_every_worker(tmp_path: Path) -> None:
-    async with workers(tmp_path) as service:
+    internal = free_port()
+    async with workers(tmp_path, NOTIFIER_INTERNAL_PORT=str(internal)) as service:
         recorders = [Recorder(service.url, f"u{n}", "project:p1", transports=["websocket"]) for n in range(4)]
         for recorder in recorders:
             await recorder.start()
         async with aiohttp.ClientSession() as http:
-            async with http.get(f"{service.url}/metrics", headers=ADMIN) as response:
-                text = await response.text()
-        sessions = {
-            line.split('"')[1]: float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines()
-            if line.startswith("notifier_sessions{")
-        }
-        assert sessions == {"0": 2.0, "1": 2.0}, sessions
-        assert text.count("# TYPE notifier_sessions gauge") == 1
+            # On the clients' port for admins, and on the internal port (each worker binds it,
+            # whichever answers gathers them all), several times.
+            scrapes = [(f"{service.url}/metrics", ADMIN)] + [(f"http://127.0.0.1:{internal}/metrics", {})] * 4
+            for url, headers in scrapes:
+                async with http.get(url, headers=headers) as response:
+                    assert response.status == 200
+                    text = await response.text()
+                sessions = {
+                    line.split('"')[1]: float(line.rsplit(" ", 1)[1])
+                    for line in text.splitlines()
+                    if line.startswith("notifier_sessions{")
+                }
+                assert sessions == {"0": 2.0, "1": 2.0}, (url, sessions)
+                assert text.count("# TYPE notifier_sessions gauge") == 1
         summaries = (await status(service.url))["workers"]
         assert [s["sessions"]["websocket"] for s in summaries] == [2, 2]
         for recorder in recorders:

@@ -56,7 +56,8 @@ class HandedConnections:
         self._serve = serve
         self._loop = asyncio.get_running_loop()
         self._pending: set[asyncio.Task[Any]] = set()
-        self.closed = asyncio.Event()  # the supervisor is gone: this worker stops too
+        # Called when the channel closes: the supervisor is gone, this worker stops too.
+        self.closed_callback: Callable[[], None] = lambda: None
         channel.setblocking(False)
 
     def start(self) -> None:
@@ -77,7 +78,8 @@ class HandedConnections:
                 message, fds = b"", []
             if not message and not fds:
                 self.stop()
-                self.closed.set()
+                log.warning("supervisor_gone", detail="the supervisor's channel closed; this worker stops")
+                self.closed_callback()
                 return
             for fd in fds:
                 connection = socket.socket(fileno=fd)
