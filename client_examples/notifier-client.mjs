@@ -36,6 +36,7 @@ export class NotifierClient {
     this.state = "idle";
     this._seen = new Set();
     this._delivered = [];
+    this._reporting = false;
     this._handlers = new Map();
     this._stateHandlers = new Set();
     this._resetHandlers = new Set();
@@ -179,17 +180,28 @@ export class NotifierClient {
     });
   }
 
-  // Delivered receipts: the ids received in one turn of the event loop, in one call.
+  // Delivered receipts: one report in flight at a time, with every id received meanwhile in
+  // the next, so a burst costs a few calls (one per turn of the event loop would exceed the
+  // connection's rate limit); a report refused over that limit goes again half a second later.
   _received(id) {
     this._delivered.push(id);
-    if (this._delivered.length === 1) setTimeout(() => this._sendDelivered(), 0);
+    if (this._delivered.length === 1 && !this._reporting) setTimeout(() => this._sendDelivered(), 0);
   }
 
   _sendDelivered() {
-    while (this._delivered.length) {
-      const ids = this._delivered.splice(0, 1000);
-      this.call("notifications.delivered", { ids }).catch(() => {});  // best effort: a receipt
-    }
+    if (this._reporting || !this._delivered.length) return;
+    const ids = this._delivered.splice(0, 1000);
+    this._reporting = true;
+    this.call("notifications.delivered", { ids })
+      .catch(async (err) => {
+        if (err?.code !== "RATE_LIMITED") return;  // best effort: a receipt
+        this._delivered.unshift(...ids);
+        await new Promise((resolve) => setTimeout(resolve, 500));
+      })
+      .finally(() => {
+        this._reporting = false;
+        this._sendDelivered();
+      });
   }
 
   /**

@@ -26,7 +26,7 @@ import socket
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from .logs import get_logger
@@ -35,10 +35,8 @@ from .worker_routing import REQUEST_LINE_LIMIT, request_line_complete, worker_of
 log = get_logger("notifier.supervisor")
 
 # How long a new connection may take to send its request line before it is closed (a slow
-# client holds no worker meanwhile), and how often the supervisor looks again.
+# client holds no worker meanwhile).
 _REQUEST_LINE_SECONDS = 10.0
-_REQUEST_LINE_SECONDS_INT = 10
-_PEEK_AGAIN_SECONDS = 0.002
 # Connections accepted per wake-up of the listener before giving the loop back.
 _ACCEPTS_PER_WAKE = 64
 # A worker that dies again within this long of its start waits longer before the next start
@@ -57,7 +55,6 @@ class _Worker:
     started_at: float = 0.0
     restarts: int = 0
     waiter: asyncio.Task[None] | None = None
-    handed: int = field(default=0)
 
 
 class Supervisor:
@@ -73,7 +70,7 @@ class Supervisor:
         if hasattr(socket, "TCP_DEFER_ACCEPT"):
             # Accepted only once the request's first bytes are in: the peek that follows then
             # almost always finds the request line, with no wait for readiness (Linux).
-            listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, _REQUEST_LINE_SECONDS_INT)
+            listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, int(_REQUEST_LINE_SECONDS))
         self._command = worker_command
         self._workers = [_Worker(index) for index in range(count)]
         self._turn = itertools.cycle(range(count))
@@ -82,7 +79,9 @@ class Supervisor:
         self._stopping = False
         self._failed_start: int | None = None
         self._all_ready = asyncio.Event()
-        self._waiting: dict[int, tuple[socket.socket, float]] = {}  # peeked, line incomplete
+        # Connections whose request line has not come whole yet: the socket, its deadline, and
+        # whether part of it came (its low-water mark was raised).
+        self._waiting: dict[int, tuple[socket.socket, float, bool]] = {}
         self._loop = asyncio.get_running_loop()
 
     async def run(self) -> int:
@@ -200,7 +199,7 @@ class Supervisor:
         with contextlib.suppress(ValueError, OSError):
             self._loop.remove_reader(self._listener.fileno())
         self._listener.close()
-        for connection, _ in self._waiting.values():
+        for connection, _, _ in self._waiting.values():
             connection.close()
         self._waiting.clear()
         log.info("workers_stopped")
@@ -219,11 +218,11 @@ class Supervisor:
             connection.setblocking(False)
             self._peek(connection, time.monotonic() + _REQUEST_LINE_SECONDS)
 
-    def _peek(self, connection: socket.socket, deadline: float) -> None:
+    def _peek(self, connection: socket.socket, deadline: float, partial: bool = False) -> None:
         try:
             head = connection.recv(REQUEST_LINE_LIMIT, socket.MSG_PEEK)
         except (BlockingIOError, InterruptedError):
-            self._wait_readable(connection, deadline)
+            self._wait(connection, deadline, partial)
             return
         except OSError:
             connection.close()
@@ -231,31 +230,31 @@ class Supervisor:
         if not head:  # closed before a byte
             connection.close()
         elif request_line_complete(head):
+            if partial:  # the worker reads this socket as usual
+                connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
             self._hand_over(connection, worker_of_request(head))
-        elif time.monotonic() > deadline:
-            connection.close()
         else:
-            # Part of the line: the socket stays readable until the rest comes, so look again
-            # a little later rather than on readiness.
-            self._waiting[connection.fileno()] = (connection, deadline)
-            self._loop.call_later(_PEEK_AGAIN_SECONDS, self._peek_again, connection.fileno())
+            # Part of the line. The bytes stay in the socket, which would stay readable: it is
+            # made readable again only once more have come (the receive low-water mark), so a
+            # client sending a byte at a time costs a peek per byte, not a busy loop.
+            connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, len(head) + 1)
+            self._wait(connection, deadline, True)
 
-    def _wait_readable(self, connection: socket.socket, deadline: float) -> None:
+    def _wait(self, connection: socket.socket, deadline: float, partial: bool) -> None:
         fd = connection.fileno()
-        self._waiting[fd] = (connection, deadline)
+        self._waiting[fd] = (connection, deadline, partial)
         self._loop.add_reader(fd, self._readable, fd)
-        self._loop.call_at(self._loop.time() + _REQUEST_LINE_SECONDS, self._expire, fd, deadline)
+        self._loop.call_later(max(deadline - time.monotonic(), 0), self._expire, fd, deadline)
 
     def _readable(self, fd: int) -> None:
         self._loop.remove_reader(fd)
-        self._peek_again(fd)
-
-    def _peek_again(self, fd: int) -> None:
         waiting = self._waiting.pop(fd, None)
         if waiting is not None:
             self._peek(*waiting)
 
     def _expire(self, fd: int, deadline: float) -> None:
+        """A connection that has not sent its request line in time is closed (the same fd
+        may be another connection's by now: its deadline tells)."""
         waiting = self._waiting.get(fd)
         if waiting is not None and waiting[1] == deadline:
             del self._waiting[fd]
@@ -285,7 +284,6 @@ class Supervisor:
             except OSError:
                 worker.ready = False
                 continue
-            worker.handed += 1
             break
         connection.close()
 

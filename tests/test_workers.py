@@ -165,6 +165,16 @@ async def test_the_request_line_may_come_one_byte_at_a_time_and_a_silent_client_
                 answer = await asyncio.wait_for(reader.read(), 5)
                 writer.close()
                 assert answer.startswith(b"HTTP/1.1 200"), (cut, answer[:60])
+            # And a byte at a time, the whole line.
+            reader, writer = await asyncio.open_connection("127.0.0.1", service.port)
+            for byte in request[:line_end]:
+                writer.write(bytes([byte]))
+                await writer.drain()
+                await asyncio.sleep(0.005)
+            writer.write(request[line_end:])
+            answer = await asyncio.wait_for(reader.read(), 5)
+            writer.close()
+            assert answer.startswith(b"HTTP/1.1 200"), answer[:60]
         finally:
             for connection in silent:
                 connection.close()

@@ -68,6 +68,32 @@ for (const transports of [["websocket"], ["polling"]]) {
       assert.equal(unsubscribed["project:p2"].left, true);
     });
 
+    test("a burst of notifications is reported delivered, every one", async () => {
+      const user = `dora-${transports[0]}`;
+      const dora = client(sign({ sub: user }));
+      await dora.connect();
+      // One after another: each arrives in a turn of its own, faster than the connection's
+      // rate limit (100 events a second, 50 at once) would let one report per turn through.
+      const ids = [];
+      for (let n = 0; n < 300; n++) {
+        const answer = await service.rest("POST", "/api/v1/notifications", { user_ids: [user], title: `n${n}` });
+        ids.push(answer.body.notifications[0].id);
+      }
+      const delivered = async (id) => {
+        const answer = await service.rest("GET", `/api/v1/notifications/${id}/receipts`);
+        return answer.body.receipts.some((r) => r.kind === "delivered");
+      };
+      // Reports are batched: ask again until all are in (each asked until found, 10 s in all).
+      let missing = ids;
+      const deadline = Date.now() + 10000;
+      while (missing.length && Date.now() < deadline) {
+        const found = await Promise.all(missing.map(delivered));
+        missing = missing.filter((_, i) => !found[i]);
+        if (missing.length) await new Promise((r) => setTimeout(r, 100));
+      }
+      assert.deepEqual(missing, [], "every notification reported delivered");
+    });
+
     test("bad payloads and unknown events answer through the ack", async () => {
       const carol = client(sign({ sub: "carol" }));
       await carol.connect();

@@ -11,6 +11,7 @@ from typing import Any
 from .connection import (
     ClientConnection,
     EventHandler,
+    NotifierClientError,
     TokenSource,
     log,
     maybe_await,
@@ -18,6 +19,8 @@ from .connection import (
 
 # How many recent event ids a client remembers to drop duplicates.
 _SEEN_IDS = 4096
+# A report of receipts refused over the connection's rate limit goes again after this long.
+_RATE_LIMITED_PAUSE = 0.5
 
 
 class Subscriber(ClientConnection):
@@ -37,6 +40,7 @@ class Subscriber(ClientConnection):
         super().__init__(url, token, **options)
         self._receipts = receipts
         self._delivered: list[str] = []
+        self._reporting = False  # a report of delivered receipts is on its way
         self._reports: set[asyncio.Task[None]] = set()
         # Each room followed, with the last position seen (None: a live-only room).
         self.positions: dict[str, dict[str, Any] | None] = {}
@@ -150,21 +154,35 @@ class Subscriber(ClientConnection):
         if not notification_id:
             return
         self._delivered.append(notification_id)
-        if len(self._delivered) == 1:
+        if len(self._delivered) == 1 and not self._reporting:
             asyncio.get_running_loop().call_soon(self._send_delivered)
 
     def _send_delivered(self) -> None:
-        while self._delivered:
-            ids, self._delivered = self._delivered[:1000], self._delivered[1000:]
-            task = asyncio.ensure_future(self._report_delivered(ids))
-            self._reports.add(task)
-            task.add_done_callback(self._reports.discard)
+        """One report in flight at a time: what arrives meanwhile goes in the next, so a
+        burst of notifications costs a few calls, not one per loop iteration (which a
+        connection's rate limit would refuse)."""
+        if self._reporting or not self._delivered:
+            return
+        ids, self._delivered = self._delivered[:1000], self._delivered[1000:]
+        self._reporting = True
+        task = asyncio.ensure_future(self._report_delivered(ids))
+        self._reports.add(task)
+        task.add_done_callback(self._reports.discard)
 
     async def _report_delivered(self, ids: list[str]) -> None:
         try:
             await self.call("notifications.delivered", {"ids": ids})
-        except Exception as exc:  # a receipt is best effort: the event itself was handled
+        except NotifierClientError as exc:
+            if exc.code == "RATE_LIMITED":  # later, with what came since
+                self._delivered[:0] = ids
+                await asyncio.sleep(_RATE_LIMITED_PAUSE)
+            else:  # a receipt is best effort: the event itself was handled
+                log.debug("receipt_not_sent", error=str(exc))
+        except Exception as exc:
             log.debug("receipt_not_sent", error=str(exc))
+        finally:
+            self._reporting = False
+        self._send_delivered()
 
     def _accept(self, envelope: dict[str, Any]) -> bool:
         """Drop what was seen already (by id, and by offset within a room's epoch)."""
