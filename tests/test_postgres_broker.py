@@ -9,8 +9,10 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 
+from tests.backends import postgres_database
 from tests.cluster import Cluster, PostgresServer, cluster
 from tests.conftest import until
+from tests.service_process import run_notifier
 from tests.test_cluster import PUBLISHER, Recorder, publish_many
 
 
@@ -133,3 +135,12 @@ async def test_a_database_that_went_back_is_told_never_hidden(tmp_path: Path) ->
             in_order_without_gaps(watcher)
         finally:
             await watcher.subscriber.close()
+
+
+async def test_a_postgresql_store_without_a_broker_says_which_to_set(tmp_path: Path) -> None:
+    async with postgres_database() as store_url:
+        env = {"NOTIFIER_STORE_URL": store_url, "NOTIFIER_PORT": "0"}
+        result = run_notifier("serve", env=env, cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "NOTIFIER_BROKER_URL=postgresql://" in lines[0], result.stderr

@@ -224,8 +224,8 @@ def open_broker(url: str, store: Store, health: Health, **options: Any) -> Broke
 
         if not isinstance(store, SqliteStore):
             raise StartupError(
-                "NOTIFIER_STORE_URL: a PostgreSQL store needs NOTIFIER_BROKER_URL=redis://... "
-                "(room histories live in Redis when the store is shared)"
+                "NOTIFIER_STORE_URL: a PostgreSQL store needs a shared broker, "
+                "NOTIFIER_BROKER_URL=postgresql://... (the same database will do) or redis://..."
             )
         return LocalBroker(store.db, max_events_per_room=options["max_events_per_room"])
     if url.startswith(("redis://", "rediss://", "unix://", "redis+sentinel://")):
