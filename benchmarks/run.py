@@ -13,6 +13,7 @@
     .venv/bin/python -m benchmarks.run inbox --notifications 100000   # listing a large inbox
     .venv/bin/python -m benchmarks.run workers --clients 2000  # --workers 2 against one process
     .venv/bin/python -m benchmarks.run pgbroker --clients 2000  # PostgreSQL broker against Redis
+    .venv/bin/python -m benchmarks.run outbox --messages 200    # commit to delivery (outbox)
 
 Servers under test, each in its own process on 127.0.0.1: notifier (`python -m notifier serve`,
 SQLite store, publishing through `/workers` `publish`), notifier-inprocess (fan-out only: the
@@ -628,6 +629,12 @@ async def pgbroker_command(args: argparse.Namespace) -> list[dict[str, Any]]:
     return await measure(args)
 
 
+async def outbox_command(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from benchmarks.outbox import outbox_command as measure
+
+    return await measure(args)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -649,6 +656,7 @@ async def main() -> None:
             "inbox",
             "workers",
             "pgbroker",
+            "outbox",
             "all",
         ],
     )
@@ -698,6 +706,7 @@ async def main() -> None:
         "inbox": inbox_command,
         "workers": workers_command,
         "pgbroker": pgbroker_command,
+        "outbox": outbox_command,
     }
     if args.command == "all":
         memory_clients = args.clients or [1000, 10000]

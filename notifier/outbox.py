@@ -21,7 +21,8 @@ from .store import OutboxEvent, Relay
 log = get_logger("notifier.service")
 
 Publish = Callable[[Sequence[NewEvent]], Awaitable[Any]]
-# How often a node looks at the outbox (the latency of an event published in a transaction).
+# How often a node looks at the outbox when no commit woke it (a LISTEN for the NOTIFY of
+# `notifier_publish` wakes it at once): the most a lost wake-up can delay an event.
 _EVERY_SECONDS = 0.2
 _BATCH = 500
 
@@ -30,6 +31,8 @@ class OutboxSource(Protocol):
     """Where the outbox is: the PostgreSQL store, or the application's database."""
 
     async def relay_outbox(self, relay: Relay, limit: int) -> int: ...
+
+    async def wait_for_outbox(self, timeout: float) -> None: ...
 
 
 class OutboxRelay:
@@ -81,4 +84,4 @@ class OutboxRelay:
                 log.warning("outbox_relay_deferred", detail=exc.message)
             except Exception:
                 log.exception("outbox_relay_failed")
-            await asyncio.sleep(_EVERY_SECONDS)
+            await self._store.wait_for_outbox(_EVERY_SECONDS)

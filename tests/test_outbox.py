@@ -64,6 +64,12 @@ async def test_a_commit_delivers_once_and_a_rollback_nothing(tmp_path: Path, bro
             await until(lambda: len(seen) >= 3, timeout=10)
             assert [e["data"]["order"] for e in seen] == [1, 3, 5]
             assert node.process is not None and node.process.returncode is None
+            # The relay is woken by the commits' NOTIFY (polling is only its fallback).
+            listening = await db.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND query LIKE 'LISTEN %notifier_outbox%'"
+            )
+            assert listening == 1
         finally:
             await db.close()
             await alice.close()

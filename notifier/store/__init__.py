@@ -212,6 +212,9 @@ class Store(Protocol):
         in one transaction, one process at a time; how many (0: none, or none here)."""
         ...
 
+    async def wait_for_outbox(self, timeout: float) -> None:
+        """Until something may have been published into the outbox, or `timeout`."""
+
     # Idempotency: a request retried after a lost answer is applied once.
     async def claim_idempotency_key(self, key: str, ts: int, stale_before: int) -> Claim:
         """Claim the key for a request about to run. A `pending` claim older than

@@ -137,6 +137,7 @@ class PostgresStore(PostgresJobs, PostgresInbox, PostgresOutbox):
     async def close(self) -> None:
         await self._notifications.close()
         await self._unread.close()
+        await self.close_outbox_listener()
         if self._probe is not None:
             self._probe.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -2,8 +2,9 @@
 
 An application calls `SELECT notifier_publish(room, type, data)` in its transaction; the
 event is a row of `notifier_outbox`, there exactly when the transaction commits. The function
-takes a lock per room until the commit, so a room's rows are numbered in commit order. Each
-node relays the outbox, one node at a time (an advisory lock for the relaying transaction):
+takes a lock per room until the commit, so a room's rows are numbered in commit order, and
+sends a NOTIFY that wakes the relays (which LISTEN). Each node relays the outbox, one node at
+a time (an advisory lock for the relaying transaction):
 it reads the oldest rows, appends them to the rooms' histories under their ids (at most once
 each), and deletes them in the same transaction. A node that dies mid-way leaves them to the
 next; the broker drops a second append of an id.
@@ -63,8 +64,46 @@ Relay = Callable[[list[OutboxEvent]], Awaitable[list[OutboxEvent]]]
 
 
 class PostgresOutbox:
+    _url: str
+    # A connection LISTENing for `notifier_publish`'s NOTIFY, and what it sets: the relay
+    # wakes on a commit rather than on its next poll.
+    _outbox_listener: asyncpg.Connection | None = None
+    _outbox_published: asyncio.Event | None = None
+
     async def _run(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         raise NotImplementedError  # PostgresStore's
+
+    async def wait_for_outbox(self, timeout: float) -> None:
+        """Until an application's transaction published something, or `timeout` (also the
+        pace while the LISTEN connection cannot be had). A commit between this returning and
+        the next look is not missed: its row is there before its notification."""
+        published = await self._outbox_wakeups()
+        if published is None:
+            await asyncio.sleep(timeout)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(published.wait(), timeout)
+        published.clear()
+
+    async def _outbox_wakeups(self) -> asyncio.Event | None:
+        listener = self._outbox_listener
+        if listener is not None and not listener.is_closed():
+            return self._outbox_published
+        try:
+            listener = await asyncpg.connect(self._url, timeout=5)
+            published = asyncio.Event()
+            await listener.add_listener("notifier_outbox", lambda *_: published.set())
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            return None
+        self._outbox_listener, self._outbox_published = listener, published
+        published.set()  # look at once: what committed while nobody listened
+        return published
+
+    async def close_outbox_listener(self) -> None:
+        if self._outbox_listener is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._outbox_listener.close(), 2)
+            self._outbox_listener = None
 
     async def relay_outbox(self, relay: Relay, limit: int) -> int:
         """Hand the oldest committed outbox rows to `relay` (which appends them), and delete
@@ -121,6 +160,7 @@ class OutboxDatabase(PostgresOutbox):
             raise StartupError(f"NOTIFIER_OUTBOX_URL: cannot use PostgreSQL there: {exc}") from exc
 
     async def close(self) -> None:
+        await self.close_outbox_listener()
         if self._pool is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._pool.close(), 5)

@@ -5,6 +5,7 @@ iteration however many updates it had (the commit every writer then waits for)."
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from typing import Any
 
@@ -197,6 +198,9 @@ class SqliteStore(SqliteJobs, SqliteInbox):
     async def relay_outbox(self, relay: Relay, limit: int) -> int:
         """No outbox: applications publish into their own transactions with PostgreSQL."""
         return 0
+
+    async def wait_for_outbox(self, timeout: float) -> None:
+        await asyncio.sleep(timeout)
 
     async def mark_delivered(self, ids: list[str]) -> None:
         await self.db.write(
