@@ -79,6 +79,7 @@ def create_app(
         health,
         max_events_per_room=settings.history_max_events,
         max_age_seconds=settings.history_max_age_seconds,
+        postgres_schema=settings.postgres_schema,
     )
     if settings.webhook_url:
         try:

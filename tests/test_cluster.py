@@ -674,22 +674,29 @@ async def test_a_node_that_dies_before_delivering_what_it_stored_leaves_it_to_an
         assert await running.redis.command("XLEN", "notifier:log:user:alice") == 2
 
 
-async def test_a_role_that_owns_only_its_schema_is_enough_on_postgresql_15(tmp_path: Path) -> None:
+@pytest.mark.parametrize("broker", ["redis", "postgresql"])
+async def test_a_role_that_owns_only_its_schema_is_enough_on_postgresql_15(
+    tmp_path: Path, broker: str
+) -> None:
     """docs/deployment.md's privileges, as PostgreSQL 15+ grants them: no CREATE on `public`; a
-    role owning a schema of its own, named by NOTIFIER_POSTGRES_SCHEMA."""
+    role owning a schema of its own, named by NOTIFIER_POSTGRES_SCHEMA (the PostgreSQL broker's
+    tables go there too)."""
     import secrets
 
     import asyncpg
 
     role = f"notifier_role_{secrets.token_hex(4)}"
-    async with cluster(tmp_path, nodes=0) as running:
+    async with cluster(tmp_path, nodes=0, broker=broker) as running:
         admin = await asyncpg.connect(running.store_url)
         try:
             await admin.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
             await admin.execute(f"CREATE ROLE {role} LOGIN")
             await admin.execute(f"CREATE SCHEMA notifier AUTHORIZATION {role}")
             as_role = running.store_url.replace("postgres@", f"{role}@", 1)
-            node = await running.add_node(NOTIFIER_STORE_URL=as_role, NOTIFIER_POSTGRES_SCHEMA="notifier")
+            brokers = {"NOTIFIER_BROKER_URL": as_role} if broker == "postgresql" else {}
+            node = await running.add_node(
+                NOTIFIER_STORE_URL=as_role, NOTIFIER_POSTGRES_SCHEMA="notifier", **brokers
+            )
             async with aiohttp.ClientSession() as http:
                 async with http.post(
                     f"{node.url}/api/v1/notifications",
@@ -698,7 +705,10 @@ async def test_a_role_that_owns_only_its_schema_is_enough_on_postgresql_15(tmp_p
                 ) as response:
                     assert response.status == 201, await response.text()
             tables = await admin.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'notifier'")
-            assert {"notifier_notifications", "notifier_tasks"} <= {t["tablename"] for t in tables}
+            expected = {"notifier_notifications", "notifier_tasks"}
+            if broker == "postgresql":
+                expected |= {"notifier_room_events", "notifier_room_heads", "notifier_presence_rooms"}
+            assert expected <= {t["tablename"] for t in tables}
             for node in running.nodes:
                 await node.kill()
             running.nodes.clear()

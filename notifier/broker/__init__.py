@@ -236,6 +236,7 @@ def open_broker(url: str, store: Store, health: Health, **options: Any) -> Broke
             )
         from .redis import RedisBroker
 
+        options.pop("postgres_schema", None)
         return RedisBroker(url, health, **options)
     if url.startswith(("postgresql://", "postgres://")):
         if not store.shared:

@@ -124,9 +124,18 @@ class PostgresBroker:
     shared = True
 
     def __init__(
-        self, url: str, health: Health, *, max_events_per_room: int, max_age_seconds: float, **_: Any
+        self,
+        url: str,
+        health: Health,
+        *,
+        max_events_per_room: int,
+        max_age_seconds: float,
+        postgres_schema: str | None = None,
     ) -> None:
         self._url = url
+        # The tables go where the store's do (NOTIFIER_POSTGRES_SCHEMA): on PostgreSQL 15 and
+        # later a role may have no CREATE on `public`.
+        self._schema = postgres_schema
         self._health = health
         self._max_events = max_events_per_room
         self._max_age = max_age_seconds
@@ -154,7 +163,11 @@ class PostgresBroker:
         self._node = node
         try:
             self._pool = await asyncpg.create_pool(
-                self._url, min_size=1, max_size=_POOL_SIZE, command_timeout=10
+                self._url,
+                min_size=1,
+                max_size=_POOL_SIZE,
+                command_timeout=10,
+                server_settings={"search_path": self._schema} if self._schema else None,
             )
             async with self._pool.acquire() as conn, conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK)
@@ -439,10 +452,8 @@ class PostgresBroker:
                 await self._broken.wait()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
-                if not _unavailable(exc):
-                    raise
-                self._health.fail(SUBSCRIPTION, f"PostgreSQL LISTEN at {_where(self._url)}: {exc}")
+            except Exception as exc:  # whatever it is, delivery must come back: listen again
+                self._health.fail(SUBSCRIPTION, f"PostgreSQL LISTEN at {_where(self._url)}: {exc!r}")
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
             finally:
@@ -626,7 +637,7 @@ class PostgresBroker:
                     "nodes": nodes,
                     "user_connections": sum(int(n.get("user_connections", 0)) for n in nodes),
                 }
-            except (TimeoutError, NotifierError) as exc:
+            except Exception as exc:  # the silence check below must go on whatever failed
                 self._health.fail(COMPONENT, f"PostgreSQL at {_where(self._url)}: {exc!r}")
             if time.monotonic() - self._heard_own > _SILENCE_SECONDS:
                 # Our own notifications no longer come back: listen again and catch up.
