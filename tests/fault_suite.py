@@ -242,7 +242,7 @@ async def terminate_listen_connections(suite: Suite) -> None:
     try:
         await db.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND query LIKE 'LISTEN%'"
+            "WHERE datname = current_database() AND query LIKE 'LISTEN%'"  # the broker's and the relay's
         )
     finally:
         await db.close()

@@ -354,7 +354,10 @@ async def test_counts_stay_exact_on_two_nodes_of_postgresql(tmp_path: Path) -> N
     from tests.cluster import cluster
     from tests.test_cluster import token
 
-    async with cluster(tmp_path, nodes=2) as running, aiohttp.ClientSession() as http:
+    # Four devices of two users as fast as they can go: what is measured is the counts, not the
+    # per-token rate limit (100/s), which a fast run exceeds.
+    unlimited = {"NOTIFIER_USER_RATE_PER_SECOND": "100000", "NOTIFIER_USER_RATE_BURST": "10000"}
+    async with cluster(tmp_path, nodes=2, **unlimited) as running, aiohttp.ClientSession() as http:
         users = ["p0", "p1"]
         publisher = {"Authorization": f"Bearer {token('svc', role=Role.PUBLISHER)}"}
         known: dict[str, list[str]] = {user: [] for user in users}

@@ -56,7 +56,7 @@ async def test_a_terminated_listen_connection_is_noticed_and_the_gap_filled(tmp_
             try:
                 killed = await admin.fetch(
                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND query LIKE 'LISTEN%'"
+                    "WHERE datname = current_database() AND query LIKE 'LISTEN %notifier_broker%'"
                 )
             finally:
                 await admin.close()
