@@ -165,7 +165,11 @@ class LoadGenerator(NodeGenerator):
         token = issue_token(SECRET, "HS256", "viewer")  # python-socketio's reference ignores it
         config = {"url": server.url, "count": clients, "token": token, "shards": shards}
         generator = cls(await cls.spawn("loadgen.mjs", config, limit=2**28))
-        await generator.read("connected", timeout=max(60, clients / 100))
+        try:
+            await generator.read("connected", timeout=max(60, clients / 100))
+        except BaseException:  # not all connected: its processes must not outlive the run
+            await generator.stop(grace=2)
+            raise
         return generator
 
 
