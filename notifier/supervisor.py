@@ -265,15 +265,11 @@ class Supervisor:
         """To the worker the sid names when it is up, else to the next ready one in turn (a
         sid of a worker that died: the new one answers that it does not know it)."""
         count = len(self._workers)
-        if named is not None and named < count and self._workers[named].ready:
-            candidates = [self._workers[named]]
-        else:
-            candidates = []
+        placed = named is not None and named < count and self._workers[named].ready
         # Only connections no sid places take a turn: a polling client's second connection
         # (its POST beside the pending GET) would otherwise give every handshake one parity.
-        first = next(self._turn) if not candidates else named
-        assert first is not None
-        candidates.extend(self._workers[(first + step) % count] for step in range(count))
+        first = named if placed and named is not None else next(self._turn)
+        candidates = [self._workers[(first + step) % count] for step in range(count)]
         for worker in candidates:
             if not worker.ready or worker.channel is None:
                 continue

@@ -41,6 +41,7 @@ from ..health import Health
 from ..logs import get_logger
 from ..records import Envelope, StreamPosition, new_id
 from ..rooms import ALL_PROJECTS_ROOM, BROADCAST_ROOM
+from ..store.postgres_connections import describe, unavailable
 from . import UNKEPT, Delivery, Guard, NewEvent, Node, PresenceBackend
 from .postgres_presence import SCHEMA as PRESENCE_SCHEMA
 from .postgres_presence import PostgresPresence
@@ -110,15 +111,6 @@ BEGIN
 END $$;
 """
 
-_UNAVAILABLE_CLASSES = ("08", "53", "57", "58")  # connection, resources, operator, system
-
-
-def _unavailable(exc: BaseException) -> bool:
-    if isinstance(exc, (OSError, asyncio.TimeoutError, asyncpg.InterfaceError, asyncpg.InternalClientError)):
-        return True
-    sqlstate = getattr(exc, "sqlstate", None) or ""
-    return isinstance(exc, asyncpg.PostgresError) and sqlstate[:2] in _UNAVAILABLE_CLASSES
-
 
 class PostgresBroker:
     shared = True
@@ -183,7 +175,7 @@ class PostgresBroker:
             if self._pool is not None:
                 await self._pool.close()
             raise StartupError(
-                f"NOTIFIER_BROKER_URL: cannot use PostgreSQL at {_where(self._url)}: {exc}"
+                f"NOTIFIER_BROKER_URL: cannot use PostgreSQL at {describe(self._url)}: {exc}"
             ) from exc
         self._heard_own = time.monotonic()
         self._tasks = [
@@ -218,9 +210,9 @@ class PostgresBroker:
             async with self._pool.acquire(timeout=5) as conn:
                 result = await work(conn)
         except Exception as exc:
-            if not _unavailable(exc):
+            if not unavailable(exc):
                 raise
-            self._health.fail(COMPONENT, f"PostgreSQL at {_where(self._url)}: {type(exc).__name__}: {exc}")
+            self._health.fail(COMPONENT, f"PostgreSQL at {describe(self._url)}: {type(exc).__name__}: {exc}")
             raise NotifierError(
                 ErrorCode.STORE_UNAVAILABLE, "the broker cannot be reached right now; retry"
             ) from exc
@@ -453,7 +445,7 @@ class PostgresBroker:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # whatever it is, delivery must come back: listen again
-                self._health.fail(SUBSCRIPTION, f"PostgreSQL LISTEN at {_where(self._url)}: {exc!r}")
+                self._health.fail(SUBSCRIPTION, f"PostgreSQL LISTEN at {describe(self._url)}: {exc!r}")
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
             finally:
@@ -638,7 +630,7 @@ class PostgresBroker:
                     "user_connections": sum(int(n.get("user_connections", 0)) for n in nodes),
                 }
             except Exception as exc:  # the silence check below must go on whatever failed
-                self._health.fail(COMPONENT, f"PostgreSQL at {_where(self._url)}: {exc!r}")
+                self._health.fail(COMPONENT, f"PostgreSQL at {describe(self._url)}: {exc!r}")
             if time.monotonic() - self._heard_own > _SILENCE_SECONDS:
                 # Our own notifications no longer come back: listen again and catch up.
                 self._health.fail(SUBSCRIPTION, "the PostgreSQL LISTEN went silent; listening again")
@@ -684,11 +676,3 @@ class PostgresBroker:
 
     def presence(self, *, grace_seconds: float, ttl_seconds: float) -> PresenceBackend:
         return PostgresPresence(self, grace_seconds=grace_seconds, ttl_seconds=ttl_seconds)
-
-
-def _where(url: str) -> str:
-    """The server without credentials, for messages and logs."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    return f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path}"

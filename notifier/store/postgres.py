@@ -14,7 +14,6 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import asyncpg
 import orjson
@@ -25,6 +24,7 @@ from ..health import Health
 from ..logs import get_logger
 from ..records import InboxFilter, Job, Notification, Task, TaskStatus
 from . import Claim
+from .postgres_connections import describe, init_connection, unavailable
 from .postgres_inbox import MIGRATION as INBOX_MIGRATION
 from .postgres_inbox import PostgresInbox
 from .postgres_jobs import MIGRATION as JOBS_MIGRATION
@@ -73,29 +73,6 @@ _MIGRATIONS = [
     OUTBOX_MIGRATION,
 ]
 
-# SQLSTATE classes that mean "the database cannot serve right now", not "your query is wrong":
-# connection exceptions, insufficient resources (disk full), operator intervention
-# (shutdown), system errors.
-_UNAVAILABLE_CLASSES = ("08", "53", "57", "58")
-
-
-def _unavailable(exc: BaseException) -> bool:
-    # InternalClientError: what asyncpg raises on a connection whose server session was
-    # terminated under it (pg_terminate_backend, a restart): an outage, not our bug.
-    if isinstance(exc, (OSError, asyncio.TimeoutError, asyncpg.InterfaceError, asyncpg.InternalClientError)):
-        return True
-    sqlstate = getattr(exc, "sqlstate", None) or ""
-    return isinstance(exc, asyncpg.PostgresError) and sqlstate[:2] in _UNAVAILABLE_CLASSES
-
-
-async def _init_connection(conn: asyncpg.Connection) -> None:
-    await conn.set_type_codec(
-        "jsonb",
-        encoder=lambda value: orjson.dumps(value).decode(),
-        decoder=orjson.loads,
-        schema="pg_catalog",
-    )
-
 
 class PostgresStore(PostgresJobs, PostgresInbox, PostgresOutbox):
     shared = True
@@ -105,7 +82,7 @@ class PostgresStore(PostgresJobs, PostgresInbox, PostgresOutbox):
         # Tables go in this schema (the role's own: it needs no privilege on `public`, which
         # PostgreSQL 15 no longer grants); None: the role's default search path.
         self._schema = schema
-        self._where = _describe(url)
+        self._where = describe(url)
         self._health = health
         self._pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
@@ -123,7 +100,7 @@ class PostgresStore(PostgresJobs, PostgresInbox, PostgresOutbox):
                 self._url,
                 min_size=1,
                 max_size=self._pool_size,
-                init=_init_connection,
+                init=init_connection,
                 command_timeout=10,
                 server_settings={"search_path": self._schema} if self._schema else None,
             )
@@ -164,7 +141,7 @@ class PostgresStore(PostgresJobs, PostgresInbox, PostgresOutbox):
                     if attempt + 1 == _CONFLICT_ATTEMPTS:
                         raise
         except Exception as exc:
-            if not _unavailable(exc):
+            if not unavailable(exc):
                 raise
             self._failing(f"PostgreSQL at {self._where}: {type(exc).__name__}: {exc}")
             raise NotifierError(
@@ -460,9 +437,3 @@ def _task_values(task: Task) -> tuple[Any, ...]:
 def _count(status: str) -> int:
     """The row count of a command tag such as 'DELETE 3'."""
     return int(status.rsplit(" ", 1)[-1]) if status and status[-1].isdigit() else 0
-
-
-def _describe(url: str) -> str:
-    """host:port/database, without the password, for messages and logs."""
-    parts = urlsplit(url)
-    return f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path}"

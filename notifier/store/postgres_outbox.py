@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import asyncpg
-import orjson
 
 from ..errors import ErrorCode, NotifierError, StartupError
+from .postgres_connections import init_connection
 
 T = TypeVar("T")
 
@@ -130,13 +130,6 @@ class PostgresOutbox:
         return await self._run(take)
 
 
-async def _json_codec(conn: asyncpg.Connection) -> None:
-    """jsonb as Python values, as the store's connections have it."""
-    await conn.set_type_codec(
-        "jsonb", encoder=lambda value: orjson.dumps(value).decode(), decoder=orjson.loads, schema="pg_catalog"
-    )
-
-
 class OutboxDatabase(PostgresOutbox):
     """The outbox in a database other than the store's (`NOTIFIER_OUTBOX_URL`): the
     application's own, so that its transactions need no access to notifier's. The function
@@ -149,7 +142,7 @@ class OutboxDatabase(PostgresOutbox):
     async def open(self) -> None:
         try:
             self._pool = await asyncpg.create_pool(
-                self._url, min_size=1, max_size=2, command_timeout=10, init=_json_codec
+                self._url, min_size=1, max_size=2, command_timeout=10, init=init_connection
             )
             async with self._pool.acquire() as conn, conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)

@@ -135,7 +135,7 @@ class Siblings:
 
     async def metrics(self, own: bytes) -> bytes:
         answers = await self._gather("/metrics")
-        return merged([own, *(body for body in answers.values())])
+        return merged([own, *answers.values()])
 
     async def statuses(self) -> dict[int, Any]:
         return {index: orjson.loads(body) for index, body in (await self._gather("/worker")).items()}
